@@ -1,0 +1,351 @@
+// ECA on the CPU: fused pool -> conv across channels -> sigmoid -> rescale, and its backward.
+//
+// Each op makes two passes over x and allocates nothing of x's size but its output. Samples are processed in
+// blocks of about kBlockBytes so the second pass re-reads x (and g) from cache rather than memory: the traffic
+// approaches the 2|x| floor (forward) and 3|x| (backward) instead of 3|x| and 4|x|.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/checks.h"
+#define FASTLAYERS_WITH_TORCH_API
+#include "common/cpu_cache.h"
+#include "common/cpu_simd.h"
+
+namespace fastlayers {
+namespace {
+
+constexpr int64_t kBlockBytes = 8 << 20;  // per block of samples: fits the L3 with room to spare
+constexpr int64_t kGrainElems = 1 << 15;  // smallest piece of work handed to a thread
+constexpr int64_t kChunk = 1024;          // values summed in the input dtype before joining a double total
+
+// ---- vector primitives: non-template so that each gets AVX-512 / AVX2 / baseline clones ----------------------
+// "plane": one channel's S spatial values, contiguous. "rows": S rows of C channels (channels-last), acc[c] += ...
+
+#define FL_ECA_PRIMITIVES(T)                                                                                    \
+  /* Reductions sum chunks of kChunk values in T (full-width vector adds), then the chunk sums in double. */ \
+  FL_MULTIVERSION double plane_sum(const T* x, int64_t n) {                                                     \
+    double total = 0;                                                                                           \
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {                                                                \
+      const int64_t i1 = std::min(n, i0 + kChunk);                                                              \
+      T acc = 0;                                                                                                \
+      FL_SIMD_SUM(acc) for (int64_t i = i0; i < i1; ++i) acc += x[i];                                           \
+      total += acc;                                                                                             \
+    }                                                                                                           \
+    return total;                                                                                               \
+  }                                                                                                             \
+  FL_MULTIVERSION double plane_dot(const T* a, const T* b, int64_t n) {                                         \
+    double total = 0;                                                                                           \
+    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {                                                                \
+      const int64_t i1 = std::min(n, i0 + kChunk);                                                              \
+      T acc = 0;                                                                                                \
+      FL_SIMD_SUM(acc) for (int64_t i = i0; i < i1; ++i) acc += a[i] * b[i];                                    \
+      total += acc;                                                                                             \
+    }                                                                                                           \
+    return total;                                                                                               \
+  }                                                                                                             \
+  FL_MULTIVERSION void plane_scale(const T* __restrict x, T* __restrict y, T s, int64_t n) {                    \
+    FL_SIMD for (int64_t i = 0; i < n; ++i) y[i] = x[i] * s;                                                    \
+  }                                                                                                             \
+  FL_MULTIVERSION void plane_affine(const T* __restrict g, T* __restrict dx, T s, T c, int64_t n) {             \
+    FL_SIMD for (int64_t i = 0; i < n; ++i) dx[i] = g[i] * s + c;                                               \
+  }                                                                                                             \
+  FL_MULTIVERSION void rows_sum(const T* __restrict x, double* __restrict acc, int64_t rows, int64_t C) {       \
+    /* Sums of up to 64 rows in T (four rows per sweep, a quarter of the accumulator traffic), then into */     \
+    /* the double accumulator: vector adds at full width with error bounded by the 64-row partials. */          \
+    T part[256];                                                                                                \
+    for (int64_t c0 = 0; c0 < C; c0 += 256) {                                                                   \
+      const int64_t w = std::min<int64_t>(256, C - c0);                                                         \
+      for (int64_t r0 = 0; r0 < rows; r0 += 64) {                                                               \
+        const int64_t r1 = std::min<int64_t>(rows, r0 + 64);                                                    \
+        const T* xr = x + r0 * C + c0;                                                                          \
+        FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] = 0;                                                    \
+        int64_t r = r0;                                                                                         \
+        for (; r + 4 <= r1; r += 4, xr += 4 * C) {                                                              \
+          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += (xr[c] + xr[C + c]) + (xr[2 * C + c] + xr[3 * C + c]); \
+        }                                                                                                       \
+        for (; r < r1; ++r, xr += C) {                                                                          \
+          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += xr[c];                                             \
+        }                                                                                                       \
+        FL_SIMD for (int64_t c = 0; c < w; ++c) acc[c0 + c] += part[c];                                         \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+  FL_MULTIVERSION void rows_dot(const T* __restrict a, const T* __restrict b, double* __restrict acc,           \
+                                int64_t rows, int64_t C) {                                                      \
+    T part[256];                                                                                                \
+    for (int64_t c0 = 0; c0 < C; c0 += 256) {                                                                   \
+      const int64_t w = std::min<int64_t>(256, C - c0);                                                         \
+      for (int64_t r0 = 0; r0 < rows; r0 += 64) {                                                               \
+        const int64_t r1 = std::min<int64_t>(rows, r0 + 64);                                                    \
+        const T* ar = a + r0 * C + c0;                                                                          \
+        const T* br = b + r0 * C + c0;                                                                          \
+        FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] = 0;                                                    \
+        int64_t r = r0;                                                                                         \
+        for (; r + 2 <= r1; r += 2, ar += 2 * C, br += 2 * C) {                                                 \
+          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += ar[c] * br[c] + ar[C + c] * br[C + c];             \
+        }                                                                                                       \
+        for (; r < r1; ++r, ar += C, br += C) {                                                                 \
+          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += ar[c] * br[c];                                     \
+        }                                                                                                       \
+        FL_SIMD for (int64_t c = 0; c < w; ++c) acc[c0 + c] += part[c];                                         \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+  FL_MULTIVERSION void rows_scale(const T* __restrict x, T* __restrict y, const T* __restrict s, int64_t rows,  \
+                                  int64_t C) {                                                                  \
+    for (int64_t r = 0; r < rows; ++r, x += C, y += C) {                                                        \
+      FL_SIMD for (int64_t c = 0; c < C; ++c) y[c] = x[c] * s[c];                                               \
+    }                                                                                                           \
+  }                                                                                                             \
+  FL_MULTIVERSION void rows_affine(const T* __restrict g, T* __restrict dx, const T* __restrict s,              \
+                                   const T* __restrict c0, int64_t rows, int64_t C) {                           \
+    for (int64_t r = 0; r < rows; ++r, g += C, dx += C) {                                                       \
+      FL_SIMD for (int64_t c = 0; c < C; ++c) dx[c] = g[c] * s[c] + c0[c];                                      \
+    }                                                                                                           \
+  }
+
+FL_ECA_PRIMITIVES(float)
+FL_ECA_PRIMITIVES(double)
+#undef FL_ECA_PRIMITIVES
+
+// Channel index of tap j around c, or -1 when it falls in the zero padding.
+inline int64_t tap(int64_t c, int64_t j, int64_t pad, int64_t C, bool circular) {
+  int64_t i = c + j - pad;
+  if (circular) {
+    i %= C;
+    return i < 0 ? i + C : i;
+  }
+  return (i < 0 || i >= C) ? -1 : i;
+}
+
+template <typename T>
+T conv_at(const T* p, const T* w, int64_t k, int64_t c, int64_t C, bool circular) {
+  const int64_t pad = (k - 1) / 2;
+  T a = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t i = tap(c, j, pad, C, circular);
+    if (i >= 0) a += w[j] * p[i];
+  }
+  return a;
+}
+
+template <typename T>
+T sigmoid(T a) {
+  return T(1) / (T(1) + std::exp(-a));
+}
+
+struct Shape {
+  int64_t N, C, S;
+  bool cl;
+};
+
+Shape shape_of(const at::Tensor& x) {
+  const int64_t N = x.size(0), C = x.size(1);
+  return {N, C, (N * C) == 0 ? 0 : x.numel() / (N * C), is_channels_last_dense(x)};
+}
+
+int64_t samples_per_block(int64_t bytes_per_sample) {
+  return std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, bytes_per_sample));
+}
+
+// Row chunks per sample for channels-last passes, so a block of few samples still feeds every thread.
+int64_t row_chunks(int64_t samples, int64_t S) {
+  const int64_t want = (2 * at::get_num_threads() + samples - 1) / samples;
+  return std::max<int64_t>(1, std::min<int64_t>(want, S / 16));
+}
+
+template <typename T>
+void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool circular, T* p, T* s) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const T inv_S = S > 0 ? T(1) / T(S) : T(0);
+  const int64_t block = samples_per_block(C * S * int64_t(sizeof(T)));
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t n1 = std::min(N, n0 + block);
+    if (!sh.cl) {
+      const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
+      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) p[i] = T(plane_sum(x + i * S, S)) * inv_S;
+      });
+      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const int64_t n = i / C, c = i % C;
+          const T g = sigmoid(conv_at(p + n * C, w, k, c, C, circular));
+          s[i] = g;
+          plane_scale(x + i * S, y + i * S, g, S);
+        }
+      });
+    } else {
+      const int64_t nb = n1 - n0, R = row_chunks(nb, S);
+      std::vector<double> part(nb * R * C);
+      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
+          double* acc = part.data() + it * C;
+          std::fill(acc, acc + C, 0.0);
+          rows_sum(x + (n * S + r0) * C, acc, r1 - r0, C);
+        }
+      });
+      at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+        for (int64_t m = b; m < e; ++m) {
+          T* pn = p + (n0 + m) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            double acc = 0;
+            for (int64_t r = 0; r < R; ++r) acc += part[(m * R + r) * C + c];
+            pn[c] = T(acc) * inv_S;
+          }
+          T* sn = s + (n0 + m) * C;
+          for (int64_t c = 0; c < C; ++c) sn[c] = sigmoid(conv_at(pn, w, k, c, C, circular));
+        }
+      });
+      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
+          rows_scale(x + (n * S + r0) * C, y + (n * S + r0) * C, s + n * C, r1 - r0, C);
+        }
+      });
+    }
+  }
+}
+
+// Per sample: ga = gs * s * (1 - s); gp = transposed conv of ga (returned divided by S, the pooling factor);
+// dw_n[j] = sum_c ga[c] * p[tap(c, j)].
+template <typename T>
+void channel_backward(const T* gs, const T* s, const T* p, const T* w, int64_t k, int64_t C, int64_t S,
+                      bool circular, T* ga, T* gp_over_S, double* dw_n) {
+  const int64_t pad = (k - 1) / 2;
+  const T inv_S = S > 0 ? T(1) / T(S) : T(0);
+  for (int64_t c = 0; c < C; ++c) ga[c] = gs[c] * s[c] * (T(1) - s[c]);
+  std::fill(gp_over_S, gp_over_S + C, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t i = tap(c, j, pad, C, circular);
+      if (i < 0) continue;
+      gp_over_S[i] += w[j] * ga[c];
+      dw_n[j] += double(ga[c]) * double(p[i]);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) gp_over_S[c] *= inv_S;
+}
+
+template <typename T>
+void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t k, bool circular, const T* p,
+                   const T* s, T* dx, double* dw_per_sample) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const int64_t block = samples_per_block(2 * C * S * int64_t(sizeof(T)));
+  std::vector<T> gs(block * C), ga(block * C), gp(block * C);
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t n1 = std::min(N, n0 + block), nb = n1 - n0;
+    if (!sh.cl) {
+      const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
+      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) gs[i - n0 * C] = T(plane_dot(g + i * S, x + i * S, S));
+      });
+    } else {
+      const int64_t R = row_chunks(nb, S);
+      std::vector<double> part(nb * R * C);
+      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
+          double* acc = part.data() + it * C;
+          std::fill(acc, acc + C, 0.0);
+          rows_dot(g + (n * S + r0) * C, x + (n * S + r0) * C, acc, r1 - r0, C);
+        }
+      });
+      for (int64_t m = 0; m < nb; ++m)
+        for (int64_t c = 0; c < C; ++c) {
+          double acc = 0;
+          for (int64_t r = 0; r < R; ++r) acc += part[(m * R + r) * C + c];
+          gs[m * C + c] = T(acc);
+        }
+    }
+    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) {
+        const int64_t n = n0 + m;
+        channel_backward(gs.data() + m * C, s + n * C, p + n * C, w, k, C, S, circular, ga.data() + m * C,
+                         gp.data() + m * C, dw_per_sample + n * k);
+      }
+    });
+    if (!sh.cl) {
+      const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
+      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) plane_affine(g + i * S, dx + i * S, s[i], gp[i - n0 * C], S);
+      });
+    } else {
+      const int64_t R = row_chunks(nb, S);
+      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t m = it / R, n = n0 + m, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
+          rows_affine(g + (n * S + r0) * C, dx + (n * S + r0) * C, s + n * C, gp.data() + m * C, r1 - r0, C);
+        }
+      });
+    }
+  }
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& weight) {
+  FL_CHECK_CPU(x);
+  FL_CHECK_CPU(weight);
+  TORCH_CHECK(x.dim() >= 3, "eca: x must be [N, C, *spatial], got ", x.dim(), " dims");
+  FL_CHECK_DIM(weight, 1);
+  TORCH_CHECK(weight.numel() % 2 == 1, "eca: weight must have odd length");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "eca: x must be float32/64 on CPU");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight,
+                                                           bool circular) {
+  check_args(x_in, weight);
+  const at::Tensor x = dense_for_kernel(x_in);
+  const Shape sh = shape_of(x);
+  at::Tensor y = empty_like_cached(x);
+  at::Tensor p = empty_cached({sh.N, sh.C}, x.options());
+  at::Tensor s = empty_cached({sh.N, sh.C}, x.options());
+  const at::Tensor w = weight.to(x.scalar_type()).contiguous();
+  if (sh.N * sh.C == 0) return {y, p, s};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eca_fwd_cpu", [&] {
+    forward_impl<scalar_t>(sh, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
+                           w.const_data_ptr<scalar_t>(), w.numel(), circular, p.mutable_data_ptr<scalar_t>(),
+                           s.mutable_data_ptr<scalar_t>());
+  });
+  return {y, p, s};
+}
+
+std::tuple<at::Tensor, at::Tensor> eca_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
+                                               const at::Tensor& weight, const at::Tensor& pooled,
+                                               const at::Tensor& gate, bool circular) {
+  check_args(x_in, weight);
+  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "eca_bwd: grad_y must have x's shape");
+  const at::Tensor x = dense_for_kernel(x_in);
+  const Shape sh = shape_of(x);
+  TORCH_CHECK(pooled.numel() == sh.N * sh.C && gate.numel() == sh.N * sh.C, "eca_bwd: pooled/gate must be [N, C]");
+  const at::Tensor g = like_layout(grad_y.to(x.scalar_type()), x);
+  const at::Tensor p = pooled.to(x.scalar_type()).contiguous();
+  const at::Tensor s = gate.to(x.scalar_type()).contiguous();
+  const at::Tensor w = weight.to(x.scalar_type()).contiguous();
+  const int64_t k = w.numel();
+  at::Tensor dx = empty_like_cached(x);
+  at::Tensor dw_per_sample = at::zeros({sh.N, k}, x.options().dtype(at::kDouble));
+  if (sh.N * sh.C > 0) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eca_bwd_cpu", [&] {
+      backward_impl<scalar_t>(sh, g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                              w.const_data_ptr<scalar_t>(), k, circular, p.const_data_ptr<scalar_t>(),
+                              s.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                              dw_per_sample.mutable_data_ptr<double>());
+    });
+  }
+  // Summed over samples in a fixed order: deterministic whatever the thread count.
+  return {dx, dw_per_sample.sum(0).to(weight.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("eca_fwd", &eca_fwd_cpu);
+  m.impl("eca_bwd", &eca_bwd_cpu);
+}
+
+}  // namespace fastlayers

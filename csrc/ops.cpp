@@ -1,0 +1,12 @@
+// Every op schema of the fastlayers library, in one place. Kernels register per device in csrc/<family>/ (C++,
+// CUDA) or from Python (Triton); fake kernels and autograd formulas live in python/fastlayers/ops/<family>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastlayers, m) {
+  // eca: y = x * sigmoid(conv1d_over_channels(mean_spatial(x), weight)); also returns the pooled means and the
+  // gates ([N, C], float32 or float64) that the backward needs.
+  m.def("eca_fwd(Tensor x, Tensor weight, bool circular) -> (Tensor y, Tensor pooled, Tensor gate)");
+  m.def(
+      "eca_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor gate, bool circular)"
+      " -> (Tensor grad_x, Tensor grad_weight)");
+}

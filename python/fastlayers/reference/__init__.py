@@ -1,0 +1,6 @@
+"""Plain-PyTorch references of every op: the ground truth of the tests, the eager peer of the benchmarks, and the
+fallback on devices that have no fastlayers kernel."""
+
+from .eca import eca
+
+__all__ = ["eca"]
