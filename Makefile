@@ -1,0 +1,47 @@
+# make test   - create .venv if missing, install pinned deps, build fastlayers, run the test suite
+# make bench  - the same set-up, then every benchmark (benchmarks/run.py), writing benchmarks/results/
+# make build  - set-up and build only
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.14.1
+SCATTER := torch_scatter-2.1.2
+# torch-scatter's wheel only loads under the torch it was built against: cache it per torch version.
+WHEELS := $(HOME)/.cache/fastlayers/wheels/torch-$(TORCH_VERSION)-cpu
+DEPS_STAMP := $(VENV)/.deps-stamp
+PYTEST_ARGS ?=
+
+.PHONY: all build test bench bench-quick info clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(DEPS_STAMP): requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/$(SCATTER)-*.whl >/dev/null 2>&1 || \
+		FORCE_ONLY_CPU=1 MAX_JOBS=2 $(BIN)/pip wheel --no-cache-dir --no-build-isolation --no-deps \
+			-w $(WHEELS) torch-scatter==2.1.2
+	$(BIN)/pip install -q --no-deps --force-reinstall $(WHEELS)/$(SCATTER)-*.whl
+	touch $@
+
+build: $(DEPS_STAMP)
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: build
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: build
+	$(BIN)/python benchmarks/run.py --quick
+
+info: build
+	$(BIN)/python -m fastlayers info
+
+clean:
+	rm -rf build $(VENV) python/fastlayers/*.so *.egg-info python/*.egg-info
