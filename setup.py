@@ -10,11 +10,16 @@ import os
 import platform
 import sys
 
-import torch
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# torch finds the toolkit from `which nvcc`; where that is a wrapper script (/usr/local/bin/nvcc here) the guessed
+# root has no lib64 and linking -lcudart fails. Prefer the standard toolkit root when it exists.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def _sources(pattern):
@@ -73,6 +78,15 @@ def _extension():
     return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """Keeps objects in build/temp across `pip install -e .` runs (pip would use a fresh temp dir), so ninja
+    recompiles only the sources that changed: a CUDA translation unit takes minutes on 2 cores."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "temp")
+
+
 setup(
     packages=[
         "fastlayers",
@@ -85,5 +99,5 @@ setup(
     ],
     package_dir={"fastlayers": "python/fastlayers", "fastlayers.kernels": "kernels"},
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
 )
