@@ -78,6 +78,17 @@ def _extension():
     return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+def _packages():
+    """fastlayers and every subpackage under python/fastlayers, plus kernels/ installed as fastlayers.kernels."""
+    base = os.path.join(ROOT, "python")
+    found = sorted(
+        os.path.relpath(d, base).replace(os.sep, ".")
+        for d, _, files in os.walk(os.path.join(base, "fastlayers"))
+        if "__init__.py" in files
+    )
+    return found + ["fastlayers.kernels"]
+
+
 class BuildExt(BuildExtension.with_options(use_ninja=True)):
     """Keeps objects in build/temp across `pip install -e .` runs (pip would use a fresh temp dir), so ninja
     recompiles only the sources that changed: a CUDA translation unit takes minutes on 2 cores."""
@@ -88,15 +99,7 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
 
 
 setup(
-    packages=[
-        "fastlayers",
-        "fastlayers.ops",
-        "fastlayers.reference",
-        "fastlayers.nn",
-        "fastlayers.models",
-        "fastlayers.data",
-        "fastlayers.kernels",
-    ],
+    packages=_packages(),
     package_dir={"fastlayers": "python/fastlayers", "fastlayers.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExt},
