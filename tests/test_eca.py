@@ -252,25 +252,27 @@ def test_output_pool_reuses_and_keeps_live_outputs_intact():
     w = torch.randn(3)
     y1 = eca(x, w)
     keep = y1.clone()
-    before = fastlayers._C.cpu_cache_stats()
+    before = fastlayers.cpu_cache.stats()
     y2 = eca(x, w)  # y1 alive: must get a different block
     assert y1.data_ptr() != y2.data_ptr()
     torch.testing.assert_close(y1, keep, rtol=0, atol=0)
     del y1, y2
     eca(x, w)
-    after = fastlayers._C.cpu_cache_stats()
+    after = fastlayers.cpu_cache.stats()
     assert after["hits"] > before["hits"]
 
 
 def test_output_pool_can_be_disabled():
-    old = fastlayers._C.cpu_cache_stats()["limit_bytes"]
+    old = fastlayers.cpu_cache.stats()["limit_bytes"]
     try:
-        fastlayers._C.cpu_cache_set_limit(0)
-        assert fastlayers._C.cpu_cache_stats()["cached_bytes"] == 0
+        fastlayers.cpu_cache.set_limit(0)
+        assert fastlayers.cpu_cache.stats()["cached_bytes"] == 0
         x = torch.randn(2, 64, 64, 64)
         torch.testing.assert_close(eca(x, torch.ones(3)), reference.eca(x, torch.ones(3)))
+        with pytest.raises(ValueError, match="nbytes"):
+            fastlayers.cpu_cache.set_limit(-1)
     finally:
-        fastlayers._C.cpu_cache_set_limit(old)
+        fastlayers.cpu_cache.set_limit(old)
 
 
 # ---- Triton kernels -------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def info() -> dict:
         "compiler": build["compiler"],
         "Triton": triton_version,
         "CPU threads": torch.get_num_threads(),
-        "CPU output pool": fastlayers._C.cpu_cache_stats(),
+        "CPU output pool": fastlayers.cpu_cache.stats(),
         "ops": ops,
     }
 
