@@ -224,7 +224,6 @@ def test_convert_timm_bare_and_unsupported():
         (torch.randn(2, 4, 3, 3), torch.randn(1, 1, 3), {}, ValueError, "weight must be 1-D"),
         (torch.randn(2, 4, 3, 3), torch.ones(3, dtype=torch.int64), {}, TypeError, "weight must have a floating"),
         (torch.ones(2, 4, 3, 3, dtype=torch.int64), torch.randn(3), {}, TypeError, "x must have a floating"),
-        (torch.randn(2, 4, 3, 3).half(), torch.randn(3), {}, TypeError, "x must have a floating"),
         ([1.0, 2.0], torch.randn(3), {}, TypeError, "x must be a torch.Tensor"),
         (torch.randn(2, 4, 3, 3), torch.randn(3), {"circular": 1}, TypeError, "circular"),
         (torch.randn(2, 4, 3, 3), torch.randn(3, device="meta"), {}, ValueError, "weight is on meta"),
@@ -233,6 +232,13 @@ def test_convert_timm_bare_and_unsupported():
 def test_bad_input(x, w, kw, exc, match):
     with pytest.raises(exc, match=match):
         eca(x, w, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_takes_reference(dtype):
+    x = torch.randn(2, 8, 4, 4).to(dtype)
+    w = torch.randn(3)
+    torch.testing.assert_close(eca(x, w), reference.eca(x, w))
 
 
 def test_module_bad_args():

@@ -17,8 +17,8 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.
 
     Args:
         x: [N, C, *spatial] with 1, 2 or 3 spatial dims; contiguous or channels-last (the output keeps x's
-            memory format). float32/float64 on CPU; float16/bfloat16/float32/float64 on CUDA (pooling and gate
-            in float32, or float64 for float64).
+            memory format). float32/float64 on CPU (float16/bfloat16 there take the eager reference);
+            float16/bfloat16/float32/float64 on CUDA (pooling and gate in float32, or float64 for float64).
         weight: [k], k odd and positive: the 1D kernel shared by all channels (timm's ``conv.weight.view(-1)``).
             Promoted to the compute dtype; its gradient comes back in its own dtype.
         circular: wrap the channel convolution around (CecaModule) instead of zero padding (EcaModule).
@@ -31,6 +31,9 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.
     V.boolean("circular", circular)
     if x.dim() not in (3, 4, 5):
         raise ValueError(f"x must be [N, C, *spatial] with 1 to 3 spatial dims, got shape {tuple(x.shape)}")
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        V.same_device(x=x, weight=weight)
+        return _reference_eca(x, weight, circular)  # CPU autocast: correct, unfused (no half CPU kernel)
     V.floating("x", x)
     if weight.dim() != 1:
         raise ValueError(f"weight must be 1-D [k], got shape {tuple(weight.shape)} (use conv.weight.view(-1))")
