@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastlayers
 from fastlayers import reference
@@ -55,6 +57,30 @@ def test_forward_matches_reference_float64(layout, k, circular):
     assert not torch.isnan(y).any()
     if x.is_contiguous() or x.movedim(1, -1).is_contiguous():
         assert y.stride() == x.stride(), "output must keep the input's memory format"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    c=st.integers(1, 70),
+    spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    k=st.sampled_from([1, 3, 5, 7, 9, 15]),
+    circular=st.booleans(),
+    channels_last=st.booleans(),
+)
+def test_random_shapes_match_reference(n, c, spatial, k, circular, channels_last):
+    x = torch.randn(n, *spatial, c, dtype=torch.float64).movedim(-1, 1)  # channels-last strides
+    if not channels_last:
+        x = x.contiguous()
+    x.requires_grad_()
+    w = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    y = eca(x, w, circular)
+    r = reference.eca(x, w, circular)
+    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(y, (x, w), g)
+    want = torch.autograd.grad(r, (x, w), g)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
