@@ -9,6 +9,10 @@ import torch
 from .ops import ncache as _ops
 
 
+_TABLE_DTYPES = {"keys": torch.int64, "eids": torch.int64, "times": torch.float64, "values": torch.float32,
+                 "last_time": torch.float64}
+
+
 class Lookup(NamedTuple):
     keys: torch.Tensor  # [B, S] int64, -1 = empty
     eids: torch.Tensor  # [B, S] int64
@@ -109,6 +113,17 @@ class NCache(torch.nn.Module):
     def pair_features(self, u, v) -> PairFeatures:
         """Joint neighbourhood of pairs (u[p], v[p]): see :func:`fastlayers.ops.ncache_pair_features`."""
         return PairFeatures(*_ops.ncache_pair_features(self.keys, self.values, u, v, self.sizes, self.seed))
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) casts every floating buffer; the kernels need the table dtypes (and a float16 cast
+        # would destroy Unix times), so a dtype change is undone from the pre-cast tensors: only devices move.
+        before = {name: getattr(self, name) for name in _TABLE_DTYPES}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                setattr(self, name, old.to(device=new.device))
+        return self
 
     def extra_repr(self) -> str:
         return (f"num_nodes={self.num_nodes}, sizes={self.sizes}, value_dim={self.value_dim}, "
