@@ -24,7 +24,8 @@ inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
   L.hops = 1 + int64_t(sizes.size());
   L.m[0] = 1;
   for (size_t i = 0; i < sizes.size(); ++i) {
-    TORCH_CHECK_VALUE(sizes[i] >= 1, "ncache: every size must be >= 1, got ", sizes);
+    TORCH_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: every size must be in [1, 2^31), got ",
+                      sizes);
     L.m[i + 1] = sizes[i];
   }
   for (int64_t h = 0; h < L.hops; ++h) L.off[h + 1] = L.off[h] + L.m[h];

@@ -26,6 +26,13 @@ namespace {
 constexpr int64_t kOwnerGrain = 64;  // owners per task: a batch of a few hundred edges stays on one thread
 constexpr int64_t kPairGrain = 32;
 
+constexpr int64_t kAhead = 4;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
+
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
+
 struct Best {
   double t;
   int64_t eid, key, rank, src;  // src: edge index b (hops 0, 1) or flat table index of the copied entry
@@ -109,7 +116,19 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
     const int64_t M = L.m[h], off = L.off[h];
     at::parallel_for(0, U, kOwnerGrain, [&](int64_t g0, int64_t g1) {
       std::vector<Best> best(M);
+      auto warm = [&](int64_t g) {
+        const int64_t o = inc[start[g]].first;
+        prefetch(K + o * S + off, M * 8);
+        if (h < 2) return;
+        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+          const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+          const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
+          prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
+        }
+      };
+      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
       for (int64_t g = g0; g < g1; ++g) {
+        if (g + kAhead < g1) warm(g + kAhead);
         const int64_t o = inc[start[g]].first;
         for (auto& x : best) x.rank = -1;
         auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
@@ -122,13 +141,13 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
           if (h == 0) {
             offer(0, tp[b], ep[b], o, j, b);
           } else if (h == 1) {
-            offer(int64_t(key_hash(partner, sm) % uint64_t(M)), tp[b], ep[b], partner, j, b);
+            offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
           } else {
             const int64_t pm = L.m[h - 1], poff = partner * S + L.off[h - 1];
             for (int64_t c = 0; c < pm; ++c) {
               const int64_t k = K[poff + c];
               if (k < 0) continue;
-              offer(int64_t(key_hash(k, sm) % uint64_t(M)), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
+              offer(slot_in(key_hash(k, sm), M), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
             }
           }
         }
@@ -235,7 +254,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
     return h;
   };
   at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
+    auto warm = [&](int64_t p) {
+      prefetch(K + up[p] * S, S * 8);
+      prefetch(K + vp[p] * S, S * 8);  // values are read for occupied slots only
+    };
+    for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm(p);
     for (int64_t p = p0; p < p1; ++p) {
+      if (p + kAhead < p1) warm(p + kAhead);
       const int64_t row[2] = {up[p] * S, vp[p] * S};
       int64_t* c3 = cnt + p * H * H;
       std::fill(c3, c3 + H * H, int64_t(0));
@@ -246,10 +271,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
         const int64_t own_bit = side * H + hop_at(col);
         // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
         const uint64_t kh = key_hash(k, sm);
+        int64_t cols[kMaxHops];
+        cols[0] = 0;
+        for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
         int64_t code = 0, at[2 * kMaxHops];
         for (int64_t s2 = 0; s2 < 2; ++s2) {
           for (int64_t h = 0; h < H; ++h) {
-            const int64_t c = h == 0 ? 0 : L.off[h] + int64_t(kh % uint64_t(L.m[h]));
+            const int64_t c = cols[h];
             if (K[row[s2] + c] == k) {
               code |= int64_t(1) << (s2 * H + h);
               at[s2 * H + h] = row[s2] + c;
@@ -274,13 +302,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
             for (int64_t j = 0; j < H; ++j)
               if (code >> (H + j) & 1) ++c3[i * H + j];
       }
-      for (int64_t q = n; q < Kmax; ++q) {
-        const int64_t o = p * Kmax + q;
-        ko[o] = -1;
-        co[o] = 0;
-        mo[o] = false;
-        std::fill(fo + o * D, fo + (o + 1) * D, 0.0f);
-      }
+      const int64_t o = p * Kmax + n, pad = Kmax - n;
+      std::fill(ko + o, ko + o + pad, int64_t(-1));
+      std::memset(co + o, 0, sizeof(int64_t) * pad);
+      std::memset(mo + o, 0, sizeof(bool) * pad);
+      std::memset(fo + o * D, 0, sizeof(float) * pad * D);
     }
   });
   return {okeys, codes, feats, mask, counts};

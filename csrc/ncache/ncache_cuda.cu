@@ -64,12 +64,12 @@ __global__ void update_hop_kernel(int64_t* __restrict__ K, int64_t* __restrict__
         slot = 0;
         x = {tp[b], ep[b], o, j, b};
       } else if (h == 1) {
-        slot = int64_t(key_hash(partner, sm) % uint64_t(M));
+        slot = slot_in(key_hash(partner, sm), M);
         x = {tp[b], ep[b], partner, j, b};
       } else {
         const int64_t idx = partner * S + poff + cc, k = K[idx];
         if (k >= 0) {
-          slot = int64_t(key_hash(k, sm) % uint64_t(M));
+          slot = slot_in(key_hash(k, sm), M);
           x = {T[idx], E[idx], k, j * pm + cc, idx};
         }
       }
@@ -185,7 +185,7 @@ __global__ void pair_kernel(const int64_t* __restrict__ K, const float* __restri
         const uint64_t kh = key_hash(k, sm);
         for (int64_t s2 = 0; s2 < 2; ++s2)
           for (int64_t h = 0; h < H; ++h) {
-            const int64_t c = h == 0 ? 0 : L.off[h] + int64_t(kh % uint64_t(L.m[h]));
+            const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
             if (K[row[s2] + c] == k) {
               code |= int64_t(1) << (s2 * H + h);
               at[s2 * H + h] = row[s2] + c;

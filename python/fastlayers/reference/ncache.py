@@ -49,14 +49,9 @@ def seed_mix(seed: int) -> int:
     return _s64(_mix64_int((seed & _MASK64) ^ _SEED_SALT))
 
 
-def _umod(x: torch.Tensor, m: int) -> torch.Tensor:
-    """x mod m reading x's bits as uint64 (torch's % floors on the signed value)."""
-    return (x.remainder(m) + (x < 0).to(x.dtype) * ((1 << 64) % m)).remainder(m)
-
-
 def slot_of(keys: torch.Tensor, seed: int, m: int) -> torch.Tensor:
-    """Slot of each key in a hop of m slots: mix64(key ^ seed_mix(seed)) mod m (int64)."""
-    return _umod(mix64(keys ^ seed_mix(seed)), m)
+    """Slot of each key in a hop of m slots: ((mix64(key ^ seed_mix(seed)) >> 32) * m) >> 32 (int64)."""
+    return (_lsr(mix64(keys ^ seed_mix(seed)), 32) * m) >> 32
 
 
 def nat_slot_of(keys: torch.Tensor, seed: int, m: int) -> torch.Tensor:
