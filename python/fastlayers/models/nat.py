@@ -1,0 +1,130 @@
+"""NAT (Luo & Li, LoG 2022): temporal link prediction from per-node neighbourhood caches (fastlayers.NCache).
+
+Per node: a self state updated by a GRU from (partner state, edge feature, time encoding), and the N-cache whose
+slot values come from a GRU over (neighbour state, edge feature, time encoding). A query pair (u, v) is scored
+from its joint structural features -- the 6-bit hop code of every key of the joint neighbourhood, embedded, plus
+the keys' summed slot values, sum-pooled -- and both self states, by an MLP.
+
+Training follows the memory-network recipe (TGN): the state update of batch i-1 is computed at the start of batch
+i with gradients, so the GRUs are trained through the predictions of batch i; predictions of a batch only see
+edges strictly before it. The cache itself is state: its slot values are written detached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ncache import NCache
+
+
+class TimeEncoder(nn.Module):
+    """cos(w * log1p(dt) + b): a learnable harmonic encoding of elapsed time (TGAT/TGN style, log-scaled so Unix
+    second gaps of 1 s .. years share one range). dt: [B] float64 -> [B, dim] float32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.lin = nn.Linear(1, dim)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.linspace(0.1, 3.0, dim).view(dim, 1))
+            self.lin.bias.zero_()
+
+    def forward(self, dt: torch.Tensor) -> torch.Tensor:
+        return torch.cos(self.lin(torch.log1p(dt.clamp_min(0)).to(torch.float32).unsqueeze(-1)))
+
+
+class NAT(nn.Module):
+    """NAT temporal link predictor.
+
+    Args:
+        num_nodes: node ids 0 .. num_nodes - 1.
+        edge_dim: edge feature length (0 for none).
+        sizes, value_dim, replace_prob, seed: the N-cache (NAT: (32, 16), 4, alpha).
+        self_dim: self-state size (NAT: 72). time_dim: time encoding size. code_dim: hop-code embedding size.
+        hidden: width of the pair encoder and the scorer.
+
+    Use: ``logits = model(src, dst, neg, t, eid, edge_feat)`` scores the positive pairs (src, dst) and the
+    negatives (src, neg) of a batch ([B] each, time-sorted) from the state before the batch, then queues the
+    batch as the next state update; call :meth:`detach_state` after each optimiser step and :meth:`reset_state`
+    before replaying a stream from its start.
+    """
+
+    def __init__(self, num_nodes: int, edge_dim: int = 0, sizes=(32, 16), value_dim: int = 4, self_dim: int = 72,
+                 time_dim: int = 16, code_dim: int = 16, hidden: int = 64, replace_prob: float = 0.9, seed: int = 0):
+        super().__init__()
+        self.num_nodes, self.edge_dim, self.self_dim = num_nodes, edge_dim, self_dim
+        self.cache = NCache(num_nodes, sizes, value_dim, replace_prob=replace_prob, seed=seed)
+        hops = 1 + len(sizes)
+        self.time_enc = TimeEncoder(time_dim)
+        msg = self_dim + edge_dim + time_dim
+        self.self_gru = nn.GRUCell(msg, self_dim)
+        self.value_gru = nn.GRUCell(msg, value_dim)
+        self.code_emb = nn.Embedding(1 << (2 * hops), code_dim)
+        self.pair_enc = nn.Sequential(nn.Linear(code_dim + value_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.scorer = nn.Sequential(nn.Linear(hidden + 2 * self_dim + 2 * time_dim, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, 1))
+        self.register_buffer("memory", torch.zeros(num_nodes, self_dim))
+        self.register_buffer("last_seen", torch.zeros(num_nodes, dtype=torch.float64))
+        self._live = None  # memory with this step's graph attached
+        self._pending = None
+
+    def reset_state(self) -> None:
+        """Forget the stream: zero self states, empty the N-cache, drop the queued batch."""
+        self.memory.zero_()
+        self.last_seen.zero_()
+        self.cache.reset()
+        self._live, self._pending = None, None
+
+    def detach_state(self) -> None:
+        """Store the live state as plain tensors (end of a training step: no gradient across batches)."""
+        if self._live is not None:
+            self.memory.copy_(self._live.detach())
+            self._live = None
+
+    def _flush(self) -> torch.Tensor:
+        """Apply the queued batch to self states (with gradient) and the N-cache; return the live memory."""
+        memory = self.memory if self._live is None else self._live
+        if self._pending is None:
+            return memory
+        src, dst, t, eid, feat = self._pending
+        self._pending = None
+        hs, hd = memory[src], memory[dst]
+        es = self.time_enc(t - self.last_seen[src])
+        ed = self.time_enc(t - self.last_seen[dst])
+        parts_s = [hd, es] if feat is None else [hd, feat, es]
+        parts_d = [hs, ed] if feat is None else [hs, feat, ed]
+        new_s = self.self_gru(torch.cat(parts_s, 1), hs)
+        new_d = self.self_gru(torch.cat(parts_d, 1), hd)
+        # A node in several edges of the batch keeps the update of its last edge (the stream is time-sorted):
+        # index_put_ with duplicate indices would keep an arbitrary one.
+        nodes = torch.stack([src, dst], 1).reshape(-1)
+        updates = torch.stack([new_s, new_d], 1).reshape(-1, self.self_dim)
+        uniq, inv = torch.unique(nodes, return_inverse=True)
+        last = torch.zeros_like(uniq).scatter_reduce_(0, inv, torch.arange(nodes.numel(), device=nodes.device),
+                                                      "amax", include_self=False)
+        memory = memory.index_put((uniq,), updates[last])
+        # One slot value per edge, from the partner's new state, as NAT's slot-value GRU (zero previous value).
+        val_in = torch.cat([new_s + new_d] + ([] if feat is None else [feat]) + [es], 1)
+        values = self.value_gru(val_in, val_in.new_zeros(val_in.shape[0], self.value_gru.hidden_size))
+        with torch.no_grad():
+            self.cache.update(src, dst, t, eid, values.detach())
+            self.last_seen.index_put_((uniq,), t.repeat_interleave(2)[last])
+        self._live = memory
+        return memory
+
+    def score(self, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Logits [P] for pairs (u, v) at times t from the cache and the given self states."""
+        pf = self.cache.pair_features(u, v)
+        x = torch.cat([self.code_emb(pf.codes), pf.feats], -1)
+        z = (self.pair_enc(x) * pf.mask.unsqueeze(-1)).sum(1)
+        du = self.time_enc(t - self.last_seen[u])
+        dv = self.time_enc(t - self.last_seen[v])
+        return self.scorer(torch.cat([z, memory[u], memory[v], du, dv], 1)).squeeze(-1)
+
+    def forward(self, src, dst, neg, t, eid, edge_feat=None):
+        """Logits of positives (src, dst) and negatives (src, neg), [B] each; then queue the batch."""
+        memory = self._flush()
+        pos = self.score(src, dst, t, memory)
+        negl = self.score(src, neg, t, memory)
+        self._pending = (src, dst, t, eid, edge_feat)
+        return pos, negl
