@@ -100,7 +100,18 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 16])
     ap.add_argument("--replace-prob", type=float, default=0.9)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: batches of 100 edges gain nothing from more on a shared CPU)")
     args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args) -> int:
     torch.manual_seed(args.seed)
     show = not args.quiet
 
