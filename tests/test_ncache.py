@@ -92,6 +92,21 @@ def test_slots_reach_every_index():
     assert R.nat_slot_of(ids, 0, 32).unique().numel() < 32
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_replacement_draws_are_uniform(p):
+    # The counter-based draw must behave like a uniform variate: over many (owner, key, time) the replacement
+    # rate is p, and the slot index is uniform over the hop.
+    gen = torch.Generator().manual_seed(0)
+    n = 200_000
+    owner = torch.randint(0, 1 << 20, (n,), generator=gen)
+    key = torch.randint(0, 1 << 20, (n,), generator=gen)
+    t = torch.rand(n, generator=gen, dtype=torch.float64) * 1e9
+    rate = (R.replace_draw(3, owner, 1, key, t) < R.threshold53(p)).double().mean().item()
+    assert abs(rate - p) < 0.005
+    counts = torch.bincount(R.slot_of(key, 3, 32), minlength=32).double()
+    assert counts.min() > 0.9 * n / 32 and counts.max() < 1.1 * n / 32
+
+
 def test_hop2_comes_from_partner_hop1_before_the_batch():
     # 0-1 at t=1, then 1-2 at t=2: hop 2 of 2 gets 1's hop-1 entry for 0 (edge 10, t=1), not the new edge 1-2.
     c = NCache(4, (8, 8), 1, replace_prob=1.0)
@@ -252,7 +267,7 @@ def test_integer_times_and_ids_are_accepted():
     ref = NCache(6, (4, 2), 1)
     c.update(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([2, 3], dtype=torch.int32),
              torch.tensor([5, 6]), torch.tensor([0, 1], dtype=torch.int32))
-    ref.update(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([5.0, 6.0], dtype=torch.float64), torch.tensor([0, 1]))
+    ref.update(torch.tensor([0, 1]), torch.tensor([2, 3]), _t(5.0, 6.0), torch.tensor([0, 1]))
     _assert_same_tables(c, _ref_tables(ref))
 
 
@@ -308,11 +323,11 @@ def test_bad_times(t, match):
 def test_mismatched_lengths():
     c = _cache()
     with pytest.raises(ValueError, match="dst"):
-        c.update(torch.tensor([1, 2]), torch.tensor([1]), torch.tensor([6.0, 6.0], dtype=torch.float64), torch.tensor([0, 1]))
+        c.update(torch.tensor([1, 2]), torch.tensor([1]), _t(6.0, 6.0), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="t must be"):
         c.update(torch.tensor([1, 2]), torch.tensor([1, 3]), _t(6.0), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="eid"):
-        c.update(torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([6.0, 6.0], dtype=torch.float64), torch.tensor([0]))
+        c.update(torch.tensor([1, 2]), torch.tensor([1, 3]), _t(6.0, 6.0), torch.tensor([0]))
     with pytest.raises(ValueError, match="values"):
         c.update(torch.tensor([1]), torch.tensor([1]), _t(6.0), torch.tensor([0]), torch.ones(1, 3))
     with pytest.raises(ValueError, match="v has"):

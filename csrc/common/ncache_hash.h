@@ -22,8 +22,9 @@ FL_HD uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Hash of a key for the slot index of every hop: slot = slot_in(key_hash(key, seed), M_h). It ignores the owner so the same
-// neighbour lands in the same slot of every node's cache, which is what lets pair features probe instead of sort.
+// Hash of a key for the slot index of every hop: slot = slot_in(key_hash(key, seed), M_h). It ignores the owner so
+// the same neighbour lands in the same slot of every node's cache, which is what lets pair features probe instead
+// of sort.
 FL_HD uint64_t key_hash(int64_t key, uint64_t seed_mix) { return mix64(uint64_t(key) ^ seed_mix); }
 
 // Slot in a hop of m slots (m < 2^31): the top 32 bits of the hash scaled to [0, m) by a multiply-shift, which is

@@ -34,8 +34,9 @@ class NCache(torch.nn.Module):
     State (buffers, so ``state_dict`` / ``load_state_dict`` / ``.to(device)`` work): ``keys`` and ``eids``
     [num_nodes, S] int64 (-1 = empty), ``times`` [num_nodes, S] float64, ``values`` [num_nodes, S, value_dim]
     float32, ``last_time`` [1] float64; S = 1 + sum(sizes) and hop h lives in columns ``offsets[h]:offsets[h+1]``
-    (:meth:`hop` gives the views). A neighbour's slot in hop h is ``mix64(key ^ seed) % sizes[h-1]`` in every
-    node's cache, which is what makes :meth:`pair_features` a probe instead of a set intersection.
+    (:meth:`hop` gives the views). A neighbour's slot in hop h is ``((mix64(key ^ mix(seed)) >> 32) * M_h) >> 32``
+    (splitmix64, see csrc/common/ncache_hash.h) in every node's cache, which is what makes :meth:`pair_features`
+    a probe instead of a set intersection.
 
     Args:
         num_nodes: node ids are 0 .. num_nodes - 1.

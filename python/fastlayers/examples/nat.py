@@ -133,7 +133,8 @@ def _run(args) -> int:
         model.reset_state()
         gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         t0 = time.perf_counter()
-        run_stream(model, data, split.train, args.batch, gen, train=True, opt=opt, desc=f"epoch {epoch}", show=show)
+        run_stream(model, data, split.train, args.batch, gen, train=True, opt=opt, desc=f"epoch {epoch}",
+                   show=show)
         epoch_times.append(time.perf_counter() - t0)
         # Validation continues the stream from the state the training epoch built.
         pos, neg, bid = run_stream(model, data, split.val, args.batch, torch.Generator().manual_seed(7),

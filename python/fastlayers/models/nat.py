@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..ncache import NCache
+from ..reference.ncache import slot_of
 
 
 class TimeEncoder(nn.Module):
@@ -50,7 +51,8 @@ class NAT(nn.Module):
     """
 
     def __init__(self, num_nodes: int, edge_dim: int = 0, sizes=(32, 16), value_dim: int = 4, self_dim: int = 72,
-                 time_dim: int = 16, code_dim: int = 16, hidden: int = 64, replace_prob: float = 0.9, seed: int = 0):
+                 time_dim: int = 16, code_dim: int = 16, hidden: int = 64, replace_prob: float = 0.9,
+                 seed: int = 0):
         super().__init__()
         self.num_nodes, self.edge_dim, self.self_dim = num_nodes, edge_dim, self_dim
         self.cache = NCache(num_nodes, sizes, value_dim, replace_prob=replace_prob, seed=seed)
@@ -60,9 +62,12 @@ class NAT(nn.Module):
         self.self_gru = nn.GRUCell(msg, self_dim)
         self.value_gru = nn.GRUCell(msg, value_dim)
         self.code_emb = nn.Embedding(1 << (2 * hops), code_dim)
-        self.pair_enc = nn.Sequential(nn.Linear(code_dim + value_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-        self.scorer = nn.Sequential(nn.Linear(hidden + 2 * self_dim + 2 * time_dim, hidden), nn.ReLU(),
-                                    nn.Linear(hidden, 1))
+        self.pair_enc = nn.Sequential(nn.Linear(code_dim + value_dim, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden))
+        # Scorer input: pooled pair code features, both self states, both nodes' time since last event, the time
+        # since u's last event with v (read from u's hop-1 slot for v) and its presence flag, log common counts.
+        self.scorer = nn.Sequential(nn.Linear(hidden + 2 * self_dim + 3 * time_dim + 1 + hops * hops, hidden),
+                                    nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("memory", torch.zeros(num_nodes, self_dim))
         self.register_buffer("last_seen", torch.zeros(num_nodes, dtype=torch.float64))
         self._live = None  # memory with this step's graph attached
@@ -119,7 +124,12 @@ class NAT(nn.Module):
         z = (self.pair_enc(x) * pf.mask.unsqueeze(-1)).sum(1)
         du = self.time_enc(t - self.last_seen[u])
         dv = self.time_enc(t - self.last_seen[v])
-        return self.scorer(torch.cat([z, memory[u], memory[v], du, dv], 1)).squeeze(-1)
+        # v can only sit in u's hop-1 slot slot_of(v): one probe gives the time of their latest edge.
+        col = self.cache.offsets[1] + slot_of(v, self.cache.seed, self.cache.sizes[0])
+        met = (self.cache.keys[u, col] == v).unsqueeze(-1)
+        duv = self.time_enc(t - self.cache.times[u, col]) * met
+        counts = torch.log1p(pf.counts.flatten(1).to(torch.float32))
+        return self.scorer(torch.cat([z, memory[u], memory[v], du, dv, duv, met.float(), counts], 1)).squeeze(-1)
 
     def forward(self, src, dst, neg, t, eid, edge_feat=None):
         """Logits of positives (src, dst) and negatives (src, neg), [B] each; then queue the batch."""
