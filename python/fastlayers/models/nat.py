@@ -60,13 +60,15 @@ class NAT(nn.Module):
         self.time_enc = TimeEncoder(time_dim)
         msg = self_dim + edge_dim + time_dim
         self.self_gru = nn.GRUCell(msg, self_dim)
-        self.value_gru = nn.GRUCell(msg, value_dim)
+        if value_dim < 2:
+            raise ValueError(f"value_dim must be >= 2 (a pair count and GRU channels), got {value_dim}")
+        self.value_gru = nn.GRUCell(msg, value_dim - 1)
         self.code_emb = nn.Embedding(1 << (2 * hops), code_dim)
         self.pair_enc = nn.Sequential(nn.Linear(code_dim + value_dim, hidden), nn.ReLU(),
                                       nn.Linear(hidden, hidden))
         # Scorer input: pooled pair code features, both self states, both nodes' time since last event, the time
-        # since u's last event with v (read from u's hop-1 slot for v) and its presence flag, log common counts.
-        self.scorer = nn.Sequential(nn.Linear(hidden + 2 * self_dim + 3 * time_dim + 1 + hops * hops, hidden),
+        # whether v is in u's hop-1 cache (one slot probe) and the log common-neighbour counts per hop pair.
+        self.scorer = nn.Sequential(nn.Linear(hidden + 2 * self_dim + 2 * time_dim + 1 + hops * hops, hidden),
                                     nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("memory", torch.zeros(num_nodes, self_dim))
         self.register_buffer("last_seen", torch.zeros(num_nodes, dtype=torch.float64))
@@ -108,9 +110,15 @@ class NAT(nn.Module):
         last = torch.zeros_like(uniq).scatter_reduce_(0, inv, torch.arange(nodes.numel(), device=nodes.device),
                                                       "amax", include_self=False)
         memory = memory.index_put((uniq,), updates[last])
-        # One slot value per edge, from the partner's new state, as NAT's slot-value GRU (zero previous value).
+        # One slot value per edge: channel 0 counts the pair's edges (the previous value of dst's slot in src's
+        # hop-1 table, plus one), the other channels are NAT's slot-value GRU over the partner's new state with the
+        # previous slot value as hidden state.
+        with torch.no_grad():
+            col = self.cache.offsets[1] + slot_of(dst, self.cache.seed, self.cache.sizes[0])
+            kept = (self.cache.keys[src, col] == dst).unsqueeze(-1)
+            prev = self.cache.values[src, col] * kept
         val_in = torch.cat([new_s + new_d] + ([] if feat is None else [feat]) + [es], 1)
-        values = self.value_gru(val_in, val_in.new_zeros(val_in.shape[0], self.value_gru.hidden_size))
+        values = torch.cat([prev[:, :1] + 1, self.value_gru(val_in, prev[:, 1:])], 1)
         with torch.no_grad():
             self.cache.update(src, dst, t, eid, values.detach())
             self.last_seen.index_put_((uniq,), t.repeat_interleave(2)[last])
@@ -120,16 +128,16 @@ class NAT(nn.Module):
     def score(self, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Logits [P] for pairs (u, v) at times t from the cache and the given self states."""
         pf = self.cache.pair_features(u, v)
-        x = torch.cat([self.code_emb(pf.codes), pf.feats], -1)
+        # Summed pair counts span 1 .. thousands: log-scale them.
+        x = torch.cat([self.code_emb(pf.codes), torch.log1p(pf.feats[..., :1]), pf.feats[..., 1:]], -1)
         z = (self.pair_enc(x) * pf.mask.unsqueeze(-1)).sum(1)
         du = self.time_enc(t - self.last_seen[u])
         dv = self.time_enc(t - self.last_seen[v])
-        # v can only sit in u's hop-1 slot slot_of(v): one probe gives the time of their latest edge.
+        # v can only sit in u's hop-1 slot slot_of(v): one probe says whether they met (and the cache kept it).
         col = self.cache.offsets[1] + slot_of(v, self.cache.seed, self.cache.sizes[0])
-        met = (self.cache.keys[u, col] == v).unsqueeze(-1)
-        duv = self.time_enc(t - self.cache.times[u, col]) * met
+        met = (self.cache.keys[u, col] == v).unsqueeze(-1).float()
         counts = torch.log1p(pf.counts.flatten(1).to(torch.float32))
-        return self.scorer(torch.cat([z, memory[u], memory[v], du, dv, duv, met.float(), counts], 1)).squeeze(-1)
+        return self.scorer(torch.cat([z, memory[u], memory[v], du, dv, met, counts], 1)).squeeze(-1)
 
     def forward(self, src, dst, neg, t, eid, edge_feat=None):
         """Logits of positives (src, dst) and negatives (src, neg), [B] each; then queue the batch."""
