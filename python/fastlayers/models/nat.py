@@ -1,13 +1,15 @@
 """NAT (Luo & Li, LoG 2022): temporal link prediction from per-node neighbourhood caches (fastlayers.NCache).
 
 Per node: a self state updated by a GRU from (partner state, edge feature, time encoding), and the N-cache whose
-slot values come from a GRU over (neighbour state, edge feature, time encoding). A query pair (u, v) is scored
-from its joint structural features -- the 6-bit hop code of every key of the joint neighbourhood, embedded, plus
-the keys' summed slot values, sum-pooled -- and both self states, by an MLP.
+slot values are the pair's edge count (channel 0) and a GRU over (neighbour state, edge feature, time encoding)
+with the previous slot value as state. A query pair (u, v) is scored from its joint structural features -- the
+6-bit hop code of every key of the joint neighbourhood, embedded, plus the keys' summed slot values, sum-pooled --
+the common-neighbour counts, whether v is in u's hop-1 cache, and both self states, by an MLP.
 
 Training follows the memory-network recipe (TGN): the state update of batch i-1 is computed at the start of batch
-i with gradients, so the GRUs are trained through the predictions of batch i; predictions of a batch only see
-edges strictly before it. The cache itself is state: its slot values are written detached.
+i with gradients, so the self-state GRU is trained through the predictions of batch i; predictions of a batch only
+see edges strictly before it. The cache is state: slot values are written detached, so the loss does not reach
+the slot-value GRU (it acts as a fixed random recurrent projection).
 """
 
 from __future__ import annotations
