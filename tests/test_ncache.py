@@ -255,6 +255,26 @@ def test_state_dict_round_trip_and_reset():
     a.update(s, d, t, e, v)  # a reset cache accepts the stream again
 
 
+def test_foreign_state_cannot_make_kernels_read_out_of_bounds():
+    # Keys are only compared, never used as indices: a loaded state with keys off their hash slots, huge or
+    # negative, still gives well-formed results (such keys are simply not matched where they are misplaced).
+    c = NCache(16, (4, 2), 2)
+    gen = torch.Generator().manual_seed(5)
+    state = c.state_dict()
+    state["keys"] = torch.randint(-3, 1 << 40, state["keys"].shape, generator=gen)
+    state["keys"][:, :3] = torch.randint(0, 16, (16, 3), generator=gen)
+    state["values"] = torch.randn(state["values"].shape, generator=gen)
+    c.load_state_dict(state)
+    f = c.pair_features(torch.arange(16), torch.arange(16).flip(0))
+    assert torch.isfinite(f.feats).all() and torch.equal(f.mask, f.keys >= 0)
+    assert f.codes.max() < 64 and f.counts.min() >= 0
+    before = c.keys[:, 0].clone()
+    c.update(torch.arange(16), torch.arange(16).flip(0), torch.ones(16, dtype=torch.float64), torch.arange(16))
+    # hop 0 held a foreign key: replaced by the node itself with probability replace_prob, else kept.
+    assert torch.all((c.keys[:, 0] == torch.arange(16)) | (c.keys[:, 0] == before))
+    assert (c.keys[:, 0] == torch.arange(16)).any()
+
+
 def test_module_to_keeps_table_dtypes():
     c = NCache(4, (2, 2), 2)
     c.to(torch.float16)
