@@ -119,7 +119,17 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       auto warm = [&](int64_t g) {
         const int64_t o = inc[start[g]].first;
         prefetch(K + o * S + off, M * 8);
-        if (h < 2) return;
+        if (h < 2) {
+          // The slots this owner will write are known: hop 0 is column 0, hop 1 the partners' hash slots.
+          for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+            const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+            const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner, sm), M));
+            __builtin_prefetch(E + at, 1);
+            __builtin_prefetch(T + at, 1);
+            __builtin_prefetch(V + at * D, 1);
+          }
+          return;
+        }
         for (int64_t i = start[g]; i < start[g + 1]; ++i) {
           const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
           const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
@@ -254,13 +264,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
     return h;
   };
   at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
-    auto warm = [&](int64_t p) {
+    // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
+    // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
+    auto warm_keys = [&](int64_t p) {
       prefetch(K + up[p] * S, S * 8);
-      prefetch(K + vp[p] * S, S * 8);  // values are read for occupied slots only
+      prefetch(K + vp[p] * S, S * 8);
     };
-    for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm(p);
+    auto warm_values = [&](int64_t p) {
+      for (int64_t side = 0; side < 2; ++side) {
+        const int64_t r = (side ? vp[p] : up[p]) * S;
+        for (int64_t c = 0; c < S; ++c)
+          if (K[r + c] >= 0) __builtin_prefetch(V + (r + c) * D);
+      }
+    };
+    for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
+    for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
     for (int64_t p = p0; p < p1; ++p) {
-      if (p + kAhead < p1) warm(p + kAhead);
+      if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
+      if (p + kAhead < p1) warm_values(p + kAhead);
       const int64_t row[2] = {up[p] * S, vp[p] * S};
       int64_t* c3 = cnt + p * H * H;
       std::fill(c3, c3 + H * H, int64_t(0));
