@@ -66,13 +66,18 @@ def metrics(pos, neg, bid, keep=None) -> dict:
     if keep is not None:
         pos, neg, bid = pos[keep], neg[keep], bid[keep]
     if pos.size == 0:
-        return {"ap": float("nan"), "auc": float("nan"), "ap_batch_mean": float("nan"), "n": 0}
+        return {"ap": float("nan"), "auc": float("nan"), "ap_batch_mean": float("nan"),
+                "auc_batch_mean": float("nan"), "n": 0}
     y = np.concatenate([np.ones_like(pos), np.zeros_like(neg)])
     s = np.concatenate([pos, neg])
-    per_batch = [average_precision_score(np.r_[np.ones(m.sum()), np.zeros(m.sum())], np.r_[pos[m], neg[m]])
-                 for m in (bid == b for b in np.unique(bid))]
-    return {"ap": average_precision_score(y, s), "auc": roc_auc_score(y, s),
-            "ap_batch_mean": float(np.mean(per_batch)), "n": int(pos.size)}
+    ap_b, auc_b = [], []
+    for b in np.unique(bid):
+        m = bid == b
+        yb, sb = np.r_[np.ones(m.sum()), np.zeros(m.sum())], np.r_[pos[m], neg[m]]
+        ap_b.append(average_precision_score(yb, sb))
+        auc_b.append(roc_auc_score(yb, sb))
+    return {"ap": average_precision_score(y, s), "auc": roc_auc_score(y, s), "ap_batch_mean": float(np.mean(ap_b)),
+            "auc_batch_mean": float(np.mean(auc_b)), "n": int(pos.size)}
 
 
 def evaluate_split(model, data, split, batch, seed, show):
@@ -156,12 +161,13 @@ def _run(args) -> int:
     res = evaluate_split(model, data, split, args.batch, args.seed, show)
     print(f"\nNAT on {args.data} (best epoch {best_epoch}, {np.mean(epoch_times):.1f} s per training epoch, "
           f"{len(epoch_times)} epochs, {time.perf_counter() - start:.0f} s in all)")
-    print("| split | setting | AP | AUC | per-batch mean AP | positives |")
-    print("|---|---|---|---|---|---|")
+    print("| split | setting | AP | AUC | per-batch mean AP | per-batch mean AUC | positives |")
+    print("|---|---|---|---|---|---|---|")
     for name in ("val", "test"):
         for setting in ("transductive", "inductive"):
             m = res[name][setting]
-            print(f"| {name} | {setting} | {m['ap']:.4f} | {m['auc']:.4f} | {m['ap_batch_mean']:.4f} | {m['n']} |")
+            print(f"| {name} | {setting} | {m['ap']:.4f} | {m['auc']:.4f} | {m['ap_batch_mean']:.4f} | "
+                  f"{m['auc_batch_mean']:.4f} | {m['n']} |")
     return 0
 
 
