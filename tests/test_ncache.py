@@ -439,3 +439,16 @@ def test_cuda_bad_input_and_opcheck():
     torch.library.opcheck(torch.ops.fastlayers.ncache_pair_features,
                           (c.keys, c.values, torch.tensor([0, 1], device="cuda"),
                            torch.tensor([2, 2], device="cuda"), [4, 2], 0))
+
+
+def test_benchmark_case_runs_on_a_tiny_shape():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import bench_ncache
+
+    case = bench_ncache.build((20, 300), "cpu")
+    ours, peer = case.ours(), case.peer()
+    assert [tuple(x.shape) for x in ours] == [tuple(x.shape) for x in peer]
+    assert ours.mask.any() and case.extra["edges/call"] == 20
