@@ -88,7 +88,14 @@ def run_cases(family: str, module, device: str, quick: bool, min_run_time: float
         t_ours = time_median(case.ours, device, min_run_time)
         t_peer = time_median(case.peer, device, min_run_time)
         gbps = case.min_bytes / t_ours / 1e9
+        # extra "<unit>/call" counts become throughputs "<unit>/s" (ours) and "peer <unit>/s".
+        rates = {}
+        for k, v in case.extra.items():
+            if k.endswith("/call"):
+                rates[k[:-5] + "/s"] = v / t_ours
+                rates["peer " + k[:-5] + "/s"] = v / t_peer
         rows.append({
+            **rates,
             "case": case.name,
             "shape": case.shape,
             "fastlayers_ms": t_ours * 1e3,
@@ -97,7 +104,7 @@ def run_cases(family: str, module, device: str, quick: bool, min_run_time: float
             "speedup": t_peer / t_ours,
             "gbps": gbps,
             "copy_bw_fraction": gbps / bw,
-            **case.extra,
+            **{k: v for k, v in case.extra.items() if not k.endswith("/call")},
         })
         progress.update(1)
         del case

@@ -9,4 +9,17 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "eca_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor gate, bool circular)"
       " -> (Tensor grad_x, Tensor grad_weight)");
+
+  // ncache: NAT's per-node hashed neighbour dictionaries. Tables keys/eids [N, S] int64, times [N, S] float64,
+  // values [N, S, D] float32, S = 1 + sum(sizes); last_time [1] float64. update writes them in place.
+  m.def(
+      "ncache_update(Tensor(a!) keys, Tensor(b!) eids, Tensor(c!) times, Tensor(d!) values, Tensor(e!) last_time,"
+      " Tensor src, Tensor dst, Tensor t, Tensor eid, Tensor? edge_values, int[] sizes, float replace_prob,"
+      " int seed) -> ()");
+  m.def(
+      "ncache_lookup(Tensor keys, Tensor eids, Tensor times, Tensor values, Tensor nodes)"
+      " -> (Tensor keys, Tensor eids, Tensor times, Tensor values)");
+  m.def(
+      "ncache_pair_features(Tensor keys, Tensor values, Tensor u, Tensor v, int[] sizes, int seed)"
+      " -> (Tensor keys, Tensor codes, Tensor feats, Tensor mask, Tensor counts)");
 }

@@ -2,5 +2,6 @@
 fallback on devices that have no fastlayers kernel."""
 
 from .eca import eca
+from .ncache import ncache_lookup, ncache_pair_features, ncache_update
 
-__all__ = ["eca"]
+__all__ = ["eca", "ncache_update", "ncache_lookup", "ncache_pair_features"]

@@ -1,0 +1,75 @@
+// Shapes and argument checks shared by the CPU and CUDA N-cache kernels.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "common/ncache_hash.h"
+
+namespace fastlayers::ncache {
+
+// Column layout of the [N, S] tables: hop h occupies columns off[h] .. off[h] + m[h]; hop 0 is one column.
+struct Layout {
+  int64_t hops = 0;  // 1 + len(sizes)
+  int64_t S = 0;     // total columns
+  int64_t D = 0;     // value dim
+  int64_t m[kMaxHops] = {0, 0, 0, 0};
+  int64_t off[kMaxHops + 1] = {0, 0, 0, 0, 0};
+};
+
+inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
+  TORCH_CHECK_VALUE(sizes.size() >= 1 && int64_t(sizes.size()) < kMaxHops, "ncache: sizes must have 1 to ",
+                    kMaxHops - 1, " entries, got ", sizes.size());
+  Layout L;
+  L.hops = 1 + int64_t(sizes.size());
+  L.m[0] = 1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    TORCH_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: every size must be in [1, 2^31), got ",
+                      sizes);
+    L.m[i + 1] = sizes[i];
+  }
+  for (int64_t h = 0; h < L.hops; ++h) L.off[h + 1] = L.off[h] + L.m[h];
+  L.S = L.off[L.hops];
+  L.D = D;
+  return L;
+}
+
+// The state tables are updated in place, so they must already be dense: a copy would lose the update.
+inline Layout check_tables(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
+                           const at::Tensor& values, at::IntArrayRef sizes) {
+  TORCH_CHECK_VALUE(keys.dim() == 2 && keys.scalar_type() == at::kLong && keys.is_contiguous(),
+                    "ncache: keys must be a contiguous int64 [N, S] table");
+  TORCH_CHECK_VALUE(values.dim() == 3 && values.scalar_type() == at::kFloat && values.is_contiguous(),
+                    "ncache: values must be a contiguous float32 [N, S, D] table");
+  const Layout L = make_layout(sizes, values.size(2));
+  TORCH_CHECK_VALUE(keys.size(1) == L.S, "ncache: keys has ", keys.size(1), " columns, sizes imply ", L.S);
+  TORCH_CHECK_VALUE(values.size(0) == keys.size(0) && values.size(1) == L.S, "ncache: values must be [N, S, D]");
+  if (eids.defined())
+    TORCH_CHECK_VALUE(eids.sizes() == keys.sizes() && eids.scalar_type() == at::kLong && eids.is_contiguous(),
+                      "ncache: eids must be a contiguous int64 table shaped like keys");
+  if (times.defined())
+    TORCH_CHECK_VALUE(times.sizes() == keys.sizes() && times.scalar_type() == at::kDouble && times.is_contiguous(),
+                      "ncache: times must be a contiguous float64 table shaped like keys");
+  TORCH_CHECK_VALUE(values.device() == keys.device() && (!eids.defined() || eids.device() == keys.device()) &&
+                        (!times.defined() || times.device() == keys.device()),
+                    "ncache: the tables must be on one device");
+  return L;
+}
+
+// An index vector of the kernels ([B] int64); returned contiguous.
+inline at::Tensor check_ids(const at::Tensor& x, const char* name, const at::Tensor& keys) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, "ncache: ", name, " must be int64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 1, "ncache: ", name, " must be 1-D, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.device() == keys.device(), "ncache: ", name, " is on ", x.device(), ", the cache on ",
+                    keys.device());
+  return x.contiguous();
+}
+
+inline uint64_t threshold53(double replace_prob) {
+  TORCH_CHECK_VALUE(replace_prob >= 0.0 && replace_prob <= 1.0, "ncache: replace_prob must be in [0, 1], got ",
+                    replace_prob);
+  if (replace_prob >= 1.0) return uint64_t(1) << 53;
+  return uint64_t(replace_prob * double(uint64_t(1) << 53));
+}
+
+}  // namespace fastlayers::ncache

@@ -1,0 +1,344 @@
+// N-cache on the CPU: batched insert (update), row gather (lookup) and joint pair features.
+//
+// update groups the batch's 2B (owner, edge) incidences by owner, then writes the hops from the highest down:
+// hop h >= 2 of an owner reads its partners' hop h-1 columns, which the later passes have not yet written, so
+// every read sees the state as it was before the batch without copying it. Within a pass each owner writes only
+// its own row, so owners run in parallel with no locks, and the per-slot winner is the maximum of a total order
+// (time, edge id, key, rank): the result does not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "common/checks.h"
+#define FASTLAYERS_WITH_TORCH_API
+#include "common/cpu_cache.h"
+#include "ncache/ncache_common.h"
+
+namespace fastlayers::ncache {
+namespace {
+
+constexpr int64_t kOwnerGrain = 64;  // owners per task: a batch of a few hundred edges stays on one thread
+constexpr int64_t kPairGrain = 32;
+
+constexpr int64_t kAhead = 4;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
+
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
+
+struct Best {
+  double t;
+  int64_t eid, key, rank, src;  // src: edge index b (hops 0, 1) or flat table index of the copied entry
+};
+
+void check_batch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& t, const at::Tensor& eid,
+                 const c10::optional<at::Tensor>& edge_values, const Layout& L) {
+  const int64_t B = src.size(0);
+  TORCH_CHECK_VALUE(dst.size(0) == B && eid.size(0) == B && t.dim() == 1 && t.size(0) == B,
+                    "ncache.update: src, dst, t and eid must have one length, got ", src.size(0), ", ", dst.size(0),
+                    ", ", t.sizes(), ", ", eid.size(0));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, "ncache.update: t must be float64, got ", t.scalar_type());
+  if (edge_values.has_value()) {
+    const at::Tensor& v = *edge_values;
+    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat, "ncache.update: values must be float32, got ", v.scalar_type());
+    TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == B && v.size(1) == L.D, "ncache.update: values must be [", B,
+                      ", ", L.D, "], got ", v.sizes());
+  }
+}
+
+void validate_values(const int64_t* s, const int64_t* d, const double* t, int64_t B, int64_t N, double last) {
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_INDEX(s[b] >= 0 && s[b] < N, "ncache.update: src[", b, "] = ", s[b], " is out of range [0, ", N, ")");
+    TORCH_CHECK_INDEX(d[b] >= 0 && d[b] < N, "ncache.update: dst[", b, "] = ", d[b], " is out of range [0, ", N, ")");
+    TORCH_CHECK_VALUE(std::isfinite(t[b]) && t[b] >= 0, "ncache.update: t[", b, "] = ", t[b],
+                      " must be finite and >= 0");
+    TORCH_CHECK_VALUE(b == 0 || t[b] >= t[b - 1], "ncache.update: t must be non-decreasing within a batch, t[", b,
+                      "] = ", t[b], " < t[", b - 1, "] = ", t[b - 1]);
+  }
+  TORCH_CHECK_VALUE(B == 0 || t[0] >= last, "ncache.update: the batch starts at t = ", t[0],
+                    ", older than the cache's latest time ", last, " (reset() the cache to replay a stream)");
+}
+
+void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tensor& values, at::Tensor& last_time,
+                const at::Tensor& src_in, const at::Tensor& dst_in, const at::Tensor& t_in, const at::Tensor& eid_in,
+                const c10::optional<at::Tensor>& edge_values_in, at::IntArrayRef sizes, double replace_prob,
+                int64_t seed) {
+  FL_CHECK_CPU(keys);
+  const Layout L = check_tables(keys, eids, times, values, sizes);
+  TORCH_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == at::kDouble && last_time.is_cpu(),
+                    "ncache.update: last_time must be a float64 tensor of one element");
+  const at::Tensor src = check_ids(src_in, "src", keys), dst = check_ids(dst_in, "dst", keys);
+  const at::Tensor eid = check_ids(eid_in, "eid", keys);
+  check_batch(src, dst, t_in, eid, edge_values_in, L);
+  TORCH_CHECK_VALUE(t_in.is_cpu(), "ncache.update: t must be on the CPU like the cache");
+  const at::Tensor t = t_in.contiguous();
+  const uint64_t thr = threshold53(replace_prob);
+  const int64_t B = src.size(0), N = keys.size(0), S = L.S, D = L.D;
+  const int64_t* sp = src.const_data_ptr<int64_t>();
+  const int64_t* dp = dst.const_data_ptr<int64_t>();
+  const int64_t* ep = eid.const_data_ptr<int64_t>();
+  const double* tp = t.const_data_ptr<double>();
+  double* last = last_time.mutable_data_ptr<double>();
+  validate_values(sp, dp, tp, B, N, *last);
+  if (B == 0) return;
+  at::Tensor ev;
+  if (edge_values_in.has_value()) ev = edge_values_in->contiguous();
+  const float* evp = ev.defined() ? ev.const_data_ptr<float>() : nullptr;
+
+  // Incidence j = 2b + side: side 0 is (owner src, partner dst), side 1 the reverse.
+  std::vector<std::pair<int64_t, int64_t>> inc(2 * B);
+  for (int64_t b = 0; b < B; ++b) {
+    inc[2 * b] = {sp[b], 2 * b};
+    inc[2 * b + 1] = {dp[b], 2 * b + 1};
+  }
+  std::sort(inc.begin(), inc.end());
+  std::vector<int64_t> start;
+  start.reserve(2 * B + 1);
+  for (int64_t i = 0; i < 2 * B; ++i)
+    if (i == 0 || inc[i].first != inc[i - 1].first) start.push_back(i);
+  const int64_t U = int64_t(start.size());
+  start.push_back(2 * B);
+
+  int64_t* K = keys.mutable_data_ptr<int64_t>();
+  int64_t* E = eids.mutable_data_ptr<int64_t>();
+  double* T = times.mutable_data_ptr<double>();
+  float* V = values.mutable_data_ptr<float>();
+  const uint64_t sm = seed_mix_of(seed);
+
+  for (int64_t h = L.hops - 1; h >= 0; --h) {
+    const int64_t M = L.m[h], off = L.off[h];
+    at::parallel_for(0, U, kOwnerGrain, [&](int64_t g0, int64_t g1) {
+      std::vector<Best> best(M);
+      auto warm = [&](int64_t g) {
+        const int64_t o = inc[start[g]].first;
+        prefetch(K + o * S + off, M * 8);
+        if (h < 2) {
+          // The slots this owner will write are known: hop 0 is column 0, hop 1 the partners' hash slots.
+          for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+            const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+            const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner, sm), M));
+            __builtin_prefetch(E + at, 1);
+            __builtin_prefetch(T + at, 1);
+            __builtin_prefetch(V + at * D, 1);
+          }
+          return;
+        }
+        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+          const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+          const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
+          prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
+        }
+      };
+      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
+      for (int64_t g = g0; g < g1; ++g) {
+        if (g + kAhead < g1) warm(g + kAhead);
+        const int64_t o = inc[start[g]].first;
+        for (auto& x : best) x.rank = -1;
+        auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
+          Best& x = best[slot];
+          if (x.rank < 0 || beats(ct, ce, ck, cr, x.t, x.eid, x.key, x.rank)) x = {ct, ce, ck, cr, csrc};
+        };
+        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+          const int64_t j = inc[i].second, b = j >> 1;
+          const int64_t partner = (j & 1) ? sp[b] : dp[b];
+          if (h == 0) {
+            offer(0, tp[b], ep[b], o, j, b);
+          } else if (h == 1) {
+            offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
+          } else {
+            const int64_t pm = L.m[h - 1], poff = partner * S + L.off[h - 1];
+            for (int64_t c = 0; c < pm; ++c) {
+              const int64_t k = K[poff + c];
+              if (k < 0) continue;
+              offer(slot_in(key_hash(k, sm), M), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
+            }
+          }
+        }
+        for (int64_t slot = 0; slot < M; ++slot) {
+          const Best& x = best[slot];
+          if (x.rank < 0) continue;
+          const int64_t at = o * S + off + slot;
+          const int64_t cur = K[at];
+          if (cur >= 0 && cur != x.key && replace_draw(sm, o, h, x.key, x.t) >= thr) continue;
+          K[at] = x.key;
+          E[at] = x.eid;
+          T[at] = x.t;
+          float* dstv = V + at * D;
+          if (h >= 2) {
+            std::memcpy(dstv, V + x.src * D, sizeof(float) * D);
+          } else if (evp) {
+            std::memcpy(dstv, evp + x.src * D, sizeof(float) * D);
+          } else {
+            std::fill(dstv, dstv + D, 0.0f);
+          }
+        }
+      }
+    });
+  }
+  *last = std::max(*last, tp[B - 1]);
+}
+
+void check_nodes(const int64_t* p, int64_t n, int64_t N, const char* op, const char* name) {
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < N, "ncache.", op, ": ", name, "[", i, "] = ", p[i],
+                      " is out of range [0, ", N, ")");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::Tensor& keys, const at::Tensor& eids,
+                                                                      const at::Tensor& times,
+                                                                      const at::Tensor& values,
+                                                                      const at::Tensor& nodes_in) {
+  FL_CHECK_CPU(keys);
+  TORCH_CHECK_VALUE(keys.dim() == 2 && values.dim() == 3, "ncache.lookup: keys must be [N, S], values [N, S, D]");
+  const at::Tensor nodes = check_ids(nodes_in, "nodes", keys);
+  const int64_t n = nodes.size(0), N = keys.size(0), S = keys.size(1), D = values.size(2);
+  const int64_t* np = nodes.const_data_ptr<int64_t>();
+  check_nodes(np, n, N, "lookup", "nodes");
+  at::Tensor ok = empty_cached({n, S}, keys.options());
+  at::Tensor oe = empty_cached({n, S}, eids.options());
+  at::Tensor ot = empty_cached({n, S}, times.options());
+  at::Tensor ov = empty_cached({n, S, D}, values.options());
+  const int64_t* K = keys.const_data_ptr<int64_t>();
+  const int64_t* E = eids.const_data_ptr<int64_t>();
+  const double* T = times.const_data_ptr<double>();
+  const float* V = values.const_data_ptr<float>();
+  int64_t* ko = ok.mutable_data_ptr<int64_t>();
+  int64_t* eo = oe.mutable_data_ptr<int64_t>();
+  double* to = ot.mutable_data_ptr<double>();
+  float* vo = ov.mutable_data_ptr<float>();
+  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = np[i];
+      std::memcpy(ko + i * S, K + r * S, sizeof(int64_t) * S);
+      std::memcpy(eo + i * S, E + r * S, sizeof(int64_t) * S);
+      std::memcpy(to + i * S, T + r * S, sizeof(double) * S);
+      std::memcpy(vo + i * S * D, V + r * S * D, sizeof(float) * S * D);
+    }
+  });
+  return {ok, oe, ot, ov};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
+    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& u_in, const at::Tensor& v_in,
+    at::IntArrayRef sizes, int64_t seed) {
+  FL_CHECK_CPU(keys);
+  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes);
+  const at::Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
+  TORCH_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ",
+                    u.size(0), " and ", v.size(0));
+  const int64_t P = u.size(0), N = keys.size(0), S = L.S, D = L.D, H = L.hops, Kmax = 2 * S;
+  const int64_t* up = u.const_data_ptr<int64_t>();
+  const int64_t* vp = v.const_data_ptr<int64_t>();
+  check_nodes(up, P, N, "pair_features", "u");
+  check_nodes(vp, P, N, "pair_features", "v");
+  at::Tensor okeys = empty_cached({P, Kmax}, keys.options());
+  at::Tensor codes = empty_cached({P, Kmax}, keys.options());
+  at::Tensor feats = empty_cached({P, Kmax, D}, values.options());
+  at::Tensor mask = empty_cached({P, Kmax}, keys.options().dtype(at::kBool));
+  at::Tensor counts = empty_cached({P, H, H}, keys.options());
+  const int64_t* K = keys.const_data_ptr<int64_t>();
+  const float* V = values.const_data_ptr<float>();
+  int64_t* ko = okeys.mutable_data_ptr<int64_t>();
+  int64_t* co = codes.mutable_data_ptr<int64_t>();
+  float* fo = feats.mutable_data_ptr<float>();
+  bool* mo = mask.mutable_data_ptr<bool>();
+  int64_t* cnt = counts.mutable_data_ptr<int64_t>();
+  const uint64_t sm = seed_mix_of(seed);
+  int64_t hop_of[64];  // column -> hop for the first columns; larger tables use the slow path below
+  for (int64_t c = 0; c < std::min<int64_t>(S, 64); ++c) {
+    int64_t h = 0;
+    while (c >= L.off[h + 1]) ++h;
+    hop_of[c] = h;
+  }
+  auto hop_at = [&](int64_t c) {
+    if (c < 64) return hop_of[c];
+    int64_t h = 0;
+    while (c >= L.off[h + 1]) ++h;
+    return h;
+  };
+  at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
+    // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
+    // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
+    auto warm_keys = [&](int64_t p) {
+      prefetch(K + up[p] * S, S * 8);
+      prefetch(K + vp[p] * S, S * 8);
+    };
+    auto warm_values = [&](int64_t p) {
+      for (int64_t side = 0; side < 2; ++side) {
+        const int64_t r = (side ? vp[p] : up[p]) * S;
+        for (int64_t c = 0; c < S; ++c)
+          if (K[r + c] >= 0) __builtin_prefetch(V + (r + c) * D);
+      }
+    };
+    for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
+    for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
+    for (int64_t p = p0; p < p1; ++p) {
+      if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
+      if (p + kAhead < p1) warm_values(p + kAhead);
+      const int64_t row[2] = {up[p] * S, vp[p] * S};
+      int64_t* c3 = cnt + p * H * H;
+      std::fill(c3, c3 + H * H, int64_t(0));
+      int64_t n = 0;
+      for (int64_t q = 0; q < Kmax; ++q) {
+        const int64_t side = q >= S, col = q - side * S, k = K[row[side] + col];
+        if (k < 0) continue;
+        const int64_t own_bit = side * H + hop_at(col);
+        // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
+        const uint64_t kh = key_hash(k, sm);
+        int64_t cols[kMaxHops];
+        cols[0] = 0;
+        for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
+        int64_t code = 0, at[2 * kMaxHops];
+        for (int64_t s2 = 0; s2 < 2; ++s2) {
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t c = cols[h];
+            if (K[row[s2] + c] == k) {
+              code |= int64_t(1) << (s2 * H + h);
+              at[s2 * H + h] = row[s2] + c;
+            }
+          }
+        }
+        // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is skipped.
+        if (!(code & (int64_t(1) << own_bit)) || (code & ((int64_t(1) << own_bit) - 1))) continue;
+        const int64_t o = p * Kmax + n++;
+        ko[o] = k;
+        co[o] = code;
+        mo[o] = true;
+        float* f = fo + o * D;
+        std::fill(f, f + D, 0.0f);
+        for (int64_t bit = 0; bit < 2 * H; ++bit) {
+          if (!(code >> bit & 1)) continue;
+          const float* src = V + at[bit] * D;
+          for (int64_t d = 0; d < D; ++d) f[d] += src[d];
+        }
+        for (int64_t i = 0; i < H; ++i)
+          if (code >> i & 1)
+            for (int64_t j = 0; j < H; ++j)
+              if (code >> (H + j) & 1) ++c3[i * H + j];
+      }
+      const int64_t o = p * Kmax + n, pad = Kmax - n;
+      std::fill(ko + o, ko + o + pad, int64_t(-1));
+      std::memset(co + o, 0, sizeof(int64_t) * pad);
+      std::memset(mo + o, 0, sizeof(bool) * pad);
+      std::memset(fo + o * D, 0, sizeof(float) * pad * D);
+    }
+  });
+  return {okeys, codes, feats, mask, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("ncache_update", &update_cpu);
+  m.impl("ncache_lookup", &lookup_cpu);
+  m.impl("ncache_pair_features", &pair_features_cpu);
+}
+
+}  // namespace fastlayers::ncache

@@ -1,0 +1,5 @@
+"""Thin model classes of the research systems built on fastlayers ops."""
+
+from .nat import NAT
+
+__all__ = ["NAT"]

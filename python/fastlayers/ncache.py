@@ -1,0 +1,131 @@
+"""fastlayers.NCache: NAT's per-node hashed neighbourhood dictionaries (Luo & Li, LoG 2022) as plain tensors."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .ops import ncache as _ops
+
+
+_TABLE_DTYPES = {"keys": torch.int64, "eids": torch.int64, "times": torch.float64, "values": torch.float32,
+                 "last_time": torch.float64}
+
+
+class Lookup(NamedTuple):
+    keys: torch.Tensor  # [B, S] int64, -1 = empty
+    eids: torch.Tensor  # [B, S] int64
+    times: torch.Tensor  # [B, S] float64
+    values: torch.Tensor  # [B, S, D] float32
+
+
+class PairFeatures(NamedTuple):
+    keys: torch.Tensor  # [P, K] int64, -1 = padding
+    codes: torch.Tensor  # [P, K] int64, 2H-bit hop code
+    feats: torch.Tensor  # [P, K, D] float32, values summed per key
+    mask: torch.Tensor  # [P, K] bool
+    counts: torch.Tensor  # [P, H, H] int64 common-neighbour counts per hop pair
+
+
+class NCache(torch.nn.Module):
+    """Per-node neighbour dictionaries: hop 0 (the node itself) plus one hashed table per entry of ``sizes``.
+
+    State (buffers, so ``state_dict`` / ``load_state_dict`` / ``.to(device)`` work): ``keys`` and ``eids``
+    [num_nodes, S] int64 (-1 = empty), ``times`` [num_nodes, S] float64, ``values`` [num_nodes, S, value_dim]
+    float32, ``last_time`` [1] float64; S = 1 + sum(sizes) and hop h lives in columns ``offsets[h]:offsets[h+1]``
+    (:meth:`hop` gives the views). A neighbour's slot in hop h is ``((mix64(key ^ mix(seed)) >> 32) * M_h) >> 32``
+    (splitmix64, see csrc/common/ncache_hash.h) in every node's cache, which is what makes :meth:`pair_features`
+    a probe instead of a set intersection.
+
+    Args:
+        num_nodes: node ids are 0 .. num_nodes - 1.
+        sizes: slots per hop, hops 1 .. len(sizes) (1 to 3 entries; NAT uses (32, 16)).
+        value_dim: length D of the vector stored with each entry.
+        replace_prob: probability that an insert overwrites a slot held by another key (NAT's alpha).
+        seed: seeds the slot hash and the counter-based replacement draws.
+        device: where the tables live (CPU and CUDA have kernels; other devices run fastlayers.reference).
+    """
+
+    def __init__(self, num_nodes: int, sizes=(32, 16), value_dim: int = 4, replace_prob: float = 0.9,
+                 seed: int = 0, device=None):
+        super().__init__()
+        if not isinstance(num_nodes, int) or num_nodes < 0:
+            raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
+        sizes = tuple(sizes)
+        if not 1 <= len(sizes) <= 3 or not all(isinstance(m, int) and m >= 1 for m in sizes):
+            raise ValueError(f"sizes must be 1 to 3 positive ints, got {sizes!r}")
+        if not isinstance(value_dim, int) or value_dim < 1:
+            raise ValueError(f"value_dim must be a positive int, got {value_dim!r}")
+        if not 0.0 <= float(replace_prob) <= 1.0:
+            raise ValueError(f"replace_prob must be in [0, 1], got {replace_prob!r}")
+        self.num_nodes, self.sizes, self.value_dim = num_nodes, sizes, value_dim
+        self.replace_prob, self.seed = float(replace_prob), int(seed)
+        self.offsets = [0, 1]
+        for m in sizes:
+            self.offsets.append(self.offsets[-1] + m)
+        s = self.offsets[-1]
+        self.register_buffer("keys", torch.empty(num_nodes, s, dtype=torch.int64, device=device))
+        self.register_buffer("eids", torch.empty(num_nodes, s, dtype=torch.int64, device=device))
+        self.register_buffer("times", torch.empty(num_nodes, s, dtype=torch.float64, device=device))
+        self.register_buffer("values", torch.empty(num_nodes, s, value_dim, dtype=torch.float32, device=device))
+        self.register_buffer("last_time", torch.empty(1, dtype=torch.float64, device=device))
+        self.reset()
+
+    @property
+    def num_slots(self) -> int:
+        """S = 1 + sum(sizes): columns of every table."""
+        return self.offsets[-1]
+
+    @property
+    def num_hops(self) -> int:
+        return len(self.offsets) - 1
+
+    def reset(self) -> "NCache":
+        """Empty every dictionary (keys and eids -1, times 0, values 0) and forget the latest time."""
+        self.keys.fill_(-1)
+        self.eids.fill_(-1)
+        self.times.zero_()
+        self.values.zero_()
+        self.last_time.zero_()
+        return self
+
+    def hop(self, h: int) -> Lookup:
+        """Views of hop h's tables: keys/eids/times [N, M_h], values [N, M_h, D]."""
+        a, b = self.offsets[h], self.offsets[h + 1]
+        return Lookup(self.keys[:, a:b], self.eids[:, a:b], self.times[:, a:b], self.values[:, a:b])
+
+    @torch.no_grad()
+    def update(self, src, dst, t, eid, values=None) -> None:
+        """Insert a batch of positive edges (see :func:`fastlayers.ops.ncache_update` for the rule and errors).
+
+        src, dst, eid: [B] integer; t: [B] float64 or integer, non-decreasing and not older than the latest
+        time already inserted (ValueError otherwise: reset() to replay); values: [B, value_dim] or None.
+        """
+        _ops.ncache_update(self.keys, self.eids, self.times, self.values, self.last_time, src, dst, t, eid,
+                           values, self.sizes, self.replace_prob, self.seed)
+
+    @torch.no_grad()
+    def lookup(self, nodes) -> Lookup:
+        """keys, eids, times and values of all hops for nodes [B]: [B, S] (values [B, S, D])."""
+        return Lookup(*_ops.ncache_lookup(self.keys, self.eids, self.times, self.values, nodes))
+
+    @torch.no_grad()
+    def pair_features(self, u, v) -> PairFeatures:
+        """Joint neighbourhood of pairs (u[p], v[p]): see :func:`fastlayers.ops.ncache_pair_features`."""
+        return PairFeatures(*_ops.ncache_pair_features(self.keys, self.values, u, v, self.sizes, self.seed))
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) casts every floating buffer; the kernels need the table dtypes (and a float16 cast
+        # would destroy Unix times), so a dtype change is undone from the pre-cast tensors: only devices move.
+        before = {name: getattr(self, name) for name in _TABLE_DTYPES}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                setattr(self, name, old.to(device=new.device))
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"num_nodes={self.num_nodes}, sizes={self.sizes}, value_dim={self.value_dim}, "
+                f"replace_prob={self.replace_prob}, seed={self.seed}")
