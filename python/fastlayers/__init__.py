@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 import torch  # noqa: F401  (the compiled library links against torch's symbols)
 
 from . import _C  # noqa: F401  (loads the op schemas and the CPU/CUDA kernels)
+from .graph import Graph  # noqa: E402
 from . import ops, nn, reference  # noqa: E402
 
-__all__ = ["ops", "nn", "reference", "__version__"]
+__all__ = ["Graph", "ops", "nn", "reference", "__version__"]
