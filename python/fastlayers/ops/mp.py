@@ -191,7 +191,7 @@ def segment(src: torch.Tensor, indptr: torch.Tensor, reduce: str = "sum") -> tor
     if src.device.type not in _KERNEL_DEVICES:
         return _ref.segment(src, indptr, reduce)
     need_arg = reduce in ("min", "max") and _needs_grad(src)
-    out, _ = _ops.segment_fwd(src.reshape(E, -1), indptr, reduce, need_arg)
+    out, _ = _ops.segment_fwd(src.reshape(E, math.prod(src.shape[1:])), indptr, reduce, need_arg)
     return out.view((n,) + tuple(src.shape[1:]))
 
 

@@ -1,0 +1,82 @@
+"""spmm: fastlayers.ops.spmm vs torch.sparse.mm on CSR and torch_scatter (gather + scatter), forward and
+forward+backward, on a random graph with N = 100k nodes and E = 1M (and 4M) edges."""
+
+import torch
+from harness import Case
+
+from fastlayers import Graph
+from fastlayers.ops import spmm
+
+try:
+    import torch_scatter
+except ImportError:
+    torch_scatter = None
+
+N = 100_000
+_GRAPHS = {}
+
+
+def _graph(E, device):
+    """One random graph per size, shared by the cases (building it is not what is timed)."""
+    key = (E, device)
+    if key not in _GRAPHS:
+        _GRAPHS.clear()
+        gen = torch.Generator().manual_seed(E)
+        ei = torch.randint(0, N, (2, E), generator=gen).to(device)
+        g = Graph.from_edge_index(ei, num_nodes=N)
+        csr = torch.sparse_csr_tensor(g.rowptr, g.col, torch.ones(E, device=device), (N, N))
+        _GRAPHS[key] = (g, csr)
+    return _GRAPHS[key]
+
+
+def specs(device, quick):
+    if quick:
+        return [(200_000, 64, "sum", "forward", "sparse.mm"), (200_000, 64, "sum", "forward+backward", "sparse.mm"),
+                (200_000, 64, "max", "forward", "sparse.mm")]
+    out = []
+    for F in (16, 64, 256):
+        out += [(1_000_000, F, "sum", "forward", "sparse.mm"), (1_000_000, F, "sum", "forward+backward", "sparse.mm"),
+                (1_000_000, F, "max", "forward", "sparse.mm")]
+    out += [(1_000_000, 64, "mean", "forward", "sparse.mm"), (1_000_000, 64, "max", "forward+backward", "sparse.mm")]
+    if torch_scatter is not None:
+        out += [(1_000_000, 64, "sum", "forward", "torch_scatter"),
+                (1_000_000, 64, "sum", "forward+backward", "torch_scatter")]
+    out += [(4_000_000, 64, "sum", "forward", "sparse.mm"), (4_000_000, 64, "sum", "forward+backward", "sparse.mm")]
+    return out
+
+
+def build(spec, device):
+    E, F, reduce, mode, peer_name = spec
+    g, csr = _graph(E, device)
+    x = torch.randn(N, F, device=device)
+    src, dst = g.edge_index
+    if peer_name == "sparse.mm":
+        peer_reduce = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
+
+        def peer_fn(x):
+            return torch.sparse.mm(csr, x, peer_reduce) if reduce != "sum" else torch.sparse.mm(csr, x)
+        peer_label = "torch.sparse.mm CSR" + ("" if reduce == "sum" else f" {peer_reduce}")
+    else:
+        def peer_fn(x):
+            return torch_scatter.scatter(x[src], dst, 0, dim_size=N, reduce=reduce)
+        peer_label = f"torch_scatter {reduce}"
+
+    def ours_fn(x):
+        return spmm(g, x, reduce=reduce)
+
+    nbytes_x = N * F * 4
+    idx_bytes = E * 8 + (N + 1) * 8
+    if mode == "forward":
+        def run(fn):
+            with torch.no_grad():
+                return fn(x)
+        min_bytes = idx_bytes + 2 * nbytes_x
+    else:
+        x.requires_grad_()
+        go = torch.randn(N, F, device=device)
+
+        def run(fn):
+            return torch.autograd.grad(fn(x), x, go)
+        min_bytes = 2 * idx_bytes + 5 * nbytes_x
+    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E // 1_000_000}M F={F}", ours=lambda: run(ours_fn),
+                peer=lambda: run(peer_fn), peer_name=peer_label, min_bytes=min_bytes)
