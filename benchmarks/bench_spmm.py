@@ -1,6 +1,8 @@
 """spmm: fastlayers.ops.spmm vs torch.sparse.mm on CSR and torch_scatter (gather + scatter), forward and
 forward+backward, on a random graph with N = 100k nodes and E = 1M (and 4M) edges."""
 
+import warnings
+
 import torch
 from harness import Case
 
@@ -13,6 +15,8 @@ except ImportError:
     torch_scatter = None
 
 N = 100_000
+# torch.sparse_csr_tensor warns that CSR support is in beta on every call.
+warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 _GRAPHS = {}
 
 
@@ -78,5 +82,5 @@ def build(spec, device):
         def run(fn):
             return torch.autograd.grad(fn(x), x, go)
         min_bytes = 2 * idx_bytes + 5 * nbytes_x
-    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E // 1_000_000}M F={F}", ours=lambda: run(ours_fn),
+    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E / 1e6:g}M F={F}", ours=lambda: run(ours_fn),
                 peer=lambda: run(peer_fn), peer_name=peer_label, min_bytes=min_bytes)

@@ -34,7 +34,7 @@ class Graph:
     """
 
     __slots__ = ("edge_index", "num_nodes", "rowptr", "col", "perm", "colptr", "row", "cperm", "in_degree",
-                 "out_degree", "edge_weight")
+                 "out_degree", "edge_weight", "_derived")
 
     def __init__(self, *, edge_index, num_nodes, rowptr, col, perm, colptr, row, cperm, in_degree, out_degree,
                  edge_weight=None):
@@ -45,6 +45,8 @@ class Graph:
         self.colptr, self.row, self.cperm = colptr, row, cperm
         self.in_degree, self.out_degree = in_degree, out_degree
         self.edge_weight = edge_weight
+        # Graphs derived from this one (reversed, with self loops, ...), built on first use by the layers.
+        self._derived = {}
 
     @classmethod
     def from_edge_index(cls, edge_index: torch.Tensor, num_nodes: int | None = None,
@@ -106,6 +108,12 @@ class Graph:
 
     def reverse(self) -> Graph:
         """The graph with every edge flipped (v -> u), same edge ids and weights; no sorting (swaps CSR and CSC)."""
+        if "reverse" not in self._derived:
+            self._derived["reverse"] = self._reversed()
+            self._derived["reverse"]._derived["reverse"] = self
+        return self._derived["reverse"]
+
+    def _reversed(self) -> Graph:
         return Graph(edge_index=self.edge_index.flip(0), num_nodes=self.num_nodes, rowptr=self.colptr,
                      col=self.row, perm=self.cperm, colptr=self.rowptr, row=self.col, cperm=self.perm,
                      in_degree=self.out_degree, out_degree=self.in_degree, edge_weight=self.edge_weight)
@@ -113,7 +121,7 @@ class Graph:
     def to(self, device) -> Graph:
         """A copy on ``device`` (no re-validation, no re-sorting)."""
         d = torch.device(device)
-        mv = {s: getattr(self, s) for s in self.__slots__}
+        mv = self._fields()
         for k, v in mv.items():
             if isinstance(v, torch.Tensor):
                 mv[k] = v.to(d)
@@ -121,9 +129,18 @@ class Graph:
 
     def with_edge_weight(self, edge_weight: torch.Tensor | None) -> Graph:
         """The same structure with other stored weights (validated; the indexes are shared, not copied)."""
-        mv = {s: getattr(self, s) for s in self.__slots__}
+        mv = self._fields()
         mv["edge_weight"] = None if edge_weight is None else check_edge_weight(edge_weight, self.num_edges, self.device)
         return Graph(**mv)
+
+    def derived(self, key, build):
+        """A structure derived from this graph (e.g. with self loops), built by ``build(self)`` once and cached."""
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        return self._derived[key]
+
+    def _fields(self) -> dict:
+        return {s: getattr(self, s) for s in self.__slots__ if s != "_derived"}
 
     def __repr__(self) -> str:
         w = "" if self.edge_weight is None else f", edge_weight={tuple(self.edge_weight.shape)}"

@@ -1,0 +1,140 @@
+"""fastlayers.nn graph convolutions against PyG's layers with the same weights (float64), Graph vs edge_index
+inputs, gradients, and an empty edge list."""
+
+import pytest
+import torch
+
+from fastlayers import Graph
+from fastlayers import nn as fnn
+
+pyg = pytest.importorskip("torch_geometric.nn", reason="torch_geometric not installed")
+
+D = torch.float64
+
+
+def _edges(n=30, e=150, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, n - 3, (2, e), generator=g)  # the last 3 nodes are isolated
+    ei[:, :4] = torch.tensor([[1, 1, 2, 4], [1, 1, 3, 4]])  # self loops (one duplicated) and a plain edge
+    return ei
+
+
+def _same(ours, peer, x, *graph_args, peer_args=None, tol=1e-10):
+    """Load peer's weights into ours; compare outputs and input/parameter gradients for the same upstream grad."""
+    ours.load_state_dict(peer.state_dict())
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    ya = ours(xa, *graph_args)
+    yb = peer(xb, *(peer_args if peer_args is not None else graph_args))
+    torch.testing.assert_close(ya, yb, rtol=tol, atol=tol)
+    go = torch.randn_like(ya)
+    ya.backward(go)
+    yb.backward(go)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=tol, atol=tol)
+    pa, pb = dict(ours.named_parameters()), dict(peer.named_parameters())
+    for name, p in pa.items():
+        torch.testing.assert_close(p.grad, pb[name].grad, rtol=tol, atol=tol, msg=name)
+    return ya
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("use_graph", [False, True])
+def test_gcn_matches_pyg(add_self_loops, weighted, use_graph):
+    ei = _edges()
+    w = torch.rand(ei.size(1), dtype=D) + 0.1 if weighted else None
+    x = torch.randn(30, 7, dtype=D)
+    peer = pyg.GCNConv(7, 5, add_self_loops=add_self_loops).double()
+    ours = fnn.GCNConv(7, 5, add_self_loops=add_self_loops).double()
+    g = Graph.from_edge_index(ei, num_nodes=30) if use_graph else ei
+    _same(ours, peer, x, g, w, peer_args=(ei, w))
+
+
+def test_gcn_improved_and_unnormalised():
+    ei, x = _edges(), torch.randn(30, 4, dtype=D)
+    w = torch.rand(ei.size(1), dtype=D)
+    for kw in ({"improved": True}, {"normalize": False}, {"bias": False}):
+        _same(fnn.GCNConv(4, 3, **kw).double(), pyg.GCNConv(4, 3, **kw).double(), x, ei)
+        _same(fnn.GCNConv(4, 3, **kw).double(), pyg.GCNConv(4, 3, **kw).double(), x, ei, w)
+
+
+@pytest.mark.parametrize("aggr", ["mean", "sum", "max"])
+@pytest.mark.parametrize("root_weight", [True, False])
+def test_sage_matches_pyg(aggr, root_weight):
+    ei, x = _edges(), torch.randn(30, 6, dtype=D)
+    peer = pyg.SAGEConv(6, 4, aggr=aggr, root_weight=root_weight).double()
+    ours = fnn.SAGEConv(6, 4, aggr=aggr, root_weight=root_weight).double()
+    _same(ours, peer, x, Graph.from_edge_index(ei, num_nodes=30), peer_args=(ei,))
+    _same(fnn.SAGEConv(6, 4, normalize=True).double(), pyg.SAGEConv(6, 4, normalize=True).double(), x, ei)
+
+
+@pytest.mark.parametrize("train_eps", [False, True])
+def test_gin_matches_pyg(train_eps):
+    ei, x = _edges(), torch.randn(30, 5, dtype=D)
+
+    def mlp():
+        return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+
+    _same(fnn.GINConv(mlp(), eps=0.3, train_eps=train_eps), pyg.GINConv(mlp(), eps=0.3, train_eps=train_eps), x, ei)
+
+
+@pytest.mark.parametrize("heads, concat", [(1, True), (3, True), (2, False)])
+@pytest.mark.parametrize("add_self_loops", [True, False])
+def test_gat_matches_pyg(heads, concat, add_self_loops):
+    ei, x = _edges(), torch.randn(30, 6, dtype=D)
+    kw = dict(heads=heads, concat=concat, add_self_loops=add_self_loops)
+    peer = pyg.GATConv(6, 4, **kw).double()
+    ours = fnn.GATConv(6, 4, **kw).double()
+    torch.nn.init.normal_(peer.bias)  # PyG starts at 0: a random bias checks that it is added
+    _same(ours, peer, x, Graph.from_edge_index(ei, num_nodes=30), peer_args=(ei,))
+
+
+@pytest.mark.parametrize("inner", ["gcn", "sage"])
+def test_dirgnn_matches_pyg(inner):
+    ei, x = _edges(), torch.randn(30, 6, dtype=D)
+    conv = {"gcn": (fnn.GCNConv(6, 4), pyg.GCNConv(6, 4)), "sage": (fnn.SAGEConv(6, 4), pyg.SAGEConv(6, 4))}[inner]
+    ours = fnn.DirGNNConv(conv[0], alpha=0.3).double()
+    peer = pyg.DirGNNConv(conv[1], alpha=0.3).double()
+    _same(ours, peer, x, Graph.from_edge_index(ei, num_nodes=30), peer_args=(ei,))
+
+
+@pytest.mark.parametrize("first_aggr", [True, False])
+def test_signed_matches_pyg(first_aggr):
+    ei = _edges(e=200)
+    sign = torch.rand(ei.size(1)) < 0.7
+    pos, neg = ei[:, sign], ei[:, ~sign]
+    c = 5
+    x = torch.randn(30, c if first_aggr else 2 * c, dtype=D)
+    peer = pyg.SignedConv(c, 4, first_aggr=first_aggr).double()
+    ours = fnn.SignedConv(c, 4, first_aggr=first_aggr).double()
+    gp, gn = Graph.from_edge_index(pos, num_nodes=30), Graph.from_edge_index(neg, num_nodes=30)
+    y = _same(ours, peer, x, gp, gn, peer_args=(pos, neg))
+    assert y.shape == (30, 8)
+
+
+def test_empty_edge_list_and_bad_graph():
+    x = torch.randn(6, 4)
+    empty = torch.empty(2, 0, dtype=torch.long)
+    gcn = fnn.GCNConv(4, 3)
+    y = gcn(x, empty)  # node count from x; only the self loops remain
+    torch.testing.assert_close(y, gcn.lin(x) + gcn.bias)
+    torch.testing.assert_close(fnn.SAGEConv(4, 3, root_weight=False, bias=False)(x, empty), torch.zeros(6, 3))
+    with pytest.raises(ValueError, match="graph has 5 nodes"):
+        gcn(x, Graph.from_edge_index(torch.tensor([[0], [4]])))
+    with pytest.raises(TypeError, match="edge_index must be a fastlayers.Graph or"):
+        gcn(x, [[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="aggr"):
+        fnn.SAGEConv(4, 3, aggr="lstm")
+
+
+def test_graph_reused_across_layers_keeps_derived_structures():
+    g = Graph.from_edge_index(_edges(), num_nodes=30)
+    x = torch.randn(30, 6)
+    a, b = fnn.GCNConv(6, 6), fnn.GATConv(6, 6)
+    a(x, g)
+    b(x, g)
+    cached = dict(g._derived)
+    a(x, g)
+    b(x, g)
+    assert set(cached) == {"remaining_self_loops", "self_loops"}
+    assert all(g._derived[k] is v for k, v in cached.items())
