@@ -36,4 +36,13 @@ TORCH_LIBRARY(fastlayers, m) {
       "scatter_fwd(Tensor src, Tensor index, int dim_size, str reduce, bool need_arg)"
       " -> (Tensor out, Tensor arg)");
   m.def("scatter_bwd(Tensor grad_out, Tensor index, Tensor arg, str reduce) -> Tensor");
+  // block_spmm: x [N, d, F], blocks [E, d, d] (or diagonal [E, d]) in the caller's edge order;
+  // out[v] = sum over edges u -> v of B_e x[u] (B_e^T with transpose). bwd_blocks: [E, d, d] (or [E, d]) of
+  // grad_out[v] x[u]^T summed over F.
+  m.def(
+      "block_spmm_fwd(Tensor rowptr, Tensor col, Tensor perm, Tensor colptr, Tensor row, Tensor cperm,"
+      " Tensor blocks, Tensor x, bool transpose) -> Tensor");
+  m.def(
+      "block_spmm_bwd_blocks(Tensor rowptr, Tensor col, Tensor perm, Tensor grad_out, Tensor x, bool diag)"
+      " -> Tensor");
 }

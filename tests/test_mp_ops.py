@@ -366,6 +366,50 @@ def test_sddmm_edge_softmax_bad_input():
         ops.edge_softmax(g, torch.ones(8, dtype=torch.long))
 
 
+# ---- block_spmm -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("diag", [False, True])
+@pytest.mark.parametrize("d", [1, 3])
+def test_block_spmm(diag, d):
+    g = _graph()
+    x = torch.randn(g.num_nodes, d, 5, dtype=D, requires_grad=True)
+    b = torch.randn((g.num_edges, d) if diag else (g.num_edges, d, d), dtype=D, requires_grad=True)
+    y = ops.block_spmm(g, b, x)
+    r = ref.block_spmm(g, b, x)
+    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+    assert torch.all(y[40:] == 0)
+    go = torch.randn_like(y)
+    for p, q in zip(torch.autograd.grad(y, (b, x), go), torch.autograd.grad(r, (b, x), go)):
+        torch.testing.assert_close(p, q, rtol=1e-11, atol=1e-12)
+    gs = _graph(n=6, e=20, extra_isolated=1)
+    xs = torch.randn(7, d, 2, dtype=D, requires_grad=True)
+    bs = torch.randn((20, d) if diag else (20, d, d), dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, q: ops.block_spmm(gs, p, q), (bs, xs))
+    csr = (g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm)
+    for tr in (False, True):
+        torch.library.opcheck(torch.ops.fastlayers.block_spmm_fwd, (*csr, b, x, tr))
+    torch.library.opcheck(torch.ops.fastlayers.block_spmm_bwd_blocks, (g.rowptr, g.col, g.perm, go, x.detach(), diag))
+
+
+def test_block_spmm_transposed_and_bad_input():
+    g = _graph(n=10, e=40)
+    x = torch.randn(g.num_nodes, 2, 3, dtype=D, requires_grad=True)
+    b = torch.randn(g.num_edges, 2, 2, dtype=D, requires_grad=True)
+    csr = (g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm)
+    y = torch.ops.fastlayers.block_spmm_fwd(*csr, b, x, True)
+    torch.testing.assert_close(y, ref.block_spmm(g, b.transpose(1, 2), x))
+    assert torch.autograd.gradcheck(lambda p, q: torch.ops.fastlayers.block_spmm_fwd(*csr, p, q, True), (b, x))
+    with pytest.raises(ValueError, match="blocks must be"):
+        ops.block_spmm(g, torch.randn(g.num_edges, 3, 3), torch.randn(g.num_nodes, 2, 3))
+    with pytest.raises(ValueError, match="blocks must be"):
+        ops.block_spmm(g, torch.randn(5, 2), torch.randn(g.num_nodes, 2, 3))
+    with pytest.raises(ValueError, match=r"x must be \[N, d, F\]"):
+        ops.block_spmm(g, torch.randn(g.num_edges, 2), torch.randn(g.num_nodes, 2))
+    with pytest.raises(TypeError, match="blocks must have a floating"):
+        ops.block_spmm(g, torch.ones(g.num_edges, 2, dtype=torch.long), torch.randn(g.num_nodes, 2, 3))
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
     g = _graph(n=50, e=400)
@@ -421,3 +465,7 @@ def test_cuda_gradcheck_and_opcheck():
                                         (src,))
     csr = (g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm)
     torch.library.opcheck(torch.ops.fastlayers.spmm_fwd, (*csr, w, x.unsqueeze(1), "max", True))
+    xb = torch.randn(g.num_nodes, 3, 4, dtype=D, device="cuda", requires_grad=True)
+    for shape in ((g.num_edges, 3), (g.num_edges, 3, 3)):
+        b = torch.randn(shape, dtype=D, device="cuda", requires_grad=True)
+        assert torch.autograd.gradcheck(lambda p, q: ops.block_spmm(g, p, q), (b, xb))

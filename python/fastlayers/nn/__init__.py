@@ -1,6 +1,6 @@
 """Drop-in nn.Modules on fastlayers ops."""
 
 from .eca import ECA, convert_timm
-from .mp import DirGNNConv, GATConv, GCNConv, GINConv, SAGEConv, SignedConv
+from .mp import DirGNNConv, GATConv, GCNConv, GINConv, SAGEConv, SheafConv, SignedConv
 
-__all__ = ["ECA", "convert_timm", "GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv"]
+__all__ = ["ECA", "convert_timm", "GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv", "SheafConv"]

@@ -1,6 +1,6 @@
 """Public functional ops. Each validates its arguments and calls ``torch.ops.fastlayers.<op>``."""
 
 from .eca import eca
-from .mp import edge_softmax, scatter, scatter_max, scatter_min, sddmm, segment, spmm
+from .mp import block_spmm, edge_softmax, scatter, scatter_max, scatter_min, sddmm, segment, spmm
 
-__all__ = ["eca", "scatter", "scatter_max", "scatter_min", "segment", "spmm", "sddmm", "edge_softmax"]
+__all__ = ["eca", "scatter", "scatter_max", "scatter_min", "segment", "spmm", "sddmm", "edge_softmax", "block_spmm"]

@@ -1,4 +1,4 @@
-"""Sparse message passing: scatter, segment, spmm, sddmm, edge_softmax.
+"""Sparse message passing: scatter, segment, spmm, sddmm, edge_softmax, block_spmm.
 
 Kernels: C++ on the CPU (csrc/mp/*_cpu.cpp), CUDA C++ (csrc/mp/*.cu) when the extension was built with CUDA.
 This module holds the public functions (argument checks), the fake kernels and the autograd formulas; each
@@ -432,3 +432,69 @@ def _edge_softmax_backward(ctx, grad):
 
 torch.library.register_autograd("fastlayers::edge_softmax_fwd", _edge_softmax_backward,
                                 setup_context=_edge_softmax_setup)
+
+
+# ---- block spmm -----------------------------------------------------------------------------------------------
+
+
+def block_spmm(graph: Graph, blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sheaf-style diffusion: ``out[v] = sum over edges e = u -> v of B_e x[u]`` with a d x d block per edge.
+
+    Args:
+        graph: a :class:`fastlayers.Graph` on x's device.
+        blocks: [E, d, d] blocks, or [E, d] diagonal blocks, in the caller's edge order; cast to x's dtype.
+        x: [N, d, F] floats (float32/float64 on CPU): d-dimensional stalks with F channels.
+
+    Returns:
+        [N, d, F]. Differentiable in blocks and x; nothing of size [E, d, F] is materialised.
+    """
+    graph = _graph(graph)
+    x = _node_features(graph, "x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x must be [N, d, F], got shape {tuple(x.shape)}")
+    V.tensor("blocks", blocks)
+    if not blocks.dtype.is_floating_point:
+        raise TypeError(f"blocks must have a floating dtype, got {blocks.dtype}")
+    d = x.size(1)
+    if blocks.dim() not in (2, 3) or blocks.size(0) != graph.num_edges or tuple(blocks.shape[1:]) not in ((d,), (d, d)):
+        raise ValueError(f"blocks must be [E, d, d] or [E, d] with E = {graph.num_edges}, d = {d}, "
+                         f"got {tuple(blocks.shape)}")
+    if blocks.device != graph.device:
+        raise ValueError(f"blocks is on {blocks.device} but the graph is on {graph.device}")
+    blocks = blocks.to(x.dtype)
+    if x.device.type not in _KERNEL_DEVICES:
+        return _ref.block_spmm(graph, blocks, x)
+    return _ops.block_spmm_fwd(*_csr_args(graph), blocks, x, False)
+
+
+@torch.library.register_fake("fastlayers::block_spmm_fwd")
+def _block_spmm_fwd_fake(rowptr, col, perm, colptr, row, cperm, blocks, x, transpose):
+    return x.new_empty((rowptr.size(0) - 1, x.size(1), x.size(2)))
+
+
+@torch.library.register_fake("fastlayers::block_spmm_bwd_blocks")
+def _block_spmm_bwd_blocks_fake(rowptr, col, perm, grad_out, x, diag):
+    E, d = col.size(0), x.size(1)
+    return x.new_empty((E, d) if diag else (E, d, d))
+
+
+def _block_setup(ctx, inputs, output):
+    *csr, blocks, x, transpose = inputs
+    ctx.save_for_backward(*csr, blocks, x)
+    ctx.transpose = transpose
+
+
+def _block_backward(ctx, grad):
+    rowptr, col, perm, colptr, row, cperm, blocks, x = ctx.saved_tensors
+    gb = gx = None
+    diag = blocks.dim() == 2
+    if ctx.needs_input_grad[7]:  # the transposed operator: B_e^T over the reversed graph
+        gx = _ops.block_spmm_fwd(colptr, row, cperm, rowptr, col, perm, blocks, grad, not ctx.transpose)
+    if ctx.needs_input_grad[6]:
+        gb = _ops.block_spmm_bwd_blocks(rowptr, col, perm, grad, x, diag)
+        if ctx.transpose and not diag:
+            gb = gb.transpose(1, 2)
+    return None, None, None, None, None, None, gb, gx, None
+
+
+torch.library.register_autograd("fastlayers::block_spmm_fwd", _block_backward, setup_context=_block_setup)
