@@ -187,3 +187,27 @@ def test_sheaf_bad_args():
         fnn.SheafConv(4, 2, maps="orthogonal")
     with pytest.raises(ValueError, match="x must be"):
         fnn.SheafConv(4, 2)(torch.randn(5, 7), torch.tensor([[0], [1]]))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_over_the_layers():
+    ei = _edges()
+    g = Graph.from_edge_index(torch.cat([ei, ei.flip(0)], 1), num_nodes=30)
+    layers = torch.nn.ModuleList([fnn.GCNConv(8, 8), fnn.GATConv(8, 4, heads=2), fnn.SAGEConv(8, 8),
+                                  fnn.DirGNNConv(fnn.GCNConv(8, 8)), fnn.SheafConv(4, 2),
+                                  fnn.GINConv(torch.nn.Linear(8, 8))])
+
+    def f(x):
+        for m in layers:
+            x = torch.tanh(m(x, g))
+        return x
+
+    x = torch.randn(30, 8, requires_grad=True)
+    # One eager call builds the graphs the layers derive (self loops, reverse); compiled code reuses them.
+    ref = f(x)
+    # aot_eager traces forward and backward through the fake kernels as inductor does, without its C++ codegen
+    # (a minute on 2 cores); test_mp_ops.py compiles the ops with inductor.
+    y = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in layers.parameters() if p.requires_grad)

@@ -134,7 +134,10 @@ class Graph:
         return Graph(**mv)
 
     def derived(self, key, build):
-        """A structure derived from this graph (e.g. with self loops), built by ``build(self)`` once and cached."""
+        """A structure derived from this graph (e.g. with self loops), built by ``build(self)`` once and cached.
+
+        Building sorts data-dependent sizes, which torch.compile(fullgraph=True) cannot trace: run a layer once
+        eagerly on a Graph before compiling code that uses it (the compiled code then reuses the cache)."""
         if key not in self._derived:
             self._derived[key] = build(self)
         return self._derived[key]

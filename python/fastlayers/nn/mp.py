@@ -22,13 +22,15 @@ def _glorot(t: torch.Tensor) -> None:
 
 
 def _with_remaining_self_loops(g: Graph) -> tuple[Graph, torch.Tensor, torch.Tensor]:
-    """PyG's add_remaining_self_loops: drop the self loops, add one per node. Returns (graph, kept edge mask, the
-    nodes of the dropped self loops in edge order), so weights can be carried over per call."""
+    """PyG's add_remaining_self_loops: drop the self loops, add one per node. Returns (graph, ids of the kept
+    edges, ids of the dropped self loops), so weights can be carried over per call (with fixed-size gathers, which
+    torch.compile can trace, rather than boolean masks)."""
     src, dst = g.edge_index
-    keep = src != dst
-    loops = torch.arange(g.num_nodes, device=g.device)
-    ei = torch.cat([g.edge_index[:, keep], torch.stack([loops, loops])], 1)
-    return Graph.from_edge_index(ei, num_nodes=g.num_nodes), keep, src[~keep]
+    kept = (src != dst).nonzero().flatten()
+    loops_in = (src == dst).nonzero().flatten()
+    nodes = torch.arange(g.num_nodes, device=g.device)
+    ei = torch.cat([g.edge_index[:, kept], torch.stack([nodes, nodes])], 1)
+    return Graph.from_edge_index(ei, num_nodes=g.num_nodes), kept, loops_in
 
 
 def gcn_norm(g: Graph, edge_weight: torch.Tensor | None, add_self_loops: bool = True, improved: bool = False,
@@ -43,10 +45,10 @@ def gcn_norm(g: Graph, edge_weight: torch.Tensor | None, add_self_loops: bool = 
     if edge_weight is None:
         edge_weight = torch.ones(g.num_edges, dtype=dtype, device=g.device)
     if add_self_loops:
-        g2, keep, loop_nodes = g.derived("remaining_self_loops", _with_remaining_self_loops)
+        g2, kept, loops_in = g.derived("remaining_self_loops", _with_remaining_self_loops)
         loop_w = torch.full((g.num_nodes,), fill, dtype=edge_weight.dtype, device=g.device)
-        loop_w = loop_w.index_put((loop_nodes,), edge_weight[~keep])
-        edge_weight = torch.cat([edge_weight[keep], loop_w])
+        loop_w = loop_w.index_put((g.edge_index[0, loops_in],), edge_weight[loops_in])
+        edge_weight = torch.cat([edge_weight[kept], loop_w])
         g = g2
     deg = scatter(edge_weight, g.edge_index[1], 0, g.num_nodes, "sum")
     dinv = deg.pow(-0.5).masked_fill(deg == 0, 0.0)
