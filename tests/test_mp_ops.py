@@ -228,6 +228,19 @@ def test_scatter_arg_matches_torch_scatter(which):
     assert torch.equal(ours[1], peer[1])  # no ties in random floats; empty slots get src.size(0)
 
 
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_scatter_narrow_and_wide_paths_agree(reduce):
+    # Rows of <= 4 values take a direct sequential pass, wider ones the sorted CSR path: same numbers, bit for bit.
+    src = torch.randint(-3, 4, (3000, 5)).float() + torch.rand(3000, 1).round()  # ties included
+    index = torch.randint(0, 700, (3000,))
+    wide = torch.ops.fastlayers.scatter_fwd(src.unsqueeze(0), index, 710, reduce, True)
+    for cols in (slice(0, 1), slice(1, 5)):
+        narrow = torch.ops.fastlayers.scatter_fwd(src[:, cols].contiguous().unsqueeze(0), index, 710, reduce, True)
+        assert torch.equal(narrow[0], wide[0][:, :, cols])
+        if reduce in ("max", "min"):
+            assert torch.equal(narrow[1], wide[1][:, :, cols])
+
+
 def test_scatter_ties_and_broadcast_index():
     src = torch.tensor([[1.0, 2.0], [1.0, 5.0], [0.0, 5.0]], requires_grad=True)
     index = torch.tensor([0, 0, 0])
@@ -293,6 +306,22 @@ def test_scatter_segment_opcheck():
 def test_scatter_bad_input(src, index, kw, exc, match):
     with pytest.raises(exc, match=match):
         ops.scatter(src, index, **kw)
+
+
+def test_kernels_reject_bad_indices_on_direct_calls():
+    # The public functions validate; the C++ boundary still refuses what would read out of bounds.
+    src = torch.randn(1, 200_000, 8)  # wide and long enough for the threaded counting sort
+    index = torch.randint(0, 10, (200_000,))
+    index[150_000] = 10
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.fastlayers.scatter_fwd(src, index, 10, "sum", False)
+    index[150_000] = -3
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.fastlayers.scatter_fwd(src, index, 10, "sum", False)
+    with pytest.raises(RuntimeError, match="indptr"):
+        torch.ops.fastlayers.segment_fwd(torch.randn(5, 2), torch.tensor([0, 4, 2]), "sum", False)
+    with pytest.raises(RuntimeError, match="indptr"):
+        torch.ops.fastlayers.segment_fwd(torch.randn(5, 2), torch.tensor([0, 6]), "sum", False)
 
 
 def test_segment_bad_input():

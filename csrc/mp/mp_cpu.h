@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <string>
 #include <vector>
@@ -39,7 +40,7 @@ inline std::vector<int64_t> balanced_chunks(const int64_t* rowptr, int64_t n, in
   const int64_t nnz = rowptr[n] - rowptr[0];
   const int64_t total = nnz + n;
   const int64_t by_work = (total * std::max<int64_t>(width, 1)) / kChunkWork + 1;
-  const int64_t m = std::max<int64_t>(1, std::min<int64_t>({by_work, int64_t(8) * at::get_num_threads(), n}));
+  const int64_t m = std::max<int64_t>(1, std::min<int64_t>({by_work, int64_t(16) * at::get_num_threads(), n}));
   std::vector<int64_t> b(m + 1);
   b[0] = 0;
   b[m] = n;
@@ -55,13 +56,21 @@ inline std::vector<int64_t> balanced_chunks(const int64_t* rowptr, int64_t n, in
   return b;
 }
 
+// Runs fn(r0, r1) over the chunks. Threads claim chunks from a shared counter rather than a fixed share, so a
+// thread slowed by another process on a shared machine does not hold up the rest. The result does not depend on
+// which thread runs a chunk: each chunk writes only its own rows.
 template <typename F>
 void parallel_rows(const int64_t* rowptr, int64_t n, int64_t width, const F& fn) {
   if (n <= 0) return;
   const std::vector<int64_t> b = balanced_chunks(rowptr, n, width);
   const int64_t m = int64_t(b.size()) - 1;
-  at::parallel_for(0, m, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) fn(b[c], b[c + 1]);
+  if (m == 1) {
+    fn(b[0], b[1]);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(m, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < m; c = next.fetch_add(1)) fn(b[c], b[c + 1]);
   });
 }
 

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "common/checks.h"
 #define FASTLAYERS_WITH_TORCH_API
 #include "common/cpu_cache.h"
@@ -95,18 +97,45 @@ at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_i
   return gs;
 }
 
-// Counting sort of index [L] (values in [0, n)) into rowptr [n+1] and order [L] (stable: positions increase
-// within a row, so max/min ties go to the lowest position).
+// Counting sort of index [L] (values in [0, n)) into rowptr [n+1] and order [L], stable (positions increase
+// within a row, so max/min ties go to the lowest position). Each thread counts and then places one contiguous
+// slice of the index; a thread's slots in a row follow those of the threads before it.
 void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, int64_t* order) {
-  std::fill(rowptr, rowptr + n + 1, int64_t(0));
-  for (int64_t i = 0; i < L; ++i) {
-    const int64_t t = idx[i];
-    TORCH_CHECK(t >= 0 && t < n, "scatter: index value ", t, " out of range [0, ", n, ")");
-    ++rowptr[t + 1];
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), L / (int64_t(1) << 16)));
+  std::vector<int64_t> hist(T * n, 0);
+  std::atomic<bool> failed{false};
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * n;
+      for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) {
+        const int64_t v = idx[i];
+        if (v < 0 || v >= n) {
+          bad.store(v);
+          failed.store(true);
+          return;
+        }
+        ++h[v];
+      }
+    }
+  });
+  TORCH_CHECK(!failed.load(), "scatter: index value ", bad.load(), " out of range [0, ", n, ")");
+  rowptr[0] = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    int64_t start = rowptr[r];
+    for (int64_t t = 0; t < T; ++t) {  // hist becomes each thread's next slot in row r
+      const int64_t c = hist[t * n + r];
+      hist[t * n + r] = start;
+      start += c;
+    }
+    rowptr[r + 1] = start;
   }
-  for (int64_t t = 0; t < n; ++t) rowptr[t + 1] += rowptr[t];
-  std::vector<int64_t> next(rowptr, rowptr + n);
-  for (int64_t i = 0; i < L; ++i) order[next[idx[i]]++] = i;
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * n;
+      for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) order[h[idx[i]]++] = i;
+    }
+  });
 }
 
 at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
@@ -114,6 +143,44 @@ at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
                   index_in.numel() == L,
               "scatter: index must be a 1-D int64 CPU tensor of src.size(1) values");
   return index_in.contiguous();
+}
+
+// Narrow rows (B <= kDirectMaxWidth): one sequential pass in index order, out[index[p]] op= src[p]. Sorting
+// would cost more than the reduction itself, and the pass order (increasing p) is the same as the sorted order,
+// so the result is the same as the CSR path's, bit for bit.
+constexpr int64_t kDirectMaxWidth = 4;
+
+template <typename T>
+void scatter_direct(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t n, int64_t B,
+                    Reduce red) {
+  const bool ext = is_arg_reduce(red);
+  std::vector<int64_t> count(n, 0);
+  std::fill(out, out + n * B, T(0));
+  for (int64_t p = 0; p < L; ++p) {
+    const int64_t t = idx[p];
+    TORCH_CHECK(t >= 0 && t < n, "scatter: index value ", t, " out of range [0, ", n, ")");
+    T* o = out + t * B;
+    const T* x = src + p * B;
+    if (!ext) {
+      for (int64_t f = 0; f < B; ++f) o[f] += x[f];
+    } else {
+      for (int64_t f = 0; f < B; ++f) {
+        const bool better = count[t] == 0 || (red == Reduce::Max ? x[f] > o[f] : x[f] < o[f]);
+        if (better) {
+          o[f] = x[f];
+          if (arg) arg[t * B + f] = p;
+        }
+      }
+    }
+    ++count[t];
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    if (red == Reduce::Mean && count[t] > 1) {
+      const T inv = T(1) / T(count[t]);  // as the CSR path scales, for identical results
+      for (int64_t f = 0; f < B; ++f) out[t * B + f] *= inv;
+    }
+    if (arg && count[t] == 0) std::fill(arg + t * B, arg + (t + 1) * B, L);
+  }
 }
 
 // src [A, L, B] reduced along dim 1 into [A, n, B].
@@ -129,6 +196,16 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
   at::Tensor out = empty_cached({A, n, B}, src.options());
   const bool with_arg = need_arg && is_arg_reduce(red);
   at::Tensor arg = empty_cached({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
+  if (B <= kDirectMaxWidth && A * n * B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_direct_cpu", [&] {
+      for (int64_t a = 0; a < A; ++a) {
+        scatter_direct<scalar_t>(src.const_data_ptr<scalar_t>() + a * L * B, index.const_data_ptr<int64_t>(),
+                                 out.mutable_data_ptr<scalar_t>() + a * n * B,
+                                 with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, L, n, B, red);
+      }
+    });
+    return {out, arg};
+  }
   std::vector<int64_t> rowptr(n + 1), order(L);
   counting_sort(index.const_data_ptr<int64_t>(), L, n, rowptr.data(), order.data());
   if (A * n * B == 0) return {out, arg};

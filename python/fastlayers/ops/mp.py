@@ -74,7 +74,7 @@ def _check_scatter(src, index, dim, dim_size):
     if L and torch.compiler.is_compiling() and dim_size is not None:
         pass  # value checks need the data: traced code runs them eagerly first, the kernel guards the rest
     elif L:
-        lo, hi = int(index.min()), int(index.max())
+        lo, hi = (int(v) for v in torch.aminmax(index))
         if lo < 0:
             raise IndexError(f"index has a negative value ({lo})")
         if dim_size is None:
