@@ -13,6 +13,10 @@ try:
     import torch_scatter
 except ImportError:
     torch_scatter = None
+try:
+    import torch_geometric.nn as pyg_nn
+except ImportError:
+    pyg_nn = None
 
 N = 100_000
 # torch.sparse_csr_tensor warns that CSR support is in beta on every call.
@@ -35,7 +39,7 @@ def _graph(E, device):
 
 def specs(device, quick):
     if quick:
-        return [(200_000, 64, "sum", "forward", "sparse.mm"), (200_000, 64, "sum", "forward+backward", "sparse.mm"),
+        return ([("cora", 16, "gcn", "forward+backward", "pyg")] if pyg_nn is not None else []) + [(200_000, 64, "sum", "forward", "sparse.mm"), (200_000, 64, "sum", "forward+backward", "sparse.mm"),
                 (200_000, 64, "max", "forward", "sparse.mm")]
     out = []
     for F in (16, 64, 256):
@@ -46,11 +50,44 @@ def specs(device, quick):
         out += [(1_000_000, 64, "sum", "forward", "torch_scatter"),
                 (1_000_000, 64, "sum", "forward+backward", "torch_scatter")]
     out += [(4_000_000, 64, "sum", "forward", "sparse.mm"), (4_000_000, 64, "sum", "forward+backward", "sparse.mm")]
+    if pyg_nn is not None:
+        out += [(1_000_000, 64, "gcn", "forward+backward", "pyg"), ("cora", 16, "gcn", "forward+backward", "pyg")]
     return out
+
+
+def _gcn_case(E, F, device):
+    """A GCN layer (self loops, symmetric normalisation, linear map) vs PyG's GCNConv with the same weights."""
+    from fastlayers.nn import GCNConv
+
+    if E == "cora":
+        import os
+
+        from fastlayers.data import load_planetoid_npz
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nodeclf", "cora", "cora.npz")
+        d = load_planetoid_npz(path)
+        x, g, shape = d.x.to(device), d.graph.to(device), "Cora: N=2708 E=10556 1433->16"
+    else:
+        g, _ = _graph(E, device)
+        x, shape = torch.randn(N, F, device=device), f"N=100k E={E / 1e6:g}M {F}->{F}"
+    peer = pyg_nn.GCNConv(x.size(1), F).to(device)
+    ours = GCNConv(x.size(1), F).to(device)
+    ours.load_state_dict(peer.state_dict())
+    ours(x, g)  # builds the graph with self loops once, as PyG's cached=False recomputes its normalisation
+    ei = g.edge_index
+
+    def run(m, graph):
+        y = m(x, graph)
+        return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
+    min_bytes = x.numel() * 4 + 2 * ei.numel() * 8
+    return Case(name="GCNConv forward+backward", shape=shape, ours=lambda: run(ours, g), peer=lambda: run(peer, ei),
+                peer_name="PyG GCNConv", min_bytes=min_bytes)
 
 
 def build(spec, device):
     E, F, reduce, mode, peer_name = spec
+    if reduce == "gcn":
+        return _gcn_case(E, F, device)
     g, csr = _graph(E, device)
     x = torch.randn(N, F, device=device)
     src, dst = g.edge_index

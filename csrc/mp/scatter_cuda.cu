@@ -36,7 +36,7 @@ __global__ void segment_bwd_kernel(const int64_t* __restrict__ indptr, int64_t n
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= E * B) return;
   const int64_t k = i / B, f = i % B;
-  int64_t lo = 0, hi = n;  // last r with indptr[r] <= k, among rows 0..n-1
+  int64_t lo = 0, hi = n > 0 ? n - 1 : 0;  // last r with indptr[r] <= k, among rows 0..n-1
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
     if (indptr[mid] <= k) lo = mid; else hi = mid - 1;
