@@ -91,7 +91,15 @@ def build(spec, device):
     g, csr = _graph(E, device)
     x = torch.randn(N, F, device=device)
     src, dst = g.edge_index
-    if peer_name == "sparse.mm":
+    if peer_name == "sparse.mm" and reduce != "sum" and device != "cpu":
+        # torch.sparse.mm takes non-sum reductions on CPU CSR only: on GPUs the peer is scatter_reduce.
+        idx = dst.view(-1, 1).expand(E, F)
+        amode = {"mean": "mean", "max": "amax", "min": "amin"}[reduce]
+
+        def peer_fn(x):
+            return x.new_zeros(N, F).scatter_reduce_(0, idx, x[src], amode, include_self=False)
+        peer_label = f"Tensor.scatter_reduce_ {amode}"
+    elif peer_name == "sparse.mm":
         peer_reduce = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
 
         def peer_fn(x):

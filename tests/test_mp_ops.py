@@ -229,16 +229,23 @@ def test_scatter_arg_matches_torch_scatter(which):
 
 
 @pytest.mark.parametrize("reduce", REDUCES)
-def test_scatter_narrow_and_wide_paths_agree(reduce):
-    # Rows of <= 4 values take a direct sequential pass, wider ones the sorted CSR path: same numbers, bit for bit.
-    src = torch.randint(-3, 4, (3000, 5)).float() + torch.rand(3000, 1).round()  # ties included
-    index = torch.randint(0, 700, (3000,))
-    wide = torch.ops.fastlayers.scatter_fwd(src.unsqueeze(0), index, 710, reduce, True)
-    for cols in (slice(0, 1), slice(1, 5)):
-        narrow = torch.ops.fastlayers.scatter_fwd(src[:, cols].contiguous().unsqueeze(0), index, 710, reduce, True)
-        assert torch.equal(narrow[0], wide[0][:, :, cols])
-        if reduce in ("max", "min"):
-            assert torch.equal(narrow[1], wide[1][:, :, cols])
+def test_scatter_streaming_and_sorted_paths_agree(reduce):
+    # Up to 8 threads stream src in order; more threads sort the index into a CSR first. Both reduce each row in
+    # increasing position, so they agree bit for bit (ties included), whatever the thread count.
+    src = (torch.randint(-3, 4, (100_000, 8)).float() + torch.rand(100_000, 1).round()).unsqueeze(0)
+    index = torch.randint(0, 30_000, (100_000,))
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for t in (1, old, 12):  # 12 threads: L * B is large enough for all of them, so the sorted path runs
+            torch.set_num_threads(t)
+            runs.append(torch.ops.fastlayers.scatter_fwd(src, index, 30_005, reduce, True))
+    finally:
+        torch.set_num_threads(old)
+    for out, arg in runs[1:]:
+        assert torch.equal(out, runs[0][0])
+        assert torch.equal(arg, runs[0][1])
+    torch.testing.assert_close(runs[0][0][0], ref.scatter(src[0], index, 0, 30_005, reduce))
 
 
 def test_scatter_ties_and_broadcast_index():
@@ -310,14 +317,18 @@ def test_scatter_bad_input(src, index, kw, exc, match):
 
 def test_kernels_reject_bad_indices_on_direct_calls():
     # The public functions validate; the C++ boundary still refuses what would read out of bounds.
-    src = torch.randn(1, 200_000, 8)  # wide and long enough for the threaded counting sort
+    src = torch.randn(1, 200_000, 8)
     index = torch.randint(0, 10, (200_000,))
-    index[150_000] = 10
-    with pytest.raises(RuntimeError, match="out of range"):
-        torch.ops.fastlayers.scatter_fwd(src, index, 10, "sum", False)
-    index[150_000] = -3
-    with pytest.raises(RuntimeError, match="out of range"):
-        torch.ops.fastlayers.scatter_fwd(src, index, 10, "sum", False)
+    old = torch.get_num_threads()
+    try:
+        for t in (1, old, 12):  # the streaming path, then the sorted path (more than 8 threads)
+            torch.set_num_threads(t)
+            for bad in (10, -3):
+                index[150_000] = bad
+                with pytest.raises(RuntimeError, match="out of range"):
+                    torch.ops.fastlayers.scatter_fwd(src, index, 10, "sum", False)
+    finally:
+        torch.set_num_threads(old)
     with pytest.raises(RuntimeError, match="indptr"):
         torch.ops.fastlayers.segment_fwd(torch.randn(5, 2), torch.tensor([0, 4, 2]), "sum", False)
     with pytest.raises(RuntimeError, match="indptr"):

@@ -1,7 +1,8 @@
 // CPU segment (torch_scatter.segment_csr) and scatter (torch_scatter.scatter with a 1-D index) kernels.
 //
-// scatter sorts its index into a CSR first (a counting sort: two passes over the index), then runs the same
-// owner-computes gather-reduce as spmm, so it needs neither atomics nor a per-thread copy of the output.
+// scatter streams src in order, each thread reducing the rows of its own output block (up to kStreamMaxThreads
+// threads); with more threads it sorts its index into a CSR (a threaded counting sort) and runs the same
+// owner-computes gather-reduce as spmm. Neither needs atomics or per-thread copies of the output.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -145,42 +146,86 @@ at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
   return index_in.contiguous();
 }
 
-// Narrow rows (B <= kDirectMaxWidth): one sequential pass in index order, out[index[p]] op= src[p]. Sorting
-// would cost more than the reduction itself, and the pass order (increasing p) is the same as the sorted order,
-// so the result is the same as the CSR path's, bit for bit.
-constexpr int64_t kDirectMaxWidth = 4;
+// The streaming path: each thread owns a range of output rows, scans the whole index in order and reduces the
+// src rows that land in its range, out[index[p]] op= src[p]. src is read in increasing order (prefetchers follow
+// it) and each thread's output block stays in cache, where the sorted path gathers src rows at random; the
+// index is read once per thread, cheap for the few threads of a CPU socket. Rows are reduced in increasing p,
+// the same order as the sorted path, so both give the same numbers.
+constexpr int64_t kStreamMaxThreads = 8;
 
-template <typename T>
-void scatter_direct(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t n, int64_t B,
-                    Reduce red) {
-  const bool ext = is_arg_reduce(red);
-  std::vector<int64_t> count(n, 0);
-  std::fill(out, out + n * B, T(0));
+template <typename T, int KIND>
+FL_INLINE void scatter_owned(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t B,
+                             int64_t r0, int64_t r1, int64_t* count, bool* bad, int64_t n) {
+  std::fill(out + r0 * B, out + r1 * B, T(0));
   for (int64_t p = 0; p < L; ++p) {
     const int64_t t = idx[p];
-    TORCH_CHECK(t >= 0 && t < n, "scatter: index value ", t, " out of range [0, ", n, ")");
-    T* o = out + t * B;
-    const T* x = src + p * B;
-    if (!ext) {
-      for (int64_t f = 0; f < B; ++f) o[f] += x[f];
+    if (t < r0 || t >= r1) {
+      if (t < 0 || t >= n) *bad = true;
+      continue;
+    }
+    T* __restrict o = out + t * B;
+    const T* __restrict x = src + p * B;
+    if (KIND == 0) {
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] += x[f];
+    } else if (count[t - r0] == 0) {
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = x[f];
+      if (arg) std::fill(arg + t * B, arg + (t + 1) * B, p);
+    } else if (arg) {
+      int64_t* __restrict a = arg + t * B;
+      FL_SIMD for (int64_t f = 0; f < B; ++f) {
+        const bool better = KIND == 1 ? x[f] > o[f] : x[f] < o[f];
+        o[f] = better ? x[f] : o[f];
+        a[f] = better ? p : a[f];
+      }
     } else {
-      for (int64_t f = 0; f < B; ++f) {
-        const bool better = count[t] == 0 || (red == Reduce::Max ? x[f] > o[f] : x[f] < o[f]);
-        if (better) {
-          o[f] = x[f];
-          if (arg) arg[t * B + f] = p;
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = (KIND == 1 ? x[f] > o[f] : x[f] < o[f]) ? x[f] : o[f];
+    }
+    ++count[t - r0];
+  }
+}
+
+#define FL_SCATTER_OWNED(T)                                                                                     \
+  FL_MULTIVERSION void scatter_owned_##T(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L,    \
+                                         int64_t B, int64_t r0, int64_t r1, int64_t* count, bool* bad,         \
+                                         int64_t n, int kind) {                                                 \
+    if (kind == 0) scatter_owned<T, 0>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                        \
+    else if (kind == 1) scatter_owned<T, 1>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                   \
+    else scatter_owned<T, 2>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                                  \
+  }
+FL_SCATTER_OWNED(float)
+FL_SCATTER_OWNED(double)
+#undef FL_SCATTER_OWNED
+FL_INLINE void scatter_owned_dispatch(const float* s, const int64_t* i, float* o, int64_t* a, int64_t L, int64_t B,
+                                      int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
+  scatter_owned_float(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+}
+FL_INLINE void scatter_owned_dispatch(const double* s, const int64_t* i, double* o, int64_t* a, int64_t L,
+                                      int64_t B, int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
+  scatter_owned_double(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+}
+
+template <typename T>
+void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t n, int64_t B,
+                    Reduce red, int64_t threads) {
+  const int kind = red == Reduce::Max ? 1 : red == Reduce::Min ? 2 : 0;
+  std::vector<int64_t> count(n, 0);
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
+      bool bad = false;
+      scatter_owned_dispatch(src, idx, out, arg, L, B, r0, r1, count.data() + r0, &bad, n, kind);
+      if (bad) failed.store(true);
+      for (int64_t r = r0; r < r1; ++r) {
+        if (red == Reduce::Mean && count[r] > 1) {
+          const T inv = T(1) / T(count[r]);  // as the sorted path scales, for identical results
+          for (int64_t f = 0; f < B; ++f) out[r * B + f] *= inv;
         }
+        if (arg && count[r] == 0) std::fill(arg + r * B, arg + (r + 1) * B, L);
       }
     }
-    ++count[t];
-  }
-  for (int64_t t = 0; t < n; ++t) {
-    if (red == Reduce::Mean && count[t] > 1) {
-      const T inv = T(1) / T(count[t]);  // as the CSR path scales, for identical results
-      for (int64_t f = 0; f < B; ++f) out[t * B + f] *= inv;
-    }
-    if (arg && count[t] == 0) std::fill(arg + t * B, arg + (t + 1) * B, L);
-  }
+  });
+  TORCH_CHECK(!failed.load(), "scatter: index value out of range [0, ", n, ")");
 }
 
 // src [A, L, B] reduced along dim 1 into [A, n, B].
@@ -196,12 +241,16 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
   at::Tensor out = empty_cached({A, n, B}, src.options());
   const bool with_arg = need_arg && is_arg_reduce(red);
   at::Tensor arg = empty_cached({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
-  if (B <= kDirectMaxWidth && A * n * B > 0) {
-    AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_direct_cpu", [&] {
+  // Threads that would each stream the whole index: few enough on one socket. Small inputs run on one.
+  const int64_t threads =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (L * std::max<int64_t>(B, 1)) / kChunkWork));
+  if (threads <= kStreamMaxThreads && A * n * B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_stream_cpu", [&] {
       for (int64_t a = 0; a < A; ++a) {
-        scatter_direct<scalar_t>(src.const_data_ptr<scalar_t>() + a * L * B, index.const_data_ptr<int64_t>(),
+        scatter_stream<scalar_t>(src.const_data_ptr<scalar_t>() + a * L * B, index.const_data_ptr<int64_t>(),
                                  out.mutable_data_ptr<scalar_t>() + a * n * B,
-                                 with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, L, n, B, red);
+                                 with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, L, n, B, red,
+                                 std::min<int64_t>(threads, n));
       }
     });
     return {out, arg};

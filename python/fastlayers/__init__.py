@@ -13,4 +13,5 @@ from . import _C  # noqa: F401  (loads the op schemas and the CPU/CUDA kernels)
 from .graph import Graph  # noqa: E402
 from . import ops, nn, reference  # noqa: E402
 
-__all__ = ["Graph", "ops", "nn", "reference", "__version__"]
+__all__ = ["ops", "nn", "reference", "__version__"]
+__all__ += ["Graph"]

@@ -3,4 +3,5 @@
 from .eca import ECA, convert_timm
 from .mp import DirGNNConv, GATConv, GCNConv, GINConv, SAGEConv, SheafConv, SignedConv
 
-__all__ = ["ECA", "convert_timm", "GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv", "SheafConv"]
+__all__ = ["ECA", "convert_timm"]
+__all__ += ["GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv", "SheafConv"]

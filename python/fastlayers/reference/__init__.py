@@ -4,4 +4,5 @@ fallback on devices that have no fastlayers kernel."""
 from .eca import eca
 from . import mp
 
-__all__ = ["eca", "mp"]
+__all__ = ["eca"]
+__all__ += ["mp"]
