@@ -119,6 +119,23 @@ def test_spmm_deterministic_across_thread_counts():
             assert torch.equal(a, b)
 
 
+def test_noncontiguous_inputs_and_a_hub_node():
+    # A hub with most of the edges (one chunk owns it, the others share the rest) and strided feature views.
+    n, e = 3000, 60000
+    gen = torch.Generator().manual_seed(5)
+    ei = torch.randint(0, n, (2, e), generator=gen)
+    ei[1, : e // 2] = 7
+    g = Graph.from_edge_index(ei, num_nodes=n)
+    x = torch.randn(24, n, dtype=D).t()  # [N, 24], transposed storage
+    w = torch.randn(e, 2, dtype=D)[:, 1]  # strided weights
+    for reduce in REDUCES:
+        torch.testing.assert_close(ops.spmm(g, x, w, reduce), ref.spmm(g, x, w, reduce), rtol=1e-10, atol=1e-10)
+    src = torch.randn(9, e, dtype=D)[::3].t()  # [E, 3], strided
+    torch.testing.assert_close(ops.scatter(src, ei[1], 0, n, "max"), ref.scatter(src, ei[1], 0, n, "max"))
+    indptr = g.rowptr
+    torch.testing.assert_close(ops.segment(src, indptr, "mean"), ref.segment(src, indptr, "mean"))
+
+
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_spmm_empty_graph(reduce):
     g = Graph.from_edge_index(torch.empty(2, 0, dtype=torch.long), num_nodes=4)

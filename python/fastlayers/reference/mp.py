@@ -68,7 +68,7 @@ def segment(src: torch.Tensor, indptr: torch.Tensor, reduce: str = "sum") -> tor
     n = indptr.numel() - 1
     counts = indptr[1:] - indptr[:-1]
     index = torch.repeat_interleave(torch.arange(n, device=src.device), counts)
-    start = int(indptr[0]) if n >= 0 and indptr.numel() else 0
+    start = int(indptr[0])
     part = src[start:start + index.numel()]
     return reduce_rows(part, index, n, reduce)[0]
 
