@@ -51,8 +51,28 @@ def specs(device, quick):
                 (1_000_000, 64, "sum", "forward+backward", "torch_scatter")]
     out += [(4_000_000, 64, "sum", "forward", "sparse.mm"), (4_000_000, 64, "sum", "forward+backward", "sparse.mm")]
     if pyg_nn is not None:
-        out += [(1_000_000, 64, "gcn", "forward+backward", "pyg"), ("cora", 16, "gcn", "forward+backward", "pyg")]
+        out += [(1_000_000, 64, "gcn", "forward+backward", "pyg"), ("cora", 16, "gcn", "forward+backward", "pyg"),
+                (1_000_000, 16, "gat", "forward+backward", "pyg")]
     return out
+
+
+def _gat_case(E, F, device):
+    """A 4-head GAT layer (64 -> 4 x 16) vs PyG's GATConv with the same weights."""
+    from fastlayers.nn import GATConv
+
+    g, _ = _graph(E, device)
+    x = torch.randn(N, 64, device=device)
+    peer = pyg_nn.GATConv(64, F, heads=4).to(device)
+    ours = GATConv(64, F, heads=4).to(device)
+    ours.load_state_dict(peer.state_dict())
+    ours(x, g)  # builds the graph with self loops once
+    ei = g.edge_index
+
+    def run(m, graph):
+        y = m(x, graph)
+        return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
+    return Case(name="GATConv forward+backward", shape=f"N=100k E={E / 1e6:g}M 64->4x{F}", ours=lambda: run(ours, g),
+                peer=lambda: run(peer, ei), peer_name="PyG GATConv", min_bytes=x.numel() * 4 + 2 * ei.numel() * 8)
 
 
 def _gcn_case(E, F, device):
@@ -88,6 +108,8 @@ def build(spec, device):
     E, F, reduce, mode, peer_name = spec
     if reduce == "gcn":
         return _gcn_case(E, F, device)
+    if reduce == "gat":
+        return _gat_case(E, F, device)
     g, csr = _graph(E, device)
     x = torch.randn(N, F, device=device)
     src, dst = g.edge_index
