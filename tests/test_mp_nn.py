@@ -140,6 +140,20 @@ def test_graph_reused_across_layers_keeps_derived_structures():
     assert all(g._derived[k] is v for k, v in cached.items())
 
 
+def _map(f, maps, d):
+    if maps == "diag":
+        return torch.diag(f)
+    if maps == "general":
+        return f.view(d, d)
+    a = torch.zeros(d, d, dtype=f.dtype)
+    k = 0
+    for i in range(d):
+        for j in range(i + 1, d):
+            a = a + f[k] * (torch.eye(d, dtype=f.dtype)[:, [i]] @ torch.eye(d, dtype=f.dtype)[[j], :])
+            k += 1
+    return torch.linalg.matrix_exp(a - a.t())
+
+
 def _dense_sheaf(m, x, ei):
     """NSD's step with a dense [N d, N d] Laplacian built edge by edge from W [x_v, x_u] (the unsplit map)."""
     n, d, c = x.size(0), m.d, m.channels
@@ -149,8 +163,7 @@ def _dense_sheaf(m, x, ei):
     for u, v in ei.t().tolist():
         fv = torch.tanh(W @ torch.cat([x[v], x[u]]) + m.map_dst.bias)
         fu = torch.tanh(W @ torch.cat([x[u], x[v]]) + m.map_dst.bias)
-        fv = torch.diag(fv) if m.maps == "diag" else fv.view(d, d)
-        fu = torch.diag(fu) if m.maps == "diag" else fu.view(d, d)
+        fv, fu = (_map(f, m.maps, d) for f in (fv, fu))
         L[v * d:(v + 1) * d, u * d:(u + 1) * d] -= fv.t() @ fu
         Dg[v * d:(v + 1) * d, v * d:(v + 1) * d] += fv.t() @ fv
     L = L + Dg
@@ -161,7 +174,7 @@ def _dense_sheaf(m, x, ei):
     return ((1 + torch.tanh(m.eps)).view(1, d, 1) * x.view(n, d, c) - lh).reshape(n, d * c)
 
 
-@pytest.mark.parametrize("maps", ["diag", "general"])
+@pytest.mark.parametrize("maps", ["diag", "orthogonal", "general"])
 @pytest.mark.parametrize("d", [2, 3])
 def test_sheaf_matches_dense_laplacian(maps, d):
     torch.manual_seed(1)
@@ -184,7 +197,9 @@ def test_sheaf_matches_dense_laplacian(maps, d):
 
 def test_sheaf_bad_args():
     with pytest.raises(ValueError, match="maps"):
-        fnn.SheafConv(4, 2, maps="orthogonal")
+        fnn.SheafConv(4, 2, maps="householder")
+    with pytest.raises(ValueError, match="d >= 2"):
+        fnn.SheafConv(4, 1, maps="orthogonal")
     with pytest.raises(ValueError, match="x must be"):
         fnn.SheafConv(4, 2)(torch.randn(5, 7), torch.tensor([[0], [1]]))
 

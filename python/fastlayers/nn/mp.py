@@ -240,6 +240,14 @@ class SignedConv(nn.Module):
         return torch.cat([out_pos, out_neg], -1)
 
 
+def _orthogonal(params: torch.Tensor, d: int) -> torch.Tensor:
+    """[E, d(d-1)/2] -> [E, d, d] orthogonal maps: the exponential of the skew-symmetric matrix they fill."""
+    iu = torch.triu_indices(d, d, 1, device=params.device)
+    a = params.new_zeros(params.size(0), d, d)
+    a[:, iu[0], iu[1]] = params
+    return torch.linalg.matrix_exp(a - a.transpose(1, 2))
+
+
 class SheafConv(nn.Module):
     """One layer of neural sheaf diffusion (Bodnar et al., NSD) on d-dimensional stalks.
 
@@ -252,20 +260,23 @@ class SheafConv(nn.Module):
     Args:
         channels: C, the channels per stalk dimension.
         d: stalk dimension (2 to 4 in NSD).
-        maps: "diag" (d maps per edge end) or "general" (d x d). For "general" the normalisation uses the diagonal
-            of D_v (NSD inverts the full block).
+        maps: "diag" (d values per edge end), "orthogonal" (exp of a learned skew-symmetric matrix, so
+            D_v = deg(v) I) or "general" (d x d). For "general" the normalisation uses the diagonal of D_v (NSD
+            inverts the full block).
         act: apply ELU to the diffusion term (NSD's default).
     forward(x [N, d * C], graph or edge_index) -> [N, d * C]. Give each undirected edge in both directions.
     """
 
     def __init__(self, channels: int, d: int, maps: str = "diag", act: bool = True):
         super().__init__()
-        if maps not in ("diag", "general"):
-            raise ValueError(f"maps must be 'diag' or 'general', got {maps!r}")
+        if maps not in ("diag", "orthogonal", "general"):
+            raise ValueError(f"maps must be 'diag', 'orthogonal' or 'general', got {maps!r}")
         if d < 1 or channels < 1:
             raise ValueError(f"d and channels must be positive, got d={d}, channels={channels}")
         self.channels, self.d, self.maps, self.act = channels, d, maps, act
-        m = d if maps == "diag" else d * d
+        m = {"diag": d, "orthogonal": d * (d - 1) // 2, "general": d * d}[maps]
+        if m == 0:
+            raise ValueError("orthogonal maps need d >= 2")
         self.map_dst = nn.Linear(d * channels, m, bias=True)  # the x_v half of W
         self.map_src = nn.Linear(d * channels, m, bias=False)  # the x_u half of W
         self.lin_left = nn.Linear(d, d, bias=False)
@@ -281,6 +292,12 @@ class SheafConv(nn.Module):
         fv = torch.tanh(p[dst] + q[src])  # v's map of edge e
         fu = torch.tanh(p[src] + q[dst])  # u's map of edge e
         d = self.d
+        if self.maps == "orthogonal":
+            fv, fu = _orthogonal(fv, d), _orthogonal(fu, d)
+            off = -torch.bmm(fv.transpose(1, 2), fu)
+            # F^T F = I: the diagonal blocks are the in-degree times the identity.
+            deg = g.in_degree.to(x.dtype).unsqueeze(1).expand(-1, d)
+            return off, torch.diag_embed(deg), (deg + 1).pow(-0.5)
         if self.maps == "diag":
             off = -(fv * fu)
             diag = scatter(fv * fv, dst, 0, g.num_nodes, "sum")
