@@ -7,17 +7,28 @@ namespace fastlayers::mp {
 #define FL_MP_DEFINE(T)                                                                                         \
   FL_MULTIVERSION void reduce_rows_sum(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t r0,   \
                                        int64_t r1, int64_t H, int64_t F, bool mean) {                          \
-    reduce_rows<T, 0, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, mean, 0);                                 \
+    if (w) reduce_rows<T, 0, false, true>(g, w, wH, x, out, nullptr, r0, r1, H, F, mean, 0);                    \
+    else reduce_rows<T, 0, false, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, mean, 0);                     \
   }                                                                                                             \
   FL_MULTIVERSION void reduce_rows_ext(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t* arg, \
                                        int64_t r0, int64_t r1, int64_t H, int64_t F, bool is_max,              \
                                        int64_t none_id) {                                                       \
     if (is_max) {                                                                                               \
-      if (arg) reduce_rows<T, 1, true>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);                    \
-      else reduce_rows<T, 1, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);                   \
+      if (arg) {                                                                                                \
+        if (w) reduce_rows<T, 1, true, true>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);              \
+        else reduce_rows<T, 1, true, false>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);               \
+      } else {                                                                                                  \
+        if (w) reduce_rows<T, 1, false, true>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);         \
+        else reduce_rows<T, 1, false, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);          \
+      }                                                                                                         \
     } else {                                                                                                    \
-      if (arg) reduce_rows<T, 2, true>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);                    \
-      else reduce_rows<T, 2, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);                   \
+      if (arg) {                                                                                                \
+        if (w) reduce_rows<T, 2, true, true>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);              \
+        else reduce_rows<T, 2, true, false>(g, w, wH, x, out, arg, r0, r1, H, F, false, none_id);               \
+      } else {                                                                                                  \
+        if (w) reduce_rows<T, 2, false, true>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);         \
+        else reduce_rows<T, 2, false, false>(g, w, wH, x, out, nullptr, r0, r1, H, F, false, none_id);          \
+      }                                                                                                         \
     }                                                                                                           \
   }
 

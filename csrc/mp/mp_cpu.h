@@ -92,8 +92,9 @@ struct Csr {
 // out[r, h, :] = reduce over slots k of row r of w[id(k), h] * x[src(k), h, :] for rows [r0, r1).
 // KIND 0: sum (mean divides by the slot count), 1: max, 2: min. With ARG, arg[r, h, f] = id of the winning slot
 // (the first in slot order among ties, i.e. the lowest id when ids increase along a row), none_id for empty rows.
-// w: nullptr (weight 1), or [*, wH] with wH 1 (shared by heads) or H.
-template <typename T, int KIND, bool ARG>
+// W: weighted, w is [*, wH] with wH 1 (shared by heads) or H; else every weight is 1 and perm is never read.
+// The first slot of a row initialises it, so the loop over the others has no per-slot branch.
+template <typename T, int KIND, bool ARG, bool W>
 FL_INLINE void reduce_rows(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t* arg, int64_t r0,
                            int64_t r1, int64_t H, int64_t F, bool mean, int64_t none_id) {
   const int64_t HF = H * F;
@@ -108,25 +109,37 @@ FL_INLINE void reduce_rows(const Csr& g, const T* w, int64_t wH, const T* x, T* 
       if (ARG) for (int64_t i = 0; i < HF; ++i) a[i] = none_id;
       continue;
     }
-    for (int64_t k = kb; k < ke; ++k) {
-      if (k + kPrefetch < kstop) {
-        prefetch_row(x + g.src(k + kPrefetch) * HF, row_bytes);
-        if (w) __builtin_prefetch(w + g.id(k + kPrefetch) * wH, 0, 1);
-      }
-      const int64_t id = g.id(k);
-      const T* xs = x + g.src(k) * HF;
+    {
+      const int64_t id = (W || ARG) ? g.id(kb) : 0;
+      const T* xs = x + g.src(kb) * HF;
       for (int64_t h = 0; h < H; ++h) {
-        const T ws = w ? w[id * wH + (wH == 1 ? 0 : h)] : T(1);
+        const T ws = W ? w[id * wH + (wH == 1 ? 0 : h)] : T(1);
         T* __restrict oh = o + h * F;
         const T* __restrict xh = xs + h * F;
-        if (k == kb) {
-          FL_SIMD for (int64_t f = 0; f < F; ++f) oh[f] = ws * xh[f];
-          if (ARG) {
-            int64_t* ah = a + h * F;
-            for (int64_t f = 0; f < F; ++f) ah[f] = id;
+        FL_SIMD for (int64_t f = 0; f < F; ++f) oh[f] = ws * xh[f];
+        if (ARG) {
+          int64_t* ah = a + h * F;
+          for (int64_t f = 0; f < F; ++f) ah[f] = id;
+        }
+      }
+    }
+    for (int64_t k = kb + 1; k < ke; ++k) {
+      if (k + kPrefetch < kstop) {
+        prefetch_row(x + g.src(k + kPrefetch) * HF, row_bytes);
+        if (W) __builtin_prefetch(w + g.id(k + kPrefetch) * wH, 0, 1);
+      }
+      const int64_t id = (W || ARG) ? g.id(k) : 0;
+      const T* xs = x + g.src(k) * HF;
+      for (int64_t h = 0; h < H; ++h) {
+        const T ws = W ? w[id * wH + (wH == 1 ? 0 : h)] : T(1);
+        T* __restrict oh = o + h * F;
+        const T* __restrict xh = xs + h * F;
+        if (KIND == 0) {
+          if (W) {
+            FL_SIMD for (int64_t f = 0; f < F; ++f) oh[f] += ws * xh[f];
+          } else {
+            FL_SIMD for (int64_t f = 0; f < F; ++f) oh[f] += xh[f];
           }
-        } else if (KIND == 0) {
-          FL_SIMD for (int64_t f = 0; f < F; ++f) oh[f] += ws * xh[f];
         } else if (!ARG) {
           FL_SIMD for (int64_t f = 0; f < F; ++f) {
             const T v = ws * xh[f];
