@@ -28,6 +28,8 @@ TORCH_LIBRARY(fastlayers, m) {
   // scores, out [E, H] in the caller's edge order; softmax over each target's incoming edges.
   m.def("edge_softmax_fwd(Tensor rowptr, Tensor perm, Tensor scores) -> Tensor");
   m.def("edge_softmax_bwd(Tensor rowptr, Tensor perm, Tensor out, Tensor grad_out) -> Tensor");
+  // Graph building: stable sort of key [E] (values in [0, n)) -> (rowptr [n+1], perm [E]).
+  m.def("csr_index(Tensor key, int n) -> (Tensor rowptr, Tensor perm)");
   // segment_csr: src [E, F], indptr [N+1] -> [N, F]; arg = position in src (E for empty segments).
   m.def("segment_fwd(Tensor src, Tensor indptr, str reduce, bool need_arg) -> (Tensor out, Tensor arg)");
   m.def("segment_bwd(Tensor grad_out, Tensor indptr, Tensor arg, int num_src, str reduce) -> Tensor");

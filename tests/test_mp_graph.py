@@ -95,3 +95,16 @@ def test_to_cuda():
     g = Graph.from_edge_index(_edges())
     c = g.to("cuda")
     assert c.rowptr.is_cuda and torch.equal(c.perm.cpu(), g.perm)
+
+
+def test_large_graph_matches_a_stable_sort_and_opcheck():
+    # Large enough for the threaded counting sort (its slices must join in order to stay stable).
+    gen = torch.Generator().manual_seed(3)
+    ei = torch.randint(0, 5000, (2, 300_000), generator=gen)
+    g = Graph.from_edge_index(ei, num_nodes=5001)
+    for key, other, rowptr, col, perm in ((ei[1], ei[0], g.rowptr, g.col, g.perm),
+                                          (ei[0], ei[1], g.colptr, g.row, g.cperm)):
+        order = torch.sort(key, stable=True).indices
+        assert torch.equal(perm, order) and torch.equal(col, other[order])
+        assert torch.equal(rowptr[1:] - rowptr[:-1], torch.bincount(key, minlength=5001))
+    torch.library.opcheck(torch.ops.fastlayers.csr_index, (ei[1][:1000].contiguous(), 5001))

@@ -319,9 +319,24 @@ at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in
   return gs;
 }
 
+// Graph building: a stable sort of key [E] (values in [0, n)) as (rowptr [n+1], perm [E]), in O(E + n).
+std::tuple<at::Tensor, at::Tensor> csr_index_cpu(const at::Tensor& key_in, int64_t n) {
+  TORCH_CHECK(key_in.device().is_cpu() && key_in.scalar_type() == at::kLong && key_in.dim() == 1,
+              "csr_index: key must be a 1-D int64 CPU tensor");
+  TORCH_CHECK(n >= 0, "csr_index: n must be >= 0");
+  const at::Tensor key = key_in.contiguous();
+  const int64_t L = key.numel();
+  at::Tensor rowptr = at::empty({n + 1}, key.options());
+  at::Tensor perm = at::empty({L}, key.options());
+  counting_sort(key.const_data_ptr<int64_t>(), L, n, rowptr.mutable_data_ptr<int64_t>(),
+                perm.mutable_data_ptr<int64_t>());
+  return {rowptr, perm};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("csr_index", &csr_index_cpu);
   m.impl("segment_fwd", &segment_fwd_cpu);
   m.impl("segment_bwd", &segment_bwd_cpu);
   m.impl("scatter_fwd", &scatter_fwd_cpu);

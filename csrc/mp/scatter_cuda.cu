@@ -151,9 +151,17 @@ at::Tensor scatter_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& index_i
   return gs;
 }
 
+std::tuple<at::Tensor, at::Tensor> csr_index_cuda(const at::Tensor& key, int64_t n) {
+  TORCH_CHECK(key.is_cuda() && key.dim() == 1, "csr_index: key must be a 1-D CUDA tensor");
+  const c10::cuda::CUDAGuard guard(key.device());
+  auto csr = index_csr(key.contiguous(), n);
+  return {csr.first, csr.second};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastlayers, CUDA, m) {
+  m.impl("csr_index", &csr_index_cuda);
   m.impl("segment_fwd", &segment_fwd_cuda);
   m.impl("segment_bwd", &segment_bwd_cuda);
   m.impl("scatter_fwd", &scatter_fwd_cuda);

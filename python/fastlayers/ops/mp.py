@@ -161,6 +161,11 @@ def _scatter_backward(ctx, grad_out, _grad_arg):
 torch.library.register_autograd("fastlayers::scatter_fwd", _scatter_backward, setup_context=_scatter_setup)
 
 
+@torch.library.register_fake("fastlayers::csr_index")
+def _csr_index_fake(key, n):
+    return key.new_empty((n + 1,)), key.new_empty((key.size(0),))
+
+
 # ---- segment --------------------------------------------------------------------------------------------------
 
 
