@@ -35,7 +35,8 @@ def reduce_rows(msg: torch.Tensor, index: torch.Tensor, n: int, reduce: str):
         arg = torch.full(shape, L, dtype=torch.int64, device=msg.device).scatter_reduce(0, idx, cand, "amin")
     empty = arg == L
     safe = torch.where(empty, torch.zeros_like(arg), arg)
-    out = msg.gather(0, safe) if L else msg.new_zeros(shape)
+    # No messages: zeros still connected to msg, so autograd sees a (zero) gradient as for the kernels.
+    out = msg.gather(0, safe) if L else msg.new_zeros(shape) + 0 * msg.sum()
     out = torch.where(empty, torch.zeros_like(out), out)
     return out, arg
 
