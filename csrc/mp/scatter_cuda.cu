@@ -16,7 +16,13 @@ std::tuple<at::Tensor, at::Tensor> segment_fwd_cuda(const at::Tensor& src_in, co
   bool mean;
   const int kind = reduce_kind(reduce, &mean);
   const at::Tensor src = src_in.contiguous(), indptr = indptr_in.contiguous();
+  TORCH_CHECK(indptr.is_cuda() && indptr.scalar_type() == at::kLong && indptr.dim() == 1 && indptr.numel() >= 1,
+              "segment: indptr must be a non-empty 1-D int64 CUDA tensor");
   const int64_t E = src.size(0), B = src.size(1), n = indptr.numel() - 1;
+  // One sync, so that a malformed indptr from a direct call cannot send the kernel outside src.
+  const bool ok = at::logical_and(indptr.min() >= 0, indptr.max() <= E).item<bool>() &&
+                  (n == 0 || (indptr.narrow(0, 1, n) >= indptr.narrow(0, 0, n)).all().item<bool>());
+  TORCH_CHECK(ok, "segment: indptr must be non-decreasing with values in [0, ", E, "]");
   at::Tensor out = at::empty({n, B}, src.options());
   const bool with_arg = need_arg && kind != 0;
   at::Tensor arg = at::empty({with_arg ? n : 0, B}, src.options().dtype(at::kLong));
