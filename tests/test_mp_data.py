@@ -100,3 +100,19 @@ def test_gcn_trains_on_cora():
         pred = l2(torch.relu(l1(x, c.graph)), c.graph).argmax(1)
     acc = (pred[c.test_mask] == c.y[c.test_mask]).float().mean()
     assert acc > 0.7, acc
+
+
+@needs_shared
+def test_signed_conv_on_bitcoin_matches_pyg():
+    pyg = pytest.importorskip("torch_geometric.nn", reason="torch_geometric not installed")
+    from fastlayers.nn import SignedConv
+
+    b = data.load_bitcoin(os.path.join(SHARED_DATA, "signed", "bitcoin_otc.csv"))
+    gp, gn = b.split()
+    x = torch.randn(b.num_nodes, 8, dtype=torch.float64)
+    for first, xin in ((True, x), (False, torch.cat([x, x.flip(1)], 1))):
+        peer = pyg.SignedConv(8, 4, first_aggr=first).double()
+        ours = SignedConv(8, 4, first_aggr=first).double()
+        ours.load_state_dict(peer.state_dict())
+        pos, neg = gp.edge_index, gn.edge_index
+        torch.testing.assert_close(ours(xin, gp, gn), peer(xin, pos, neg), rtol=1e-10, atol=1e-10)
