@@ -108,3 +108,12 @@ def test_large_graph_matches_a_stable_sort_and_opcheck():
         assert torch.equal(perm, order) and torch.equal(col, other[order])
         assert torch.equal(rowptr[1:] - rowptr[:-1], torch.bincount(key, minlength=5001))
     torch.library.opcheck(torch.ops.fastlayers.csr_index, (ei[1][:1000].contiguous(), 5001))
+
+
+@pytest.mark.cuda
+def test_build_on_cuda_matches_cpu():
+    ei = _edges()
+    g = Graph.from_edge_index(ei, num_nodes=32)
+    c = Graph.from_edge_index(ei.cuda(), num_nodes=32)
+    for name in ("rowptr", "col", "perm", "colptr", "row", "cperm", "in_degree", "out_degree"):
+        assert torch.equal(getattr(c, name).cpu(), getattr(g, name)), name

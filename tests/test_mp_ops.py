@@ -505,6 +505,29 @@ def test_cuda_spmm_matches_cpu(reduce, dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_cuda_scatter_segment_sddmm_softmax_block_match_cpu(reduce):
+    src = torch.randint(-3, 4, (5000, 7)).float()  # ties: the arg rule must agree with the CPU's
+    index = torch.randint(0, 900, (5000,))
+    out, arg = torch.ops.fastlayers.scatter_fwd(src.unsqueeze(0), index, 910, reduce, True)
+    oc, ac = torch.ops.fastlayers.scatter_fwd(src.cuda().unsqueeze(0), index.cuda(), 910, reduce, True)
+    torch.testing.assert_close(oc.cpu(), out)
+    if reduce in ("max", "min"):
+        assert torch.equal(ac.cpu(), arg)
+    indptr = torch.tensor([0, 10, 10, 3000, 4999])
+    torch.testing.assert_close(ops.segment(src.cuda(), indptr.cuda(), reduce).cpu(), ops.segment(src, indptr, reduce))
+    g = _graph(n=200, e=3000)
+    gc = g.to("cuda")
+    a, b = torch.randn(g.num_nodes, 2, 8), torch.randn(g.num_nodes, 2, 8)
+    torch.testing.assert_close(ops.sddmm(gc, a.cuda(), b.cuda()).cpu(), ops.sddmm(g, a, b), rtol=1e-5, atol=1e-5)
+    s = torch.randn(g.num_edges, 2)
+    torch.testing.assert_close(ops.edge_softmax(gc, s.cuda()).cpu(), ops.edge_softmax(g, s), rtol=1e-5, atol=1e-6)
+    blk = torch.randn(g.num_edges, 2, 2)
+    torch.testing.assert_close(ops.block_spmm(gc, blk.cuda(), a.cuda()).cpu(), ops.block_spmm(g, blk, a),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
 def test_cuda_gradcheck_and_opcheck():
     g = _graph(n=10, e=40).to("cuda")
     x = torch.randn(g.num_nodes, 3, dtype=D, device="cuda", requires_grad=True)
