@@ -243,20 +243,31 @@ at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(rp, n, H, [&](int64_t r0, int64_t r1) {
+      // All heads of an edge at once: each of the three passes walks the row's edges (through perm) once.
+      std::vector<scalar_t> m(H), sum(H);
       for (int64_t v = r0; v < r1; ++v) {
+        std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
+        std::fill(sum.begin(), sum.end(), scalar_t(0));
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const scalar_t* se = sp + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) m[h] = std::max(m[h], se[h]);
+        }
+        // A row of -inf scores has no finite maximum: shifting by 0 gives 0/0 = NaN, as torch.softmax does.
         for (int64_t h = 0; h < H; ++h) {
-          scalar_t m = -std::numeric_limits<scalar_t>::infinity();
-          for (int64_t k = rp[v]; k < rp[v + 1]; ++k) m = std::max(m, sp[pm[k] * H + h]);
-          // A row of -inf scores has no finite maximum: shifting by 0 gives 0/0 = NaN, as torch.softmax does.
-          if (std::isinf(m) && m < 0) m = 0;
-          scalar_t sum = 0;
-          for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
-            const scalar_t ex = std::exp(sp[pm[k] * H + h] - m);
-            op[pm[k] * H + h] = ex;
-            sum += ex;
+          if (std::isinf(m[h]) && m[h] < 0) m[h] = 0;
+        }
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const scalar_t* se = sp + pm[k] * H;
+          scalar_t* oe = op + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) {
+            oe[h] = std::exp(se[h] - m[h]);
+            sum[h] += oe[h];
           }
-          const scalar_t inv = scalar_t(1) / sum;
-          for (int64_t k = rp[v]; k < rp[v + 1]; ++k) op[pm[k] * H + h] *= inv;
+        }
+        for (int64_t h = 0; h < H; ++h) sum[h] = scalar_t(1) / sum[h];
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          scalar_t* oe = op + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) oe[h] *= sum[h];
         }
       }
     });
@@ -285,14 +296,16 @@ at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* op = gs.mutable_data_ptr<scalar_t>();
     parallel_rows(rp, n, H, [&](int64_t r0, int64_t r1) {
+      std::vector<scalar_t> dot(H);
       for (int64_t v = r0; v < r1; ++v) {
-        for (int64_t h = 0; h < H; ++h) {
-          scalar_t dot = 0;
-          for (int64_t k = rp[v]; k < rp[v + 1]; ++k) dot += yp[pm[k] * H + h] * gp[pm[k] * H + h];
-          for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
-            const int64_t i = pm[k] * H + h;
-            op[i] = yp[i] * (gp[i] - dot);
-          }
+        std::fill(dot.begin(), dot.end(), scalar_t(0));
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const int64_t i = pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) dot[h] += yp[i + h] * gp[i + h];
+        }
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const int64_t i = pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) op[i + h] = yp[i + h] * (gp[i + h] - dot[h]);
         }
       }
     });
