@@ -22,4 +22,42 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "ncache_pair_features(Tensor keys, Tensor values, Tensor u, Tensor v, int[] sizes, int seed)"
       " -> (Tensor keys, Tensor codes, Tensor feats, Tensor mask, Tensor counts)");
+
+  // mp (sparse message passing). A graph is given as CSR arrays from fastlayers.Graph: rowptr [N+1], col [E]
+  // (source of each slot), perm [E] (caller edge id of each slot); its reversed graph as (colptr, row, cperm).
+  // x is [N, H, F]; weight is [E] or [E, H] in the caller's edge order. arg (max/min) holds the winning caller
+  // edge id (E for empty rows) and is returned only when need_arg (else [0, H, F]). Ops that take both orders use
+  // the reversed one only in their backward.
+  m.def(
+      "spmm_fwd(Tensor rowptr, Tensor col, Tensor perm, Tensor colptr, Tensor row, Tensor cperm, Tensor? weight,"
+      " Tensor x, str reduce, bool need_arg) -> (Tensor out, Tensor arg)");
+  m.def(
+      "spmm_arg_bwd(Tensor colptr, Tensor row, Tensor cperm, Tensor? weight, Tensor x, Tensor grad_out,"
+      " Tensor arg, bool need_x, bool need_weight) -> (Tensor grad_x, Tensor grad_weight)");
+  // a, b [N, H, F] -> [E, H]: a[target] . b[source], in the caller's edge order.
+  m.def(
+      "sddmm(Tensor rowptr, Tensor col, Tensor perm, Tensor colptr, Tensor row, Tensor cperm, Tensor a, Tensor b)"
+      " -> Tensor");
+  // scores, out [E, H] in the caller's edge order; softmax over each target's incoming edges.
+  m.def("edge_softmax_fwd(Tensor rowptr, Tensor perm, Tensor scores) -> Tensor");
+  m.def("edge_softmax_bwd(Tensor rowptr, Tensor perm, Tensor out, Tensor grad_out) -> Tensor");
+  // Graph building: stable sort of key [E] (values in [0, n)) -> (rowptr [n+1], perm [E]).
+  m.def("csr_index(Tensor key, int n) -> (Tensor rowptr, Tensor perm)");
+  // segment_csr: src [E, F], indptr [N+1] -> [N, F]; arg = position in src (E for empty segments).
+  m.def("segment_fwd(Tensor src, Tensor indptr, str reduce, bool need_arg) -> (Tensor out, Tensor arg)");
+  m.def("segment_bwd(Tensor grad_out, Tensor indptr, Tensor arg, int num_src, str reduce) -> Tensor");
+  // scatter: src [A, L, B], index [L] in [0, dim_size) -> [A, dim_size, B]; arg = position along L (L if empty).
+  m.def(
+      "scatter_fwd(Tensor src, Tensor index, int dim_size, str reduce, bool need_arg)"
+      " -> (Tensor out, Tensor arg)");
+  m.def("scatter_bwd(Tensor grad_out, Tensor index, Tensor arg, str reduce) -> Tensor");
+  // block_spmm: x [N, d, F], blocks [E, d, d] (or diagonal [E, d]) in the caller's edge order;
+  // out[v] = sum over edges u -> v of B_e x[u] (B_e^T with transpose). bwd_blocks: [E, d, d] (or [E, d]) of
+  // grad_out[v] x[u]^T summed over F.
+  m.def(
+      "block_spmm_fwd(Tensor rowptr, Tensor col, Tensor perm, Tensor colptr, Tensor row, Tensor cperm,"
+      " Tensor blocks, Tensor x, bool transpose) -> Tensor");
+  m.def(
+      "block_spmm_bwd_blocks(Tensor rowptr, Tensor col, Tensor perm, Tensor grad_out, Tensor x, bool diag)"
+      " -> Tensor");
 }

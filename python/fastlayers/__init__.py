@@ -11,13 +11,9 @@ import torch  # noqa: F401  (the compiled library links against torch's symbols)
 
 from . import _C  # noqa: F401  (loads the op schemas and the CPU/CUDA kernels)
 from . import cpu_cache, nn, ops, reference  # noqa: E402
+from .graph import Graph  # noqa: E402
 from .ncache import NCache  # noqa: E402
 
-__all__ = [
-    "ops",
-    "nn",
-    "reference",
-    "cpu_cache",
-    "NCache",
-    "__version__",
-]
+__all__ = ["ops", "nn", "reference", "cpu_cache", "__version__"]
+__all__ += ["Graph"]
+__all__ += ["NCache"]

@@ -1,4 +1,4 @@
-"""Thin model classes of the research systems built on fastlayers ops."""
+"""Thin model classes of the research systems built on fastlayers ops and layers."""
 
 from .nat import NAT
 

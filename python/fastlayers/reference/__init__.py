@@ -2,6 +2,9 @@
 fallback on devices that have no fastlayers kernel."""
 
 from .eca import eca
+from . import mp
 from .ncache import ncache_lookup, ncache_pair_features, ncache_update
 
-__all__ = ["eca", "ncache_update", "ncache_lookup", "ncache_pair_features"]
+__all__ = ["eca"]
+__all__ += ["mp"]
+__all__ += ["ncache_update", "ncache_lookup", "ncache_pair_features"]

@@ -1,0 +1,153 @@
+"""spmm: fastlayers.ops.spmm vs torch.sparse.mm on CSR and torch_scatter (gather + scatter), forward and
+forward+backward, on a random graph with N = 100k nodes and E = 1M (and 4M) edges."""
+
+import warnings
+
+import torch
+from harness import Case
+
+from fastlayers import Graph
+from fastlayers.ops import spmm
+
+try:
+    import torch_scatter
+except ImportError:
+    torch_scatter = None
+try:
+    import torch_geometric.nn as pyg_nn
+except ImportError:
+    pyg_nn = None
+
+N = 100_000
+# torch.sparse_csr_tensor warns that CSR support is in beta on every call.
+warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+_GRAPHS = {}
+
+
+def _graph(E, device):
+    """One random graph per size, shared by the cases (building it is not what is timed)."""
+    key = (E, device)
+    if key not in _GRAPHS:
+        _GRAPHS.clear()
+        gen = torch.Generator().manual_seed(E)
+        ei = torch.randint(0, N, (2, E), generator=gen).to(device)
+        g = Graph.from_edge_index(ei, num_nodes=N)
+        csr = torch.sparse_csr_tensor(g.rowptr, g.col, torch.ones(E, device=device), (N, N))
+        _GRAPHS[key] = (g, csr)
+    return _GRAPHS[key]
+
+
+def specs(device, quick):
+    if quick:
+        return ([("cora", 16, "gcn", "forward+backward", "pyg")] if pyg_nn is not None else []) + [(200_000, 64, "sum", "forward", "sparse.mm"), (200_000, 64, "sum", "forward+backward", "sparse.mm"),
+                (200_000, 64, "max", "forward", "sparse.mm")]
+    out = []
+    for F in (16, 64, 256):
+        out += [(1_000_000, F, "sum", "forward", "sparse.mm"), (1_000_000, F, "sum", "forward+backward", "sparse.mm"),
+                (1_000_000, F, "max", "forward", "sparse.mm")]
+    out += [(1_000_000, 64, "mean", "forward", "sparse.mm"), (1_000_000, 64, "max", "forward+backward", "sparse.mm")]
+    if torch_scatter is not None:
+        out += [(1_000_000, 64, "sum", "forward", "torch_scatter"),
+                (1_000_000, 64, "sum", "forward+backward", "torch_scatter")]
+    out += [(4_000_000, 64, "sum", "forward", "sparse.mm"), (4_000_000, 64, "sum", "forward+backward", "sparse.mm")]
+    if pyg_nn is not None:
+        out += [(1_000_000, 64, "gcn", "forward+backward", "pyg"), ("cora", 16, "gcn", "forward+backward", "pyg"),
+                (1_000_000, 16, "gat", "forward+backward", "pyg")]
+    return out
+
+
+def _gat_case(E, F, device):
+    """A 4-head GAT layer (64 -> 4 x 16) vs PyG's GATConv with the same weights."""
+    from fastlayers.nn import GATConv
+
+    g, _ = _graph(E, device)
+    x = torch.randn(N, 64, device=device)
+    peer = pyg_nn.GATConv(64, F, heads=4).to(device)
+    ours = GATConv(64, F, heads=4).to(device)
+    ours.load_state_dict(peer.state_dict())
+    ours(x, g)  # builds the graph with self loops once
+    ei = g.edge_index
+
+    def run(m, graph):
+        y = m(x, graph)
+        return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
+    return Case(name="GATConv forward+backward", shape=f"N=100k E={E / 1e6:g}M 64->4x{F}", ours=lambda: run(ours, g),
+                peer=lambda: run(peer, ei), peer_name="PyG GATConv", min_bytes=x.numel() * 4 + 2 * ei.numel() * 8)
+
+
+def _gcn_case(E, F, device):
+    """A GCN layer (self loops, symmetric normalisation, linear map) vs PyG's GCNConv with the same weights."""
+    from fastlayers.nn import GCNConv
+
+    if E == "cora":
+        import os
+
+        from fastlayers.data import load_planetoid_npz
+
+        path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nodeclf", "cora", "cora.npz")
+        d = load_planetoid_npz(path)
+        x, g, shape = d.x.to(device), d.graph.to(device), "Cora: N=2708 E=10556 1433->16"
+    else:
+        g, _ = _graph(E, device)
+        x, shape = torch.randn(N, F, device=device), f"N=100k E={E / 1e6:g}M {F}->{F}"
+    peer = pyg_nn.GCNConv(x.size(1), F).to(device)
+    ours = GCNConv(x.size(1), F).to(device)
+    ours.load_state_dict(peer.state_dict())
+    ours(x, g)  # builds the graph with self loops once, as PyG's cached=False recomputes its normalisation
+    ei = g.edge_index
+
+    def run(m, graph):
+        y = m(x, graph)
+        return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
+    min_bytes = x.numel() * 4 + 2 * ei.numel() * 8
+    return Case(name="GCNConv forward+backward", shape=shape, ours=lambda: run(ours, g), peer=lambda: run(peer, ei),
+                peer_name="PyG GCNConv", min_bytes=min_bytes)
+
+
+def build(spec, device):
+    E, F, reduce, mode, peer_name = spec
+    if reduce == "gcn":
+        return _gcn_case(E, F, device)
+    if reduce == "gat":
+        return _gat_case(E, F, device)
+    g, csr = _graph(E, device)
+    x = torch.randn(N, F, device=device)
+    src, dst = g.edge_index
+    if peer_name == "sparse.mm" and reduce != "sum" and device != "cpu":
+        # torch.sparse.mm takes non-sum reductions on CPU CSR only: on GPUs the peer is scatter_reduce.
+        idx = dst.view(-1, 1).expand(E, F)
+        amode = {"mean": "mean", "max": "amax", "min": "amin"}[reduce]
+
+        def peer_fn(x):
+            return x.new_zeros(N, F).scatter_reduce_(0, idx, x[src], amode, include_self=False)
+        peer_label = f"Tensor.scatter_reduce_ {amode}"
+    elif peer_name == "sparse.mm":
+        peer_reduce = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
+
+        def peer_fn(x):
+            return torch.sparse.mm(csr, x, peer_reduce) if reduce != "sum" else torch.sparse.mm(csr, x)
+        peer_label = "torch.sparse.mm CSR" + ("" if reduce == "sum" else f" {peer_reduce}")
+    else:
+        def peer_fn(x):
+            return torch_scatter.scatter(x[src], dst, 0, dim_size=N, reduce=reduce)
+        peer_label = f"torch_scatter {reduce}"
+
+    def ours_fn(x):
+        return spmm(g, x, reduce=reduce)
+
+    nbytes_x = N * F * 4
+    idx_bytes = E * 8 + (N + 1) * 8
+    if mode == "forward":
+        def run(fn):
+            with torch.no_grad():
+                return fn(x)
+        min_bytes = idx_bytes + 2 * nbytes_x
+    else:
+        x.requires_grad_()
+        go = torch.randn(N, F, device=device)
+
+        def run(fn):
+            return torch.autograd.grad(fn(x), x, go)
+        min_bytes = 2 * idx_bytes + 5 * nbytes_x
+    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E / 1e6:g}M F={F}", ours=lambda: run(ours_fn),
+                peer=lambda: run(peer_fn), peer_name=peer_label, min_bytes=min_bytes)

@@ -1,0 +1,346 @@
+// CPU segment (torch_scatter.segment_csr) and scatter (torch_scatter.scatter with a 1-D index) kernels.
+//
+// scatter streams src in order, each thread reducing the rows of its own output block (up to kStreamMaxThreads
+// threads); with more threads it sorts its index into a CSR (a threaded counting sort) and runs the same
+// owner-computes gather-reduce as spmm. Neither needs atomics or per-thread copies of the output.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+#include "common/checks.h"
+#define FASTLAYERS_WITH_TORCH_API
+#include "common/cpu_cache.h"
+#include "mp/mp_cpu.h"
+
+namespace fastlayers::mp {
+namespace {
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
+              "fastlayers: ", name, " must be a float32/float64 CPU tensor");
+}
+
+at::Tensor checked_indptr(const at::Tensor& indptr_in, int64_t num_src) {
+  TORCH_CHECK(indptr_in.device().is_cpu() && indptr_in.scalar_type() == at::kLong && indptr_in.dim() == 1 &&
+                  indptr_in.numel() >= 1,
+              "segment: indptr must be a non-empty 1-D int64 CPU tensor");
+  at::Tensor indptr = indptr_in.contiguous();
+  const int64_t* p = indptr.const_data_ptr<int64_t>();
+  const int64_t n = indptr.numel() - 1;
+  TORCH_CHECK(p[0] >= 0 && p[n] <= num_src, "segment: indptr must lie in [0, ", num_src, "]");
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(p[i] <= p[i + 1], "segment: indptr must be non-decreasing");
+  return indptr;
+}
+
+std::tuple<at::Tensor, at::Tensor> segment_fwd_cpu(const at::Tensor& src_in, const at::Tensor& indptr_in,
+                                                   c10::string_view reduce, bool need_arg) {
+  check_float(src_in, "src");
+  FL_CHECK_DIM(src_in, 2);
+  const Reduce red = parse_reduce(reduce);
+  const at::Tensor src = src_in.contiguous();
+  const int64_t E = src.size(0), B = src.size(1);
+  const at::Tensor indptr = checked_indptr(indptr_in, E);
+  const int64_t n = indptr.numel() - 1;
+  at::Tensor out = empty_cached({n, B}, src.options());
+  const bool with_arg = need_arg && is_arg_reduce(red);
+  at::Tensor arg = empty_cached({with_arg ? n : 0, B}, src.options().dtype(at::kLong));
+  if (n == 0 || B == 0) return {out, arg};
+  const Csr g{indptr.const_data_ptr<int64_t>(), nullptr, nullptr};
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "segment_fwd_cpu", [&] {
+    csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                         with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, 1, B, red, E);
+  });
+  return {out, arg};
+}
+
+// grad_src[k] = grad_out[r] (divided by the segment length for mean; for max/min only where arg == k) for the
+// slots k of segment r; rows of src outside every segment get 0.
+at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_in, const at::Tensor& arg_in,
+                           int64_t num_src, c10::string_view reduce) {
+  check_float(grad_in, "grad_out");
+  FL_CHECK_DIM(grad_in, 2);
+  const Reduce red = parse_reduce(reduce);
+  const at::Tensor g = grad_in.contiguous();
+  const at::Tensor indptr = checked_indptr(indptr_in, num_src);
+  const int64_t n = indptr.numel() - 1, B = g.size(1);
+  TORCH_CHECK(g.size(0) == n, "segment_bwd: grad_out must have one row per segment");
+  const bool use_arg = is_arg_reduce(red);
+  TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
+              "segment_bwd: arg must be int64 [N, F] for max/min");
+  const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  at::Tensor gs = empty_cached({num_src, B}, g.options());
+  if (num_src == 0 || B == 0) return gs;
+  const int64_t* p = indptr.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "segment_bwd_cpu", [&] {
+    scalar_t* o = gs.mutable_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const int64_t* ap = use_arg ? arg.const_data_ptr<int64_t>() : nullptr;
+    std::fill(o, o + p[0] * B, scalar_t(0));
+    std::fill(o + p[n] * B, o + num_src * B, scalar_t(0));
+    parallel_rows(p, n, B, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* gr = gp + r * B;
+        const scalar_t scale = red == Reduce::Mean && p[r + 1] > p[r] ? scalar_t(1) / scalar_t(p[r + 1] - p[r])
+                                                                        : scalar_t(1);
+        for (int64_t k = p[r]; k < p[r + 1]; ++k) {
+          scalar_t* ok = o + k * B;
+          if (use_arg) {
+            const int64_t* ar = ap + r * B;
+            FL_SIMD for (int64_t f = 0; f < B; ++f) ok[f] = ar[f] == k ? gr[f] : scalar_t(0);
+          } else {
+            FL_SIMD for (int64_t f = 0; f < B; ++f) ok[f] = gr[f] * scale;
+          }
+        }
+      }
+    });
+  });
+  return gs;
+}
+
+// Counting sort of index [L] (values in [0, n)) into rowptr [n+1] and order [L], stable (positions increase
+// within a row, so max/min ties go to the lowest position). Each thread counts and then places one contiguous
+// slice of the index; a thread's slots in a row follow those of the threads before it.
+void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, int64_t* order) {
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), L / (int64_t(1) << 16)));
+  std::vector<int64_t> hist(T * n, 0);
+  std::atomic<bool> failed{false};
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * n;
+      for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) {
+        const int64_t v = idx[i];
+        if (v < 0 || v >= n) {
+          bad.store(v);
+          failed.store(true);
+          return;
+        }
+        ++h[v];
+      }
+    }
+  });
+  TORCH_CHECK(!failed.load(), "scatter: index value ", bad.load(), " out of range [0, ", n, ")");
+  rowptr[0] = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    int64_t start = rowptr[r];
+    for (int64_t t = 0; t < T; ++t) {  // hist becomes each thread's next slot in row r
+      const int64_t c = hist[t * n + r];
+      hist[t * n + r] = start;
+      start += c;
+    }
+    rowptr[r + 1] = start;
+  }
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t* h = hist.data() + t * n;
+      for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) order[h[idx[i]]++] = i;
+    }
+  });
+}
+
+at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
+  TORCH_CHECK(index_in.device().is_cpu() && index_in.scalar_type() == at::kLong && index_in.dim() == 1 &&
+                  index_in.numel() == L,
+              "scatter: index must be a 1-D int64 CPU tensor of src.size(1) values");
+  return index_in.contiguous();
+}
+
+// The streaming path: each thread owns a range of output rows, scans the whole index in order and reduces the
+// src rows that land in its range, out[index[p]] op= src[p]. src is read in increasing order (prefetchers follow
+// it) and each thread's output block stays in cache, where the sorted path gathers src rows at random; the
+// index is read once per thread, cheap for the few threads of a CPU socket. Rows are reduced in increasing p,
+// the same order as the sorted path, so both give the same numbers.
+constexpr int64_t kStreamMaxThreads = 8;
+
+template <typename T, int KIND>
+FL_INLINE void scatter_owned(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t B,
+                             int64_t r0, int64_t r1, int64_t* count, bool* bad, int64_t n) {
+  std::fill(out + r0 * B, out + r1 * B, T(0));
+  for (int64_t p = 0; p < L; ++p) {
+    const int64_t t = idx[p];
+    if (t < r0 || t >= r1) {
+      if (t < 0 || t >= n) *bad = true;
+      continue;
+    }
+    T* __restrict o = out + t * B;
+    const T* __restrict x = src + p * B;
+    if (KIND == 0) {
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] += x[f];
+    } else if (count[t - r0] == 0) {
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = x[f];
+      if (arg) std::fill(arg + t * B, arg + (t + 1) * B, p);
+    } else if (arg) {
+      int64_t* __restrict a = arg + t * B;
+      FL_SIMD for (int64_t f = 0; f < B; ++f) {
+        const bool better = KIND == 1 ? x[f] > o[f] : x[f] < o[f];
+        o[f] = better ? x[f] : o[f];
+        a[f] = better ? p : a[f];
+      }
+    } else {
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = (KIND == 1 ? x[f] > o[f] : x[f] < o[f]) ? x[f] : o[f];
+    }
+    ++count[t - r0];
+  }
+}
+
+#define FL_SCATTER_OWNED(T)                                                                                     \
+  FL_MULTIVERSION void scatter_owned_##T(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L,    \
+                                         int64_t B, int64_t r0, int64_t r1, int64_t* count, bool* bad,         \
+                                         int64_t n, int kind) {                                                 \
+    if (kind == 0) scatter_owned<T, 0>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                        \
+    else if (kind == 1) scatter_owned<T, 1>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                   \
+    else scatter_owned<T, 2>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                                  \
+  }
+FL_SCATTER_OWNED(float)
+FL_SCATTER_OWNED(double)
+#undef FL_SCATTER_OWNED
+FL_INLINE void scatter_owned_dispatch(const float* s, const int64_t* i, float* o, int64_t* a, int64_t L, int64_t B,
+                                      int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
+  scatter_owned_float(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+}
+FL_INLINE void scatter_owned_dispatch(const double* s, const int64_t* i, double* o, int64_t* a, int64_t L,
+                                      int64_t B, int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
+  scatter_owned_double(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+}
+
+template <typename T>
+void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t n, int64_t B,
+                    Reduce red, int64_t threads) {
+  const int kind = red == Reduce::Max ? 1 : red == Reduce::Min ? 2 : 0;
+  std::vector<int64_t> count(n, 0);
+  std::atomic<bool> failed{false};
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
+      bool bad = false;
+      scatter_owned_dispatch(src, idx, out, arg, L, B, r0, r1, count.data() + r0, &bad, n, kind);
+      if (bad) failed.store(true);
+      for (int64_t r = r0; r < r1; ++r) {
+        if (red == Reduce::Mean && count[r] > 1) {
+          const T inv = T(1) / T(count[r]);  // as the sorted path scales, for identical results
+          for (int64_t f = 0; f < B; ++f) out[r * B + f] *= inv;
+        }
+        if (arg && count[r] == 0) std::fill(arg + r * B, arg + (r + 1) * B, L);
+      }
+    }
+  });
+  TORCH_CHECK(!failed.load(), "scatter: index value out of range [0, ", n, ")");
+}
+
+// src [A, L, B] reduced along dim 1 into [A, n, B].
+std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, const at::Tensor& index_in,
+                                                   int64_t n, c10::string_view reduce, bool need_arg) {
+  check_float(src_in, "src");
+  FL_CHECK_DIM(src_in, 3);
+  TORCH_CHECK(n >= 0, "scatter: dim_size must be >= 0");
+  const Reduce red = parse_reduce(reduce);
+  const at::Tensor src = src_in.contiguous();
+  const int64_t A = src.size(0), L = src.size(1), B = src.size(2);
+  const at::Tensor index = checked_index(index_in, L);
+  at::Tensor out = empty_cached({A, n, B}, src.options());
+  const bool with_arg = need_arg && is_arg_reduce(red);
+  at::Tensor arg = empty_cached({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
+  // Threads that would each stream the whole index: few enough on one socket. Small inputs run on one.
+  const int64_t threads =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (L * std::max<int64_t>(B, 1)) / kChunkWork));
+  if (threads <= kStreamMaxThreads && A * n * B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_stream_cpu", [&] {
+      for (int64_t a = 0; a < A; ++a) {
+        scatter_stream<scalar_t>(src.const_data_ptr<scalar_t>() + a * L * B, index.const_data_ptr<int64_t>(),
+                                 out.mutable_data_ptr<scalar_t>() + a * n * B,
+                                 with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, L, n, B, red,
+                                 std::min<int64_t>(threads, n));
+      }
+    });
+    return {out, arg};
+  }
+  std::vector<int64_t> rowptr(n + 1), order(L);
+  counting_sort(index.const_data_ptr<int64_t>(), L, n, rowptr.data(), order.data());
+  if (A * n * B == 0) return {out, arg};
+  const Csr g{rowptr.data(), order.data(), order.data()};
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_fwd_cpu", [&] {
+    for (int64_t a = 0; a < A; ++a) {
+      csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>() + a * L * B,
+                           out.mutable_data_ptr<scalar_t>() + a * n * B,
+                           with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, 1, B, red, L);
+    }
+  });
+  return {out, arg};
+}
+
+// grad_src[a, p] = grad_out[a, index[p]] (divided by the count for mean; for max/min only where arg == p).
+at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in, const at::Tensor& arg_in,
+                           c10::string_view reduce) {
+  check_float(grad_in, "grad_out");
+  FL_CHECK_DIM(grad_in, 3);
+  const Reduce red = parse_reduce(reduce);
+  const at::Tensor g = grad_in.contiguous();
+  const int64_t A = g.size(0), n = g.size(1), B = g.size(2), L = index_in.numel();
+  const at::Tensor index = checked_index(index_in, L);
+  const bool use_arg = is_arg_reduce(red);
+  TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
+              "scatter_bwd: arg must be int64 like grad_out for max/min");
+  const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  at::Tensor gs = empty_cached({A, L, B}, g.options());
+  if (A * L * B == 0) return gs;
+  const int64_t* ip = index.const_data_ptr<int64_t>();
+  std::vector<int64_t> count;
+  if (red == Reduce::Mean) {
+    count.assign(n, 0);
+    for (int64_t i = 0; i < L; ++i) {
+      TORCH_CHECK(ip[i] >= 0 && ip[i] < n, "scatter_bwd: index out of range");
+      ++count[ip[i]];
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "scatter_bwd_cpu", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const int64_t* ap = use_arg ? arg.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* o = gs.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(B, 1));
+    for (int64_t a = 0; a < A; ++a) {
+      at::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t t = ip[p];
+          TORCH_CHECK(t >= 0 && t < n, "scatter_bwd: index out of range");
+          const scalar_t* gr = gp + (a * n + t) * B;
+          scalar_t* op = o + (a * L + p) * B;
+          if (use_arg) {
+            const int64_t* ar = ap + (a * n + t) * B;
+            FL_SIMD for (int64_t f = 0; f < B; ++f) op[f] = ar[f] == p ? gr[f] : scalar_t(0);
+          } else {
+            const scalar_t s = red == Reduce::Mean ? scalar_t(1) / scalar_t(count[t]) : scalar_t(1);
+            FL_SIMD for (int64_t f = 0; f < B; ++f) op[f] = gr[f] * s;
+          }
+        }
+      });
+    }
+  });
+  return gs;
+}
+
+// Graph building: a stable sort of key [E] (values in [0, n)) as (rowptr [n+1], perm [E]), in O(E + n).
+std::tuple<at::Tensor, at::Tensor> csr_index_cpu(const at::Tensor& key_in, int64_t n) {
+  TORCH_CHECK(key_in.device().is_cpu() && key_in.scalar_type() == at::kLong && key_in.dim() == 1,
+              "csr_index: key must be a 1-D int64 CPU tensor");
+  TORCH_CHECK(n >= 0, "csr_index: n must be >= 0");
+  const at::Tensor key = key_in.contiguous();
+  const int64_t L = key.numel();
+  at::Tensor rowptr = at::empty({n + 1}, key.options());
+  at::Tensor perm = at::empty({L}, key.options());
+  counting_sort(key.const_data_ptr<int64_t>(), L, n, rowptr.mutable_data_ptr<int64_t>(),
+                perm.mutable_data_ptr<int64_t>());
+  return {rowptr, perm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("csr_index", &csr_index_cpu);
+  m.impl("segment_fwd", &segment_fwd_cpu);
+  m.impl("segment_bwd", &segment_bwd_cpu);
+  m.impl("scatter_fwd", &scatter_fwd_cpu);
+  m.impl("scatter_bwd", &scatter_bwd_cpu);
+}
+
+}  // namespace fastlayers::mp

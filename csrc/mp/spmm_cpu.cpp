@@ -1,0 +1,326 @@
+// CPU kernels over a Graph's CSR: spmm (forward; the backward of sum/mean is spmm on the reversed graph plus an
+// sddmm), the max/min backward, sddmm and edge softmax. Rows are split into nnz-balanced chunks (mp_cpu.h).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "common/checks.h"
+#define FASTLAYERS_WITH_TORCH_API
+#include "common/cpu_cache.h"
+#include "mp/mp_cpu.h"
+
+namespace fastlayers::mp {
+namespace {
+
+void check_index(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1,
+              "fastlayers: ", name, " must be a 1-D int64 CPU tensor");
+}
+
+void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm) {
+  check_index(rowptr, "rowptr");
+  check_index(col, "col");
+  check_index(perm, "perm");
+  TORCH_CHECK(rowptr.numel() >= 1 && col.numel() == perm.numel(), "fastlayers: malformed CSR");
+}
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
+              "fastlayers: ", name, " must be a float32/float64 CPU tensor");
+}
+
+int64_t weight_heads(const c10::optional<at::Tensor>& weight, int64_t E, int64_t H, const at::Tensor& x) {
+  if (!weight.has_value()) return 0;
+  const at::Tensor& w = *weight;
+  check_float(w, "weight");
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fastlayers: weight must have x's dtype");
+  TORCH_CHECK(w.size(0) == E && (w.dim() == 1 || (w.dim() == 2 && (w.size(1) == 1 || w.size(1) == H))),
+              "fastlayers: weight must be [E] or [E, H]");
+  return w.dim() == 2 ? w.size(1) : 1;
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
+                                                const at::Tensor& perm_in, const at::Tensor& /*colptr*/,
+                                                const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
+                                                const c10::optional<at::Tensor>& weight,
+                                                const at::Tensor& x_in, c10::string_view reduce, bool need_arg) {
+  check_csr(rowptr_in, col_in, perm_in);
+  check_float(x_in, "x");
+  FL_CHECK_DIM(x_in, 3);
+  const Reduce red = parse_reduce(reduce);
+  const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const int64_t n = rowptr.numel() - 1, E = col.numel(), H = x.size(1), F = x.size(2);
+  const int64_t wH = weight_heads(weight, E, H, x);
+  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  at::Tensor out = empty_cached({n, H, F}, x.options());
+  const bool with_arg = need_arg && is_arg_reduce(red);
+  at::Tensor arg = empty_cached({with_arg ? n : 0, H, F}, x.options().dtype(at::kLong));
+  if (n == 0 || H * F == 0) return {out, arg};
+  const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_fwd_cpu", [&] {
+    csr_reduce<scalar_t>(g, n, wH ? w.const_data_ptr<scalar_t>() : nullptr, std::max<int64_t>(wH, 1),
+                         x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                         with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, H, F, red, E);
+  });
+  return {out, arg};
+}
+
+// Max/min backward over the CSC (the slots of source u are its outgoing edges): an edge e = u -> v receives the
+// gradient of out[v, h, f] where arg[v, h, f] == e. Each thread owns source rows, so grad_x needs no atomics, and
+// grad_weight[e] is written by the one thread that owns e's source.
+template <typename T>
+FL_INLINE void arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout, const int64_t* arg,
+                            T* gx, T* gw, int64_t r0, int64_t r1, int64_t H, int64_t F) {
+  const int64_t HF = H * F;
+  const int64_t kstop = g.rowptr[r1];
+  for (int64_t u = r0; u < r1; ++u) {
+    T* gxu = gx ? gx + u * HF : nullptr;
+    if (gxu) FL_SIMD for (int64_t i = 0; i < HF; ++i) gxu[i] = T(0);
+    const T* xu = x + u * HF;
+    for (int64_t k = g.rowptr[u]; k < g.rowptr[u + 1]; ++k) {
+      if (k + kPrefetch < kstop) {
+        prefetch_row(gout + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(T)));
+        prefetch_row(arg + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(int64_t)));
+      }
+      const int64_t v = g.src(k), e = g.id(k);
+      T dw_all = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t* __restrict av = arg + v * HF + h * F;
+        const T* __restrict gv = gout + v * HF + h * F;
+        const T ws = w ? w[e * wH + (wH == 1 ? 0 : h)] : T(1);
+        if (gxu) {
+          T* __restrict o = gxu + h * F;
+          FL_SIMD for (int64_t f = 0; f < F; ++f) o[f] += av[f] == e ? ws * gv[f] : T(0);
+        }
+        if (gw) {
+          const T* __restrict xh = xu + h * F;
+          T acc = 0;
+          FL_SIMD_SUM(acc) for (int64_t f = 0; f < F; ++f) acc += av[f] == e ? gv[f] * xh[f] : T(0);
+          if (wH == 1) dw_all += acc; else gw[e * wH + h] = acc;
+        }
+      }
+      if (gw && wH == 1) gw[e] = dw_all;
+    }
+  }
+}
+
+#define FL_ARG_BWD(T)                                                                                           \
+  FL_MULTIVERSION void arg_bwd_rows_##T(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,       \
+                                        const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H,   \
+                                        int64_t F) {                                                            \
+    arg_bwd_rows<T>(g, w, wH, x, gout, arg, gx, gw, r0, r1, H, F);                                              \
+  }
+FL_ARG_BWD(float)
+FL_ARG_BWD(double)
+#undef FL_ARG_BWD
+
+FL_INLINE void arg_bwd_dispatch(const Csr& g, const float* w, int64_t wH, const float* x, const float* go,
+                                const int64_t* a, float* gx, float* gw, int64_t r0, int64_t r1, int64_t H, int64_t F) {
+  arg_bwd_rows_float(g, w, wH, x, go, a, gx, gw, r0, r1, H, F);
+}
+FL_INLINE void arg_bwd_dispatch(const Csr& g, const double* w, int64_t wH, const double* x, const double* go,
+                                const int64_t* a, double* gx, double* gw, int64_t r0, int64_t r1, int64_t H,
+                                int64_t F) {
+  arg_bwd_rows_double(g, w, wH, x, go, a, gx, gw, r0, r1, H, F);
+}
+
+std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in, const at::Tensor& row_in,
+                                                    const at::Tensor& cperm_in,
+                                                    const c10::optional<at::Tensor>& weight, const at::Tensor& x_in,
+                                                    const at::Tensor& grad_in, const at::Tensor& arg_in, bool need_x,
+                                                    bool need_weight) {
+  check_csr(colptr_in, row_in, cperm_in);
+  check_float(x_in, "x");
+  FL_CHECK_DIM(x_in, 3);
+  const at::Tensor colptr = colptr_in.contiguous(), row = row_in.contiguous(), cperm = cperm_in.contiguous();
+  const at::Tensor x = x_in.contiguous();
+  const int64_t n = colptr.numel() - 1, E = row.numel(), H = x.size(1), F = x.size(2);
+  TORCH_CHECK(grad_in.sizes() == x.sizes() && arg_in.sizes() == x.sizes() && arg_in.scalar_type() == at::kLong,
+              "spmm_arg_bwd: grad_out and arg must be [N, H, F] like x");
+  const at::Tensor gout = grad_in.to(x.scalar_type()).contiguous(), arg = arg_in.contiguous();
+  const int64_t wH = weight_heads(weight, E, H, x);
+  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  const bool do_w = need_weight && wH > 0;
+  at::Tensor gx = empty_cached({need_x ? n : 0, H, F}, x.options());
+  at::Tensor gw = do_w ? empty_like_cached(w) : empty_cached({0}, x.options());
+  if (n == 0 || (!need_x && !do_w)) return {gx, gw};
+  if (H * F == 0) {
+    if (do_w) gw.zero_();
+    return {gx, gw};
+  }
+  const Csr g{colptr.const_data_ptr<int64_t>(), row.const_data_ptr<int64_t>(), cperm.const_data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_arg_bwd_cpu", [&] {
+    const scalar_t* wp = wH ? w.const_data_ptr<scalar_t>() : nullptr;
+    parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
+      arg_bwd_dispatch(g, wp, std::max<int64_t>(wH, 1), x.const_data_ptr<scalar_t>(),
+                       gout.const_data_ptr<scalar_t>(), arg.const_data_ptr<int64_t>(),
+                       need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr,
+                       do_w ? gw.mutable_data_ptr<scalar_t>() : nullptr, r0, r1, H, F);
+    });
+  });
+  return {gx, gw};
+}
+
+// out[perm[k], h] = a[v, h, :] . b[col[k], h, :] for the slots k of target v: one owner per edge.
+template <typename T>
+FL_INLINE void sddmm_rows(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1, int64_t H,
+                          int64_t F) {
+  const int64_t HF = H * F;
+  const int64_t kstop = g.rowptr[r1];
+  for (int64_t v = r0; v < r1; ++v) {
+    const T* av = a + v * HF;
+    for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
+      if (k + kPrefetch < kstop) prefetch_row(b + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(T)));
+      const T* bu = b + g.src(k) * HF;
+      const int64_t e = g.id(k);
+      for (int64_t h = 0; h < H; ++h) {
+        const T* __restrict ah = av + h * F;
+        const T* __restrict bh = bu + h * F;
+        T acc = 0;
+        FL_SIMD_SUM(acc) for (int64_t f = 0; f < F; ++f) acc += ah[f] * bh[f];
+        out[e * H + h] = acc;
+      }
+    }
+  }
+}
+
+#define FL_SDDMM(T)                                                                                             \
+  FL_MULTIVERSION void sddmm_rows_##T(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1,    \
+                                      int64_t H, int64_t F) {                                                   \
+    sddmm_rows<T>(g, a, b, out, r0, r1, H, F);                                                                  \
+  }
+FL_SDDMM(float)
+FL_SDDMM(double)
+#undef FL_SDDMM
+FL_INLINE void sddmm_dispatch(const Csr& g, const float* a, const float* b, float* o, int64_t r0, int64_t r1,
+                              int64_t H, int64_t F) {
+  sddmm_rows_float(g, a, b, o, r0, r1, H, F);
+}
+FL_INLINE void sddmm_dispatch(const Csr& g, const double* a, const double* b, double* o, int64_t r0, int64_t r1,
+                              int64_t H, int64_t F) {
+  sddmm_rows_double(g, a, b, o, r0, r1, H, F);
+}
+
+at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& perm_in,
+                     const at::Tensor& /*colptr*/, const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
+                     const at::Tensor& a_in, const at::Tensor& b_in) {
+  check_csr(rowptr_in, col_in, perm_in);
+  check_float(a_in, "a");
+  FL_CHECK_DIM(a_in, 3);
+  TORCH_CHECK(b_in.sizes() == a_in.sizes() && b_in.scalar_type() == a_in.scalar_type(),
+              "sddmm: a and b must have one shape and dtype");
+  const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t n = rowptr.numel() - 1, E = col.numel(), H = a.size(1), F = a.size(2);
+  at::Tensor out = empty_cached({E, H}, a.options());
+  if (E == 0 || H == 0) return out;
+  const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sddmm_cpu", [&] {
+    parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
+      sddmm_dispatch(g, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                     r0, r1, H, F);
+    });
+  });
+  return out;
+}
+
+// Softmax over the incoming edges of each target, per head: scores and out are [E, H] in the caller's order.
+at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& perm_in, const at::Tensor& s_in) {
+  check_index(rowptr_in, "rowptr");
+  check_index(perm_in, "perm");
+  check_float(s_in, "scores");
+  FL_CHECK_DIM(s_in, 2);
+  TORCH_CHECK(s_in.size(0) == perm_in.numel(), "edge_softmax: scores must be [E, H]");
+  const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), s = s_in.contiguous();
+  const int64_t n = rowptr.numel() - 1, H = s.size(1);
+  at::Tensor out = empty_like_cached(s);
+  if (s.numel() == 0) return out;
+  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
+  const int64_t* pm = perm.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "edge_softmax_fwd_cpu", [&] {
+    const scalar_t* sp = s.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    parallel_rows(rp, n, H, [&](int64_t r0, int64_t r1) {
+      // All heads of an edge at once: each of the three passes walks the row's edges (through perm) once.
+      std::vector<scalar_t> m(H), sum(H);
+      for (int64_t v = r0; v < r1; ++v) {
+        std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
+        std::fill(sum.begin(), sum.end(), scalar_t(0));
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const scalar_t* se = sp + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) m[h] = std::max(m[h], se[h]);
+        }
+        // A row of -inf scores has no finite maximum: shifting by 0 gives 0/0 = NaN, as torch.softmax does.
+        for (int64_t h = 0; h < H; ++h) {
+          if (std::isinf(m[h]) && m[h] < 0) m[h] = 0;
+        }
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const scalar_t* se = sp + pm[k] * H;
+          scalar_t* oe = op + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) {
+            oe[h] = std::exp(se[h] - m[h]);
+            sum[h] += oe[h];
+          }
+        }
+        for (int64_t h = 0; h < H; ++h) sum[h] = scalar_t(1) / sum[h];
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          scalar_t* oe = op + pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) oe[h] *= sum[h];
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// grad_scores = y * (g - sum over the row of y * g).
+at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& perm_in, const at::Tensor& y_in,
+                                const at::Tensor& g_in) {
+  check_index(rowptr_in, "rowptr");
+  check_index(perm_in, "perm");
+  check_float(y_in, "out");
+  FL_CHECK_DIM(y_in, 2);
+  TORCH_CHECK(g_in.sizes() == y_in.sizes() && y_in.size(0) == perm_in.numel(),
+              "edge_softmax_bwd: out and grad_out must be [E, H]");
+  const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), y = y_in.contiguous();
+  const at::Tensor g = g_in.to(y.scalar_type()).contiguous();
+  const int64_t n = rowptr.numel() - 1, H = y.size(1);
+  at::Tensor gs = empty_like_cached(y);
+  if (y.numel() == 0) return gs;
+  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
+  const int64_t* pm = perm.const_data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "edge_softmax_bwd_cpu", [&] {
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* op = gs.mutable_data_ptr<scalar_t>();
+    parallel_rows(rp, n, H, [&](int64_t r0, int64_t r1) {
+      std::vector<scalar_t> dot(H);
+      for (int64_t v = r0; v < r1; ++v) {
+        std::fill(dot.begin(), dot.end(), scalar_t(0));
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const int64_t i = pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) dot[h] += yp[i + h] * gp[i + h];
+        }
+        for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          const int64_t i = pm[k] * H;
+          for (int64_t h = 0; h < H; ++h) op[i + h] = yp[i + h] * (gp[i + h] - dot[h]);
+        }
+      }
+    });
+  });
+  return gs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("spmm_fwd", &spmm_fwd_cpu);
+  m.impl("spmm_arg_bwd", &spmm_arg_bwd_cpu);
+  m.impl("sddmm", &sddmm_cpu);
+  m.impl("edge_softmax_fwd", &edge_softmax_fwd_cpu);
+  m.impl("edge_softmax_bwd", &edge_softmax_bwd_cpu);
+}
+
+}  // namespace fastlayers::mp
