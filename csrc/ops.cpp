@@ -9,4 +9,10 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "eca_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor gate, bool circular)"
       " -> (Tensor grad_x, Tensor grad_weight)");
+  // hyper: fused generate-and-apply of a hypernetwork's linear layer (x [B, T, I], phi [B, h], weight [O*I + O, h],
+  // w0 [O, I] and b0 [O] the static weight and bias). y [B, T, O]; the per-sample weights are never materialised.
+  m.def("hyper_linear_fwd(Tensor x, Tensor phi, Tensor weight, Tensor? w0, Tensor? b0) -> Tensor");
+  m.def(
+      "hyper_linear_bwd(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0, bool need_input,"
+      " bool need_weight) -> (Tensor grad_x, Tensor grad_phi, Tensor grad_weight, Tensor grad_w0, Tensor grad_b0)");
 }

@@ -2,5 +2,6 @@
 fallback on devices that have no fastlayers kernel."""
 
 from .eca import eca
+from .hyper import hyper_linear
 
-__all__ = ["eca"]
+__all__ = ["eca", "hyper_linear"]

@@ -1,0 +1,2 @@
+"""Hypernetwork kernels in Triton (placeholder, filled below)."""
+raise ImportError("not yet")
