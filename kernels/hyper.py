@@ -296,33 +296,34 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
     dphi = gs @ hb
     dx_base = (g2 @ w0).view(x.shape) if w0 is not None else torch.zeros_like(x)
     contract = n_batch * n_tok * n_in * n_out * h > 0
+    bj = _pow2(h, 16, 64)
+    outer = n_tok == 1
+    bm = _pow2(n_batch, 16, 64 if outer else 32)
+    bo = _pow2(n_out, 16, 64 if outer else 32)
+    bi = _pow2(n_in, 16, 16 if outer else 32)
     if not (need_weight and contract):
         grad_weight[: n_out * n_in] = 0
+    elif outer:
+        _outer_dhm_kernel[(triton.cdiv(n_out, bo), n_in, triton.cdiv(h, bj))](
+            g, x, phi, grad_weight, n_batch, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=bj)
+    else:
+        _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
+            g, x, phi, grad_weight, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=bm, BI=bi, BJ=bj)
     if not (need_input and contract):
         return dx_base, dphi, grad_weight, grad_w0, grad_b0
     dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
-    bj = _pow2(h, 16, 64)
-    if n_tok == 1:
-        bm, bo, bi = _pow2(n_batch, 16, 64), _pow2(n_out, 16, 64), _pow2(n_in, 16, 16)
-        if need_weight:
-            grid = (triton.cdiv(n_out, bo), n_in, triton.cdiv(h, bj))
-            _outer_dhm_kernel[grid](g, x, phi, grad_weight, n_batch, n_in, n_out, h,
-                                    ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=bj)
+    if outer:
         n_parts = triton.cdiv(n_in, bi)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
         _outer_dinput_kernel[(triton.cdiv(n_batch, bm), n_parts)](
             g, x, phi, weight, dx_base, dx, part, n_batch, n_in, n_out, h,
             ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BI=bi, BJ=bj)
     else:
-        bt, bo, bi, bm = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(n_batch, 16, 32)
-        if need_weight:
-            _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
-                g, x, phi, grad_weight, n_batch, n_tok, n_in, n_out, h,
-                ACC=acc_tl, PREC=prec, BM=bm, BI=bi, BJ=bj)
+        bt = _pow2(n_tok, 16, 64)
         _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
             g, phi, weight, dx_base, dx, n_tok, n_in, n_out, h,
             ACC=acc_tl, PREC=prec, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
-        o_per = 16
+        o_per = 16  # output rows per dphi program: partial sums of cdiv(O, 16) x B x h, added below
         n_parts = triton.cdiv(n_out, o_per)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
         _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
