@@ -15,4 +15,10 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "hyper_linear_bwd(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0, bool need_input,"
       " bool need_weight) -> (Tensor grad_x, Tensor grad_phi, Tensor grad_weight, Tensor grad_w0, Tensor grad_b0)");
+  // y[b, t] = |reshape(weight phi_b, [O, I]) + w0| x[b, t] with weight [O*I, h]: the |W_c| x_r term of interval
+  // propagation through a generated layer (interval_hyper_linear).
+  m.def("hyper_abs_linear_fwd(Tensor x, Tensor phi, Tensor weight, Tensor? w0) -> Tensor");
+  m.def(
+      "hyper_abs_linear_bwd(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0)"
+      " -> (Tensor grad_x, Tensor grad_phi, Tensor grad_weight, Tensor grad_w0)");
 }

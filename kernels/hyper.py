@@ -46,10 +46,14 @@ def _outer_fwd_kernel(x_ptr, phi_ptr, hm_ptr, base_ptr, y_ptr, B, I, O, H,
 
 
 @triton.jit
-def _gen_tile(hm_ptr, phi_ptr, b, offs_o, offs_i, I, O, H, ACC: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
-              BJ: tl.constexpr):
-    # W_b[o-block, i-block] = sum_j T[o, i, j] phi_b[j], in registers.
-    w = tl.zeros([BO, BI], dtype=ACC)
+def _gen_tile(hm_ptr, phi_ptr, w0_ptr, b, offs_o, offs_i, I, O, H, ACC: tl.constexpr, HAS_W0: tl.constexpr,
+              ABS: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    # W_b[o-block, i-block] = sum_j T[o, i, j] phi_b[j] (+ w0), or its absolute value, in registers.
+    if HAS_W0:
+        w = tl.load(w0_ptr + offs_o[:, None] * I + offs_i[None, :], mask=(offs_o[:, None] < O) & (offs_i[None, :] < I),
+                    other=0.0).to(ACC)
+    else:
+        w = tl.zeros([BO, BI], dtype=ACC)
     m_oi = (offs_o[:, None, None] < O) & (offs_i[None, :, None] < I)
     base = (offs_o.to(tl.int64)[:, None, None] * I + offs_i[None, :, None]) * H
     for j0 in range(0, H, BJ):
@@ -58,13 +62,15 @@ def _gen_tile(hm_ptr, phi_ptr, b, offs_o, offs_i, I, O, H, ACC: tl.constexpr, BO
         p = tl.load(phi_ptr + b * H + offs_j, mask=mj, other=0.0).to(ACC)
         t = tl.load(hm_ptr + base + offs_j[None, None, :], mask=m_oi & mj[None, None, :], other=0.0).to(ACC)
         w += tl.sum(t * p[None, None, :], axis=2)
+    if ABS:
+        w = tl.abs(w)
     return w
 
 
 @triton.jit
-def _tile_fwd_kernel(x_ptr, phi_ptr, hm_ptr, base_ptr, y_ptr, T, I, O, H,
-                     ACC: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
-                     BJ: tl.constexpr):
+def _tile_fwd_kernel(x_ptr, phi_ptr, hm_ptr, w0_ptr, base_ptr, y_ptr, T, I, O, H,
+                     ACC: tl.constexpr, PREC: tl.constexpr, HAS_W0: tl.constexpr, ABS: tl.constexpr,
+                     HAS_BASE: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     offs_o = tl.program_id(1) * BO + tl.arange(0, BO)
     offs_t = tl.program_id(2) * BT + tl.arange(0, BT)
@@ -73,14 +79,15 @@ def _tile_fwd_kernel(x_ptr, phi_ptr, hm_ptr, base_ptr, y_ptr, T, I, O, H,
     acc = tl.zeros([BT, BO], dtype=ACC)
     for i0 in range(0, I, BI):
         offs_i = i0 + tl.arange(0, BI)
-        w = _gen_tile(hm_ptr, phi_ptr, b, offs_o, offs_i, I, O, H, ACC, BO, BI, BJ)
+        w = _gen_tile(hm_ptr, phi_ptr, w0_ptr, b, offs_o, offs_i, I, O, H, ACC, HAS_W0, ABS, BO, BI, BJ)
         xt = tl.load(x_ptr + (b * T + offs_t[:, None]) * I + offs_i[None, :],
                      mask=mt[:, None] & (offs_i[None, :] < I), other=0.0)
         acc = tl.dot(xt.to(ACC), tl.trans(w), acc, input_precision=PREC, out_dtype=ACC)
     off = (b * T + offs_t[:, None]) * O + offs_o[None, :]
     m = mt[:, None] & mo[None, :]
-    base = tl.load(base_ptr + off, mask=m, other=0.0).to(ACC)
-    tl.store(y_ptr + off, (acc + base).to(y_ptr.dtype.element_ty), mask=m)
+    if HAS_BASE:
+        acc += tl.load(base_ptr + off, mask=m, other=0.0).to(ACC)
+    tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -148,9 +155,9 @@ def _outer_dinput_kernel(g_ptr, x_ptr, phi_ptr, hm_ptr, dx_base_ptr, dx_ptr, dph
 
 
 @triton.jit
-def _tile_dx_kernel(g_ptr, phi_ptr, hm_ptr, dx_base_ptr, dx_ptr, T, I, O, H,
-                    ACC: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr,
-                    BJ: tl.constexpr):
+def _tile_dx_kernel(g_ptr, phi_ptr, hm_ptr, w0_ptr, dx_base_ptr, dx_ptr, T, I, O, H,
+                    ACC: tl.constexpr, PREC: tl.constexpr, HAS_W0: tl.constexpr, ABS: tl.constexpr,
+                    HAS_BASE: tl.constexpr, BT: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     # dx[b, t-block, i-block] = sum_o G[b, t, o] W_b[o, i], W_b regenerated tile by tile.
     b = tl.program_id(0).to(tl.int64)
     offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
@@ -160,20 +167,23 @@ def _tile_dx_kernel(g_ptr, phi_ptr, hm_ptr, dx_base_ptr, dx_ptr, T, I, O, H,
     acc = tl.zeros([BT, BI], dtype=ACC)
     for o0 in range(0, O, BO):
         offs_o = o0 + tl.arange(0, BO)
-        w = _gen_tile(hm_ptr, phi_ptr, b, offs_o, offs_i, I, O, H, ACC, BO, BI, BJ)
+        w = _gen_tile(hm_ptr, phi_ptr, w0_ptr, b, offs_o, offs_i, I, O, H, ACC, HAS_W0, ABS, BO, BI, BJ)
         g = tl.load(g_ptr + (b * T + offs_t[:, None]) * O + offs_o[None, :],
                     mask=mt[:, None] & (offs_o[None, :] < O), other=0.0)
         acc = tl.dot(g.to(ACC), w, acc, input_precision=PREC, out_dtype=ACC)
     off = (b * T + offs_t[:, None]) * I + offs_i[None, :]
     m = mt[:, None] & mi[None, :]
-    base = tl.load(dx_base_ptr + off, mask=m, other=0.0).to(ACC)
-    tl.store(dx_ptr + off, (acc + base).to(dx_ptr.dtype.element_ty), mask=m)
+    if HAS_BASE:
+        acc += tl.load(dx_base_ptr + off, mask=m, other=0.0).to(ACC)
+    tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _sample_grad_tile(g_ptr, x_ptr, offs_b, o, offs_i, B, T, I, O, ACC: tl.constexpr, BM: tl.constexpr,
-                      BI: tl.constexpr):
-    # dW[b, o, i-block] = sum_t G[b, t, o] x[b, t, i] for a block of samples: [BM, BI].
+def _sample_grad_tile(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, offs_b, o, offs_i, B, T, I, O, H, ACC: tl.constexpr,
+                      PREC: tl.constexpr, HAS_W0: tl.constexpr, ABS: tl.constexpr, BM: tl.constexpr,
+                      BI: tl.constexpr, BJ: tl.constexpr):
+    # dW[b, o, i-block] = sum_t G[b, t, o] x[b, t, i] for a block of samples: [BM, BI]. With ABS (y = |W| x) the
+    # gradient of W is that times sign(W[b, o, i-block]), generated here with a tl.dot over h.
     mb = offs_b < B
     mi = offs_i < I
     rows = offs_b.to(tl.int64)
@@ -183,31 +193,51 @@ def _sample_grad_tile(g_ptr, x_ptr, offs_b, o, offs_i, B, T, I, O, ACC: tl.const
         xv = tl.load(x_ptr + (rows[:, None] * T + t) * I + offs_i[None, :], mask=mb[:, None] & mi[None, :],
                      other=0.0).to(ACC)
         dw += g[:, None] * xv
+    if ABS:
+        if HAS_W0:
+            w = tl.load(w0_ptr + o * I + offs_i, mask=mi, other=0.0).to(ACC)[None, :] + tl.zeros([BM, BI], ACC)
+        else:
+            w = tl.zeros([BM, BI], dtype=ACC)
+        for j0 in range(0, H, BJ):
+            offs_j = j0 + tl.arange(0, BJ)
+            mj = offs_j < H
+            p = tl.load(phi_ptr + rows[:, None] * H + offs_j[None, :], mask=mb[:, None] & mj[None, :], other=0.0)
+            t = tl.load(hm_ptr + (o * I + offs_i.to(tl.int64)[None, :]) * H + offs_j[:, None],
+                        mask=mj[:, None] & mi[None, :], other=0.0)
+            w = tl.dot(p.to(ACC), t.to(ACC), w, input_precision=PREC, out_dtype=ACC)
+        dw = tl.where(w > 0, dw, tl.where(w < 0, -dw, 0.0))
     return dw
 
 
 @triton.jit
-def _tile_dh_kernel(g_ptr, x_ptr, phi_ptr, dhm_ptr, B, T, I, O, H,
-                    ACC: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
-    # dH[o*I + i-block, j-block] = sum_b dW[b, o, i] phi[b, j]
+def _tile_dh_kernel(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, dhm_ptr, dw0_ptr, B, T, I, O, H,
+                    ACC: tl.constexpr, PREC: tl.constexpr, HAS_W0: tl.constexpr, ABS: tl.constexpr,
+                    BM: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+    # dH[o*I + i-block, j-block] = sum_b dW[b, o, i] phi[b, j]; with ABS also dw0[o, i-block] = sum_b dW[b, o, i].
     o = tl.program_id(0)
     offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
     offs_j = tl.program_id(2) * BJ + tl.arange(0, BJ)
     mj = offs_j < H
     acc = tl.zeros([BI, BJ], dtype=ACC)
+    dw0 = tl.zeros([BI], dtype=ACC)
     for b0 in range(0, B, BM):
         offs_b = b0 + tl.arange(0, BM)
-        dw = _sample_grad_tile(g_ptr, x_ptr, offs_b, o, offs_i, B, T, I, O, ACC, BM, BI)
+        dw = _sample_grad_tile(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, offs_b, o, offs_i, B, T, I, O, H, ACC, PREC,
+                               HAS_W0, ABS, BM, BI, BJ)
+        dw0 += tl.sum(dw, axis=0)
         p = tl.load(phi_ptr + offs_b.to(tl.int64)[:, None] * H + offs_j[None, :],
                     mask=(offs_b[:, None] < B) & mj[None, :], other=0.0).to(ACC)
         acc = tl.dot(tl.trans(dw), p, acc, input_precision=PREC, out_dtype=ACC)
     off = (o.to(tl.int64) * I + offs_i[:, None]) * H + offs_j[None, :]
     tl.store(dhm_ptr + off, acc.to(dhm_ptr.dtype.element_ty), mask=(offs_i[:, None] < I) & mj[None, :])
+    if ABS:
+        tl.store(dw0_ptr + o * I + offs_i, dw0.to(dw0_ptr.dtype.element_ty), mask=(offs_i < I) & (tl.program_id(2) == 0))
 
 
 @triton.jit
-def _tile_dphi_kernel(g_ptr, x_ptr, hm_ptr, dphi_part_ptr, B, T, I, O, H, O_PER,
-                      ACC: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
+def _tile_dphi_kernel(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, dphi_part_ptr, B, T, I, O, H, O_PER,
+                      ACC: tl.constexpr, PREC: tl.constexpr, HAS_W0: tl.constexpr, ABS: tl.constexpr,
+                      BM: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     # dphi part[o-chunk, b, j-block] = sum_{o in chunk, i} dW[b, o, i] T[o, i, j]
     offs_b = tl.program_id(0) * BM + tl.arange(0, BM)
     offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
@@ -217,7 +247,8 @@ def _tile_dphi_kernel(g_ptr, x_ptr, hm_ptr, dphi_part_ptr, B, T, I, O, H, O_PER,
     for o in range(pid_o * O_PER, tl.minimum(O, (pid_o + 1) * O_PER)):
         for i0 in range(0, I, BI):
             offs_i = i0 + tl.arange(0, BI)
-            dw = _sample_grad_tile(g_ptr, x_ptr, offs_b, o, offs_i, B, T, I, O, ACC, BM, BI)
+            dw = _sample_grad_tile(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, offs_b, o, offs_i, B, T, I, O, H, ACC,
+                                   PREC, HAS_W0, ABS, BM, BI, BJ)
             w = tl.load(hm_ptr + (o * I + offs_i.to(tl.int64)[:, None]) * H + offs_j[None, :],
                         mask=(offs_i[:, None] < I) & mj[None, :], other=0.0).to(ACC)
             acc = tl.dot(dw, w, acc, input_precision=PREC, out_dtype=ACC)
@@ -273,8 +304,8 @@ def hyper_linear_forward(x, phi, weight, w0, b0):
     else:
         bt, bo, bi = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32)
         grid = (n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))
-        _tile_fwd_kernel[grid](x, phi, weight, base, y, n_tok, n_in, n_out, h,
-                               ACC=acc_tl, PREC=prec, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+        _tile_fwd_kernel[grid](x, phi, weight, x, base, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
+                               HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
     return y
 
 
@@ -308,7 +339,8 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
             g, x, phi, grad_weight, n_batch, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=bj)
     else:
         _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
-            g, x, phi, grad_weight, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=bm, BI=bi, BJ=bj)
+            g, x, phi, weight, x, grad_weight, x, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
+            HAS_W0=False, ABS=False, BM=bm, BI=bi, BJ=bj)
     if not (need_input and contract):
         return dx_base, dphi, grad_weight, grad_w0, grad_b0
     dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
@@ -321,13 +353,63 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
     else:
         bt = _pow2(n_tok, 16, 64)
         _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
-            g, phi, weight, dx_base, dx, n_tok, n_in, n_out, h,
-            ACC=acc_tl, PREC=prec, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+            g, phi, weight, x, dx_base, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
+            HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
         o_per = 16  # output rows per dphi program: partial sums of cdiv(O, 16) x B x h, added below
         n_parts = triton.cdiv(n_out, o_per)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
         _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
-            g, x, weight, part, n_batch, n_tok, n_in, n_out, h, o_per,
-            ACC=acc_tl, PREC=prec, BM=bm, BI=bi, BJ=bj)
+            g, x, phi, weight, x, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
+            HAS_W0=False, ABS=False, BM=bm, BI=bi, BJ=bj)
     dphi = dphi + part.sum(0).to(dphi.dtype)
     return dx, dphi, grad_weight, grad_w0, grad_b0
+
+
+def hyper_abs_linear_forward(x, phi, weight, w0):
+    """Triton launcher of fastlayers::hyper_abs_linear_fwd: y[b, t] = |reshape(weight phi_b) + w0| x[b, t];
+    x [B, T, I], phi [B, h], weight [O*I, h], w0 [O, I] or None. Tiles of W_b are generated in registers."""
+    n_batch, n_tok, n_in = x.shape
+    h, n_out = phi.shape[1], weight.shape[0] // max(n_in, 1)
+    y = _alloc.empty((n_batch, n_tok, n_out), x.dtype, x.device)
+    if y.numel() == 0:
+        return y
+    x, phi, weight = x.contiguous(), phi.contiguous(), weight.contiguous()
+    w0c = w0.contiguous() if w0 is not None else x
+    _, acc_tl, prec = _acc(x.dtype)
+    bt, bo, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(h, 16, 32)
+    _tile_fwd_kernel[(n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))](
+        x, phi, weight, w0c, x, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=w0 is not None, ABS=True,
+        HAS_BASE=False, BT=bt, BO=bo, BI=bi, BJ=bj)
+    return y
+
+
+def hyper_abs_linear_backward(grad_y, x, phi, weight, w0):
+    """Triton launcher of fastlayers::hyper_abs_linear_bwd: returns (grad_x, grad_phi, grad_weight, grad_w0)."""
+    n_batch, n_tok, n_in = x.shape
+    h, n_out = phi.shape[1], weight.shape[0] // max(n_in, 1)
+    x, phi, weight = x.contiguous(), phi.contiguous(), weight.contiguous()
+    if n_batch * n_tok * n_in * n_out == 0:
+        return (torch.zeros_like(x), torch.zeros_like(phi), torch.zeros_like(weight),
+                x.new_zeros((n_out, n_in)))
+    g = grad_y.to(x.dtype).contiguous()
+    w0c = w0.contiguous() if w0 is not None else x
+    acc_t, acc_tl, prec = _acc(x.dtype)
+    bt, bo, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(h, 16, 64)
+    bm = _pow2(n_batch, 16, 32)
+    has_w0 = w0 is not None
+    dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
+    _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
+        g, phi, weight, w0c, x, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=has_w0, ABS=True,
+        HAS_BASE=False, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+    grad_weight = _alloc.empty(tuple(weight.shape), weight.dtype, x.device)
+    grad_w0 = _alloc.empty((n_out, n_in), x.dtype, x.device)
+    _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
+        g, x, phi, weight, w0c, grad_weight, grad_w0, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
+        HAS_W0=has_w0, ABS=True, BM=bm, BI=bi, BJ=bj)
+    o_per = 16
+    n_parts = triton.cdiv(n_out, o_per)
+    part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
+    _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
+        g, x, phi, weight, w0c, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
+        HAS_W0=has_w0, ABS=True, BM=bm, BI=bi, BJ=bj)
+    return dx, part.sum(0).to(phi.dtype), grad_weight, grad_w0

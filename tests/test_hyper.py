@@ -290,3 +290,129 @@ def test_cuda_gradcheck_and_opcheck():
     fn = lambda x, p, w, *rest: hyper_linear(x, p, w, **dict(zip(names, rest)))  # noqa: E731
     assert torch.autograd.gradcheck(fn, (*args, *kw.values()))
     torch.library.opcheck(torch.ops.fastlayers.hyper_linear_fwd, (*args, kw["base_weight"], kw["base_bias"]))
+
+
+# ---- interval propagation: hyper_abs_linear and interval_hyper_linear -------------------------------------------
+
+
+def _abs_args(shape, dtype=torch.float64, w0=True, grad=False):
+    b, t, i, o, h = shape
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=grad)  # noqa: E731
+    return r(b, t, i), r(b, h), r(o * i, h), (r(o, i) if w0 else None)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (7, 3, 5, 2, 4), (9, 18, 13, 7, 10)])
+@pytest.mark.parametrize("w0", [True, False])
+def test_abs_linear_matches_reference(shape, w0, tiles):
+    args = _abs_args(shape, w0=w0, grad=True)
+    leaves = [a for a in args if a is not None]
+    y = torch.ops.fastlayers.hyper_abs_linear_fwd(*args)
+    r = reference.hyper_abs_linear(*args)
+    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(r)
+    for a, b in zip(torch.autograd.grad(y, leaves, g), torch.autograd.grad(r, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_abs_linear_gradcheck_and_opcheck():
+    args = _abs_args((3, 2, 4, 2, 3), grad=True)
+    assert torch.autograd.gradcheck(torch.ops.fastlayers.hyper_abs_linear_fwd, args)
+    torch.library.opcheck(torch.ops.fastlayers.hyper_abs_linear_fwd, args)
+    torch.library.opcheck(torch.ops.fastlayers.hyper_abs_linear_fwd, (*args[:3], None))
+    plain = [a.detach() for a in args]
+    g = torch.randn(3, 2, 2, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fastlayers.hyper_abs_linear_bwd, (g, *plain))
+    torch.library.opcheck(torch.ops.fastlayers.hyper_abs_linear_bwd, (g, *plain[:3], None))
+
+
+def _interval_args(shape, bias=True, grad=False, dtype=torch.float64):
+    b, t, i, o, h = shape
+    xs = (b, i) if t is None else (b, t, i)
+    def r(*s, positive=False):
+        v = torch.rand(*s, dtype=dtype) if positive else torch.randn(*s, dtype=dtype)
+        return v.requires_grad_(grad)
+
+    args = (r(*xs), r(*xs, positive=True), r(b, h), r(b, h, positive=True), r(o * i + o, h))
+    return args, ({"bias": r(o * i + o)} if bias else {})
+
+
+@pytest.mark.parametrize("shape", [(6, None, 5, 4, 3), (4, 3, 5, 2, 6)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_interval_matches_reference(shape, bias, tiles):
+    from fastlayers.ops import interval_hyper_linear
+
+    args, kw = _interval_args(shape, bias, grad=True)
+    leaves = [*args, *kw.values()]
+    ours = interval_hyper_linear(*args, **kw)
+    ref = reference.interval_hyper_linear(*args, **kw)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    gc, gr = torch.randn_like(ref[0]), torch.randn_like(ref[1])
+    got = torch.autograd.grad(ours, leaves, (gc, gr))
+    want = torch.autograd.grad(ref, leaves, (gc, gr))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_interval_bounds_contain_sampled_layers():
+    # The interval must contain the output of every layer whose weights and input lie in the intervals.
+    from fastlayers.ops import interval_hyper_linear
+
+    (x_c, x_r, phi_c, phi_r, w), kw = _interval_args((5, None, 4, 3, 6))
+    y_c, y_r = interval_hyper_linear(x_c, x_r, phi_c, phi_r, w, **kw)
+    assert torch.all(y_r >= 0)
+    for _ in range(20):
+        x = x_c + x_r * (2 * torch.rand_like(x_r) - 1)
+        phi = phi_c + phi_r * (2 * torch.rand_like(phi_r) - 1)
+        y = reference.hyper_linear(x, phi, w, **kw)
+        assert torch.all(y >= y_c - y_r - 1e-12) and torch.all(y <= y_c + y_r + 1e-12)
+
+
+def test_interval_gradcheck():
+    from fastlayers.ops import interval_hyper_linear
+
+    args, kw = _interval_args((3, 2, 3, 2, 3), grad=True)
+    assert torch.autograd.gradcheck(lambda *a: interval_hyper_linear(*a[:5], bias=a[5]), (*args, kw["bias"]))
+
+
+@pytest.mark.parametrize("shape", [(0, None, 3, 2, 4), (0, 2, 3, 2, 4)])
+def test_interval_empty(shape):
+    from fastlayers.ops import interval_hyper_linear
+
+    args, kw = _interval_args(shape, grad=True)
+    y_c, y_r = interval_hyper_linear(*args, **kw)
+    assert y_c.shape == y_r.shape and y_c.shape[0] == 0
+    grads = torch.autograd.grad((y_c.sum() + y_r.sum()), [*args, *kw.values()])
+    assert all(torch.all(g == 0) for g in grads)
+
+
+def test_interval_bad_input():
+    from fastlayers.ops import interval_hyper_linear
+
+    (x_c, x_r, phi_c, phi_r, w), _ = _interval_args((4, None, 3, 2, 5))
+    with pytest.raises(ValueError, match="x_r must have x_c's shape"):
+        interval_hyper_linear(x_c, x_r[:, :2], phi_c, phi_r, w)
+    with pytest.raises(ValueError, match="phi_r must have phi_c's shape"):
+        interval_hyper_linear(x_c, x_r, phi_c, phi_r[:3], w)
+    with pytest.raises(TypeError, match="x_r has dtype"):
+        interval_hyper_linear(x_c, x_r.float(), phi_c, phi_r, w)
+    with pytest.raises(ValueError, match="weight rows must be"):
+        interval_hyper_linear(x_c, x_r, phi_c, phi_r, w[:-1])
+    with pytest.raises(TypeError, match="phi_r must be a torch.Tensor"):
+        interval_hyper_linear(x_c, x_r, phi_c, None, w)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (9, 18, 17, 19, 20)])
+@pytest.mark.parametrize("w0", [True, False])
+def test_triton_abs_linear_matches_reference(shape, w0):
+    from fastlayers.kernels import hyper as tk
+
+    args = _abs_args(shape, w0=w0)
+    leaves = [a.clone().requires_grad_() for a in args if a is not None]
+    r = reference.hyper_abs_linear(*leaves, *([] if w0 else [None]))
+    torch.testing.assert_close(tk.hyper_abs_linear_forward(*args), r, rtol=1e-11, atol=1e-11)
+    g = torch.randn_like(r)
+    got = tk.hyper_abs_linear_backward(g, *args)
+    for a, b in zip(got, torch.autograd.grad(r, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)

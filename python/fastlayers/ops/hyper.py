@@ -111,3 +111,78 @@ else:
     torch.library.register_kernel("fastlayers::hyper_linear_fwd", "cuda", _triton_hyper.hyper_linear_forward)
     torch.library.register_kernel("fastlayers::hyper_linear_bwd", "cuda", _triton_hyper.hyper_linear_backward)
     _KERNEL_DEVICES.add("cuda")
+
+
+# ---- interval propagation (HyperInterval) ----------------------------------------------------------------------
+
+
+
+def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
+    """A generated linear layer applied to an interval input, its weights an interval too (HyperInterval).
+
+    The hypernetwork's interval output [phi_c - phi_r, phi_c + phi_r] through its last layer (weight, bias) gives
+    interval weights W_c = reshape(weight[:O*I] phi_c + bias[:O*I]), W_r = reshape(|weight[:O*I]| phi_r) and
+    biases b_c = weight[O*I:] phi_c + bias[O*I:], b_r = |weight[O*I:]| phi_r. With the input interval (x_c, x_r):
+    ``y_c = W_c x_c + b_c`` and ``y_r = |W_c| x_r + W_r (|x_c| + x_r) + b_r`` (spec formulas), per sample, and
+    [y_c - y_r, y_c + y_r] contains the layer's output for every weight and input in the intervals.
+
+    Args:
+        x_c, x_r: [B, I] or [B, T, I]; x_r >= 0 (not checked).
+        phi_c, phi_r: [B, h]; phi_r >= 0 (not checked).
+        weight: [O*I + O, h]; bias: optional [O*I + O].
+    Returns:
+        (y_c, y_r), each [B, O] or [B, T, O]. Differentiable in every tensor argument. Nothing of size B*O*I is
+        materialised: y_c and the W_r term are hyper_linear calls, the |W_c| term a tiled op of its own.
+    """
+    V.tensor("x_c", x_c)
+    V.tensor("x_r", x_r)
+    V.tensor("phi_r", phi_r)
+    if x_r.shape != x_c.shape:
+        raise ValueError(f"x_r must have x_c's shape {tuple(x_c.shape)}, got {tuple(x_r.shape)}")
+    if phi_r.shape != getattr(phi_c, "shape", None):
+        raise ValueError(f"phi_r must have phi_c's shape {tuple(getattr(phi_c, 'shape', ()))}, got "
+                         f"{tuple(phi_r.shape)}")
+    y_c = hyper_linear(x_c, phi_c, weight, bias)  # validates x_c, phi_c, weight, bias
+    V.same_device(x_c=x_c, x_r=x_r, phi_r=phi_r)
+    for name, t in (("x_r", x_r), ("phi_r", phi_r)):
+        if t.dtype != x_c.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x_c has {x_c.dtype}; use one dtype")
+    n_in = x_c.shape[-1]
+    n_out = weight.shape[0] // (n_in + 1)
+    y_r = hyper_linear(x_c.abs() + x_r, phi_r, weight.abs())
+    rows = weight[: n_out * n_in]
+    w0 = None if bias is None else bias[: n_out * n_in].view(n_out, n_in)
+    x3 = x_r.unsqueeze(1) if x_r.dim() == 2 else x_r
+    if x_c.device.type in _KERNEL_DEVICES:
+        abs_term = torch.ops.fastlayers.hyper_abs_linear_fwd(x3, phi_c, rows, w0)
+    else:
+        abs_term = _reference.hyper_abs_linear(x3, phi_c, rows, w0)
+    return y_c, y_r + (abs_term.squeeze(1) if x_r.dim() == 2 else abs_term)
+
+
+@torch.library.register_fake("fastlayers::hyper_abs_linear_fwd")
+def _abs_fwd_fake(x, phi, weight, w0):
+    return x.new_empty((x.shape[0], x.shape[1], weight.shape[0] // x.shape[2]))
+
+
+@torch.library.register_fake("fastlayers::hyper_abs_linear_bwd")
+def _abs_bwd_fake(grad_y, x, phi, weight, w0):
+    n_out, n_in = weight.shape[0] // x.shape[2], x.shape[2]
+    return x.new_empty(x.shape), phi.new_empty(phi.shape), weight.new_empty(weight.shape), x.new_empty((n_out, n_in))
+
+
+def _abs_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _abs_backward(ctx, grad_y):
+    x, phi, weight, w0 = ctx.saved_tensors
+    grads = torch.ops.fastlayers.hyper_abs_linear_bwd(grad_y, x, phi, weight, w0)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+torch.library.register_autograd("fastlayers::hyper_abs_linear_fwd", _abs_backward, setup_context=_abs_setup_context)
+
+if _triton_hyper is not None:
+    torch.library.register_kernel("fastlayers::hyper_abs_linear_fwd", "cuda", _triton_hyper.hyper_abs_linear_forward)
+    torch.library.register_kernel("fastlayers::hyper_abs_linear_bwd", "cuda", _triton_hyper.hyper_abs_linear_backward)

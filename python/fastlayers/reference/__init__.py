@@ -2,6 +2,6 @@
 fallback on devices that have no fastlayers kernel."""
 
 from .eca import eca
-from .hyper import hyper_linear
+from .hyper import hyper_abs_linear, hyper_linear, interval_hyper_linear, interval_linear
 
-__all__ = ["eca", "hyper_linear"]
+__all__ = ["eca", "hyper_abs_linear", "hyper_linear", "interval_hyper_linear", "interval_linear"]

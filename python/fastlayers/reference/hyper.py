@@ -37,3 +37,28 @@ def interval_linear(w_c, w_r, x_c, x_r, b_c=None, b_r=None):
     if b_r is not None:
         y_r = y_r + b_r
     return y_c, y_r
+
+
+def hyper_abs_linear(x, phi, weight, w0=None):
+    """y[b, t] = |reshape(weight phi_b, [O, I]) + w0| x[b, t]; x [B, T, I], phi [B, h], weight [O*I, h]."""
+    n_in = x.shape[-1]
+    w = (phi @ weight.t()).reshape(x.shape[0], -1, n_in)
+    if w0 is not None:
+        w = w + w0
+    return torch.bmm(x, w.abs().transpose(1, 2))
+
+
+def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
+    """Materialising reference of fastlayers.ops.interval_hyper_linear: interval weights from the hypernetwork's
+    last layer, then interval_linear per sample."""
+    squeeze = x_c.dim() == 2
+    xc = x_c.unsqueeze(1) if squeeze else x_c
+    xr = x_r.unsqueeze(1) if squeeze else x_r
+    n_in = xc.shape[-1]
+    n_out = weight.shape[0] // (n_in + 1)
+    theta_c = phi_c @ weight.t() + (bias if bias is not None else 0)
+    theta_r = phi_r @ weight.abs().t()
+    w_c = theta_c[:, : n_out * n_in].reshape(-1, 1, n_out, n_in)
+    w_r = theta_r[:, : n_out * n_in].reshape(-1, 1, n_out, n_in)
+    y_c, y_r = interval_linear(w_c, w_r, xc, xr, theta_c[:, None, n_out * n_in:], theta_r[:, None, n_out * n_in:])
+    return (y_c.squeeze(1), y_r.squeeze(1)) if squeeze else (y_c, y_r)
