@@ -1,1 +1,5 @@
 """Thin model classes of the research systems built on fastlayers ops."""
+
+from .hyperinterval import HyperInterval
+
+__all__ = ["HyperInterval"]
