@@ -1,7 +1,8 @@
 """hyper_linear vs materialise-then-bmm (hypnettorch-style) and torch.einsum, forward and forward+backward.
 
 Each case also measures the peak extra memory of both sides: the peak bytes allocated during the call above what
-was allocated before it, less the bytes of the results (y, or the gradients) that every implementation returns.
+was allocated before it, less the bytes every implementation must hold: the output y and, for forward+backward,
+the gradients.
 On the CPU that is read from the process's resident-set high-water mark (reset before each call, with glibc told
 to return every block of 128 KiB and more to the system on free and the fastlayers output pool off, so the mark
 follows live memory); on CUDA from torch.cuda.max_memory_allocated. ``extra_of_BOI`` divides fastlayers' figure
@@ -115,7 +116,7 @@ def build(spec, device):
 
         def run(fn):
             y = fn(x, phi, weight, bias=bias) if fn is hyper_linear else fn(x, phi, weight, bias)
-            return torch.autograd.grad(y, leaves, g)
+            return (*torch.autograd.grad(y, leaves, g), y.detach())  # y counted as a result: it is alive
         min_bytes = 2 * elt * (x.numel() + phi.numel() + weight.numel() + b * t * n)
     ours_extra = peak_extra_bytes(lambda: run(hyper_linear), device)
     peer_extra = peak_extra_bytes(lambda: run(peer_fn), device)

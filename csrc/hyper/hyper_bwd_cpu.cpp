@@ -1,5 +1,6 @@
 // hyper_linear backward on the CPU, W-free (spec: dHm = G^T Z; V = G Hm; dx_b = V_b phi_b; dphi_b = V_b^T x_b for
 // T = 1; for T > 1 the per-sample weight gradient G_b^T X_b is formed per (o-block, sample-block) tile).
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
 #define FASTLAYERS_WITH_TORCH_API
@@ -48,39 +49,63 @@ void outer_backward(const Dims& d, const at::Tensor& g, const at::Tensor& x, con
   }
 }
 
+// T > 1, in two parallel regions without races (see tiled_forward for why single-threaded GEMMs inside one region):
+// (1) over chunks of samples: regenerate W tiles, dx_b += G_b W_b, and dphi_b += dW_b Hs with dW_b = G_b^T X_b;
+// (2) over blocks of output rows, each thread owning its rows of dH: dH_rows += dW^T phi, dW recomputed (it costs
+// 2*B*T*O*I against the 2*B*O*I*h of the GEMM, and storing it would be the B*O*I tensor this op avoids).
+template <typename S>
 void tiled_backward(const Dims& d, const at::Tensor& g, const at::Tensor& x, const at::Tensor& phi,
                     const at::Tensor& hrows, bool need_input, bool need_weight, Grads& out) {
-  const auto [ob, bb] = tile_blocks(d, x.element_size());
-  at::Tensor dw = at::empty({bb, ob * d.I}, x.options());
-  at::Tensor w = need_input ? at::empty({bb, ob * d.I}, x.options()) : at::Tensor();  // (T > 1: two tiles)
-  at::Tensor dhrows = out.dweight.narrow(0, 0, d.O * d.I);
-  for (int64_t o0 = 0; o0 < d.O; o0 += ob) {
-    const int64_t no = std::min(ob, d.O - o0);
-    const at::Tensor hs = hrows.narrow(0, o0 * d.I, no * d.I);
-    at::Tensor dhs = dhrows.narrow(0, o0 * d.I, no * d.I);
-    for (int64_t b0 = 0; b0 < d.B; b0 += bb) {
-      const int64_t nb = std::min(bb, d.B - b0);
-      const at::Tensor gt = g.narrow(0, b0, nb).narrow(2, o0, no);  // [nb, T, no]
-      const at::Tensor xb = x.narrow(0, b0, nb);
-      const at::Tensor pb = phi.narrow(0, b0, nb);
-      // Per-sample weight gradient of the tile: G_b^T X_b, [nb, no, I].
-      at::Tensor dwt = dw.view(-1).narrow(0, 0, nb * no * d.I).view({nb, no, d.I});
-      at::bmm_out(dwt, gt.transpose(1, 2), xb);
-      const at::Tensor dw2 = dwt.view({nb, no * d.I});
-      if (need_weight) {
-        if (b0 == 0) {
-          at::mm_out(dhs, dw2.t(), pb);
-        } else {
-          dhs.addmm_(dw2.t(), pb);
+  const auto [ob, bb] = tile_blocks(d, sizeof(S));
+  const int64_t chunk = std::min<int64_t>(64, std::max<int64_t>(1, bb));
+  const int64_t n_chunks = (d.B + chunk - 1) / chunk;
+  const S* gp = g.const_data_ptr<S>();
+  const S* xp = x.const_data_ptr<S>();
+  if (need_input) {
+    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // thread-local: set in every worker
+      at::Tensor w = at::empty({chunk, ob * d.I}, x.options());
+      at::Tensor dw = at::empty({chunk, ob * d.I}, x.options());
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t b0 = c * chunk, nb = std::min(chunk, d.B - b0);
+        at::Tensor dphi_c = out.dphi.narrow(0, b0, nb);
+        for (int64_t o0 = 0; o0 < d.O; o0 += ob) {
+          const int64_t no = std::min(ob, d.O - o0);
+          const at::Tensor hs = hrows.narrow(0, o0 * d.I, no * d.I);
+          at::Tensor wt = w.view(-1).narrow(0, 0, nb * no * d.I).view({nb, no * d.I});
+          at::mm_out(wt, phi.narrow(0, b0, nb), hs.t());
+          apply_tile_t(wt.const_data_ptr<S>(), gp + b0 * d.T * d.O + o0,
+                       out.dx.mutable_data_ptr<S>() + b0 * d.T * d.I, nb, d.T, d.I, no, d.O);
+          at::Tensor dwt = dw.view(-1).narrow(0, 0, nb * no * d.I).view({nb, no * d.I});
+          sample_grad_tile(gp + b0 * d.T * d.O + o0, xp + b0 * d.T * d.I, dwt.mutable_data_ptr<S>(), nb, d.T, d.I,
+                           no, d.O);
+          dphi_c.addmm_(dwt, hs);
         }
       }
-      if (need_input) {
-        out.dphi.narrow(0, b0, nb).addmm_(dw2, hs);
-        at::Tensor wt = w.view(-1).narrow(0, 0, nb * no * d.I).view({nb, no * d.I});
-        at::mm_out(wt, pb, hs.t());
-        out.dx.narrow(0, b0, nb).baddbmm_(gt, wt.view({nb, no, d.I}));
+    });
+  }
+  if (need_weight) {
+    const int64_t n_oblocks = (d.O + ob - 1) / ob;
+    at::Tensor dhrows = out.dweight.narrow(0, 0, d.O * d.I);
+    at::parallel_for(0, n_oblocks, 1, [&](int64_t k0, int64_t k1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      at::Tensor dw = at::empty({chunk, ob * d.I}, x.options());
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t o0 = k * ob, no = std::min(ob, d.O - o0);
+        at::Tensor dhs = dhrows.narrow(0, o0 * d.I, no * d.I);
+        for (int64_t b0 = 0; b0 < d.B; b0 += chunk) {
+          const int64_t nb = std::min(chunk, d.B - b0);
+          at::Tensor dwt = dw.view(-1).narrow(0, 0, nb * no * d.I).view({nb, no * d.I});
+          sample_grad_tile(gp + b0 * d.T * d.O + o0, xp + b0 * d.T * d.I, dwt.mutable_data_ptr<S>(), nb, d.T, d.I,
+                           no, d.O);
+          if (b0 == 0) {
+            at::mm_out(dhs, dwt.t(), phi.narrow(0, b0, nb));
+          } else {
+            dhs.addmm_(dwt.t(), phi.narrow(0, b0, nb));
+          }
+        }
       }
-    }
+    });
   }
 }
 
@@ -129,7 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hyper_lin
       outer_backward<scalar_t>(d, g.view({d.B, d.O}), x, phi, hm, need_input, need_weight, out);
     });
   } else {
-    tiled_backward(d, g, x, phi, weight.narrow(0, 0, d.O * d.I), need_input, need_weight, out);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hyper_linear_bwd_cpu", [&] {
+      tiled_backward<scalar_t>(d, g, x, phi, weight.narrow(0, 0, d.O * d.I), need_input, need_weight, out);
+    });
   }
   return {out.dx, out.dphi, out.dweight, dw0, db0};
 }

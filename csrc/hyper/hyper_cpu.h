@@ -91,6 +91,58 @@ inline std::pair<int64_t, int64_t> tile_blocks(const Dims& d, int64_t elt) {
 // Internal linkage: each kernel file gets its own clones (the ifunc resolvers are per translation unit).
 namespace {
 
+/* y[b, t, o0 + o] += <W[b, o, :], x[b, t, :]> for a tile W [nb, no, I] of generated weights: the T tokens of */ \
+/* each sample against its generated rows, written straight into y (rows of O). */                              \
+#define FL_HYPER_APPLY(S)                                                                                        \
+  FL_MULTIVERSION void apply_tile(const S* __restrict w, const S* __restrict x, S* __restrict y, int64_t nb,     \
+                                  int64_t T, int64_t I, int64_t no, int64_t O) {                               \
+    for (int64_t b = 0; b < nb; ++b) {                                                                          \
+      const S* xb = x + b * T * I;                                                                              \
+      S* yb = y + b * T * O;                                                                                    \
+      for (int64_t o = 0; o < no; ++o) {                                                                        \
+        const S* wr = w + (b * no + o) * I;                                                                     \
+        for (int64_t t = 0; t < T; ++t) {                                                                       \
+          const S* xt = xb + t * I;                                                                             \
+          S acc = 0;                                                                                            \
+          FL_SIMD_SUM(acc) for (int64_t i = 0; i < I; ++i) acc += wr[i] * xt[i];                                \
+          yb[t * O + o] += acc;                                                                                 \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+  /* dx[b, t, :] += sum_o g[b, t, o0 + o] W[b, o, :] (g rows of O, starting at column o0). */                  \
+  FL_MULTIVERSION void apply_tile_t(const S* __restrict w, const S* __restrict g, S* __restrict dx, int64_t nb, \
+                                    int64_t T, int64_t I, int64_t no, int64_t O) {                             \
+    for (int64_t b = 0; b < nb; ++b) {                                                                          \
+      for (int64_t t = 0; t < T; ++t) {                                                                         \
+        const S* gt = g + (b * T + t) * O;                                                                      \
+        S* dxt = dx + (b * T + t) * I;                                                                          \
+        for (int64_t o = 0; o < no; ++o) {                                                                      \
+          const S go = gt[o];                                                                                   \
+          const S* wr = w + (b * no + o) * I;                                                                   \
+          FL_SIMD for (int64_t i = 0; i < I; ++i) dxt[i] += go * wr[i];                                         \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }                                                                                                             \
+  /* dW[b, o, :] = sum_t g[b, t, o0 + o] x[b, t, :]: the per-sample weight gradient of a tile. */              \
+  FL_MULTIVERSION void sample_grad_tile(const S* __restrict g, const S* __restrict x, S* __restrict dw,          \
+                                        int64_t nb, int64_t T, int64_t I, int64_t no, int64_t O) {             \
+    for (int64_t b = 0; b < nb; ++b) {                                                                          \
+      S* dwb = dw + b * no * I;                                                                                 \
+      for (int64_t k = 0; k < no * I; ++k) dwb[k] = 0;                                                          \
+      for (int64_t t = 0; t < T; ++t) {                                                                         \
+        const S* gt = g + (b * T + t) * O;                                                                      \
+        const S* xt = x + (b * T + t) * I;                                                                      \
+        for (int64_t o = 0; o < no; ++o) {                                                                      \
+          const S go = gt[o];                                                                                   \
+          S* dr = dwb + o * I;                                                                                  \
+          FL_SIMD for (int64_t i = 0; i < I; ++i) dr[i] += go * xt[i];                                          \
+        }                                                                                                       \
+      }                                                                                                         \
+    }                                                                                                           \
+  }
+
 #define FL_HYPER_PRIMITIVES(S)                                                                                   \
   /* z[b, i, :] = x[b, i0 + i] * phi[b, :] for a block of nb samples and ni inputs (the outer-product tile). */ \
   FL_MULTIVERSION void outer_tile(const S* __restrict x, const S* __restrict phi, S* __restrict z, int64_t nb,  \
@@ -131,9 +183,12 @@ namespace {
     }                                                                                                           \
   }
 
+FL_HYPER_APPLY(float)
 FL_HYPER_PRIMITIVES(float)
+FL_HYPER_APPLY(double)
 FL_HYPER_PRIMITIVES(double)
 #undef FL_HYPER_PRIMITIVES
+#undef FL_HYPER_APPLY
 }  // namespace
 
 }  // namespace fastlayers::hyper
