@@ -207,8 +207,14 @@ def _op_args(shape, dtype):
     return r(b, t, i), r(b, h), r(o * i + o, h), r(o, i), r(o)
 
 
+# The last two cross the Triton tile borders: samples, outputs and h (T = 1); inputs, outputs, h and the dphi
+# partial sums (T > 1).
+TRITON_SHAPES = [(5, 1, 4, 3, 6), (20, 1, 17, 19, 20), (7, 3, 5, 2, 4), (9, 18, 17, 19, 20), (70, 1, 20, 70, 70),
+                 (3, 20, 40, 40, 40)]
+
+
 @needs_triton
-@pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (20, 1, 17, 19, 20), (7, 3, 5, 2, 4), (9, 18, 17, 19, 20)])
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_triton_matches_reference(shape, dtype):
     from fastlayers.kernels import hyper as tk
@@ -403,7 +409,7 @@ def test_interval_bad_input():
 
 
 @needs_triton
-@pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (9, 18, 17, 19, 20)])
+@pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (9, 18, 17, 19, 20), (3, 20, 40, 40, 40)])
 @pytest.mark.parametrize("w0", [True, False])
 def test_triton_abs_linear_matches_reference(shape, w0):
     from fastlayers.kernels import hyper as tk
