@@ -99,6 +99,16 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(hyper_linear(x, phi, w), reference.hyper_linear(x, phi, w))
 
 
+def test_strided_bias_and_base_weight():
+    (x, phi, w), _ = _inputs((4, None, 3, 2, 5), "none")
+    bias = torch.randn(8, 2, dtype=torch.float64)[:, 0]
+    base_weight = torch.randn(3, 2, dtype=torch.float64).t()
+    base_bias = torch.randn(2, 3, dtype=torch.float64)[:, 1]
+    for t in (x, x.unsqueeze(1).expand(4, 3, 3)):
+        torch.testing.assert_close(hyper_linear(t, phi, w, bias, base_weight, base_bias),
+                                   reference.hyper_linear(t, phi, w, bias, base_weight, base_bias))
+
+
 def test_shapes_and_squeeze():
     (x, phi, w), _ = _inputs((4, None, 3, 5, 2), "none")
     assert hyper_linear(x, phi, w).shape == (4, 5)

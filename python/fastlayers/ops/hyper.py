@@ -64,7 +64,7 @@ def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; use one dtype")
     if x.device.type not in _KERNEL_DEVICES:
         return _reference.hyper_linear(x, phi, weight, bias, base_weight, base_bias)
-    w0 = None if bias is None else bias[: n_out * n_in].view(n_out, n_in)
+    w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
     b0 = None if bias is None else bias[n_out * n_in:]
     if base_weight is not None:
         w0 = base_weight if w0 is None else w0 + base_weight
@@ -151,7 +151,7 @@ def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
     n_out = weight.shape[0] // (n_in + 1)
     y_r = hyper_linear(x_c.abs() + x_r, phi_r, weight.abs())
     rows = weight[: n_out * n_in]
-    w0 = None if bias is None else bias[: n_out * n_in].view(n_out, n_in)
+    w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
     x3 = x_r.unsqueeze(1) if x_r.dim() == 2 else x_r
     if x_c.device.type in _KERNEL_DEVICES:
         abs_term = torch.ops.fastlayers.hyper_abs_linear_fwd(x3, phi_c, rows, w0)
