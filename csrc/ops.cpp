@@ -60,4 +60,17 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "block_spmm_bwd_blocks(Tensor rowptr, Tensor col, Tensor perm, Tensor grad_out, Tensor x, bool diag)"
       " -> Tensor");
+
+  // hyper: fused generate-and-apply of a hypernetwork's linear layer (x [B, T, I], phi [B, h], weight [O*I + O, h],
+  // w0 [O, I] and b0 [O] the static weight and bias). y [B, T, O]; the per-sample weights are never materialised.
+  m.def("hyper_linear_fwd(Tensor x, Tensor phi, Tensor weight, Tensor? w0, Tensor? b0) -> Tensor");
+  m.def(
+      "hyper_linear_bwd(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0, bool need_input,"
+      " bool need_weight) -> (Tensor grad_x, Tensor grad_phi, Tensor grad_weight, Tensor grad_w0, Tensor grad_b0)");
+  // y[b, t] = |reshape(weight phi_b, [O, I]) + w0| x[b, t] with weight [O*I, h]: the |W_c| x_r term of interval
+  // propagation through a generated layer (interval_hyper_linear).
+  m.def("hyper_abs_linear_fwd(Tensor x, Tensor phi, Tensor weight, Tensor? w0) -> Tensor");
+  m.def(
+      "hyper_abs_linear_bwd(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0)"
+      " -> (Tensor grad_x, Tensor grad_phi, Tensor grad_weight, Tensor grad_w0)");
 }

@@ -1,7 +1,9 @@
 """Drop-in nn.Modules on fastlayers ops."""
 
 from .eca import ECA, convert_timm
+from .hyper import HyperLinear, HyperNetwork, IntervalHyperNetwork, mip_encode
 from .mp import DirGNNConv, GATConv, GCNConv, GINConv, SAGEConv, SheafConv, SignedConv
 
 __all__ = ["ECA", "convert_timm"]
 __all__ += ["GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv", "SheafConv"]
+__all__ += ["HyperLinear", "HyperNetwork", "IntervalHyperNetwork", "mip_encode"]

@@ -1,9 +1,11 @@
 """Public functional ops. Each validates its arguments and calls ``torch.ops.fastlayers.<op>``."""
 
 from .eca import eca
+from .hyper import hyper_linear, interval_hyper_linear
 from .mp import block_spmm, edge_softmax, scatter, scatter_max, scatter_min, sddmm, segment, spmm
 from .ncache import ncache_lookup, ncache_pair_features, ncache_update
 
 __all__ = ["eca"]
 __all__ += ["scatter", "scatter_max", "scatter_min", "segment", "spmm", "sddmm", "edge_softmax", "block_spmm"]
 __all__ += ["ncache_update", "ncache_lookup", "ncache_pair_features"]
+__all__ += ["hyper_linear", "interval_hyper_linear"]

@@ -3,8 +3,10 @@ fallback on devices that have no fastlayers kernel."""
 
 from .eca import eca
 from . import mp
+from .hyper import hyper_abs_linear, hyper_linear, interval_hyper_linear, interval_linear
 from .ncache import ncache_lookup, ncache_pair_features, ncache_update
 
 __all__ = ["eca"]
 __all__ += ["mp"]
 __all__ += ["ncache_update", "ncache_lookup", "ncache_pair_features"]
+__all__ += ["hyper_abs_linear", "hyper_linear", "interval_hyper_linear", "interval_linear"]
