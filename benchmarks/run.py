@@ -8,6 +8,7 @@ import argparse
 import glob
 import importlib
 import os
+import subprocess
 import sys
 
 import torch
@@ -38,16 +39,33 @@ def main(argv=None) -> int:
     args.out = args.out or os.path.join(HERE, "results", "quick" if args.quick else "")
     min_run_time = args.min_run_time or (0.1 if args.quick else 1.0)
 
-    modules = {f: importlib.import_module(f"bench_{f}") for f in chosen}
-    total = sum(len(m.specs(args.device, args.quick)) for m in modules.values())
-    with tqdm(total=total, desc="benchmarks", unit="case") as progress:
-        for family, mod in modules.items():
-            result = harness.run_cases(family, mod, args.device, args.quick, min_run_time, progress)
-            path = harness.write_json(result, args.out)
-            tqdm.write(f"\n{family} on {args.device} (copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s) -> {path}")
-            tqdm.write(harness.markdown_table(result))
+    if len(chosen) > 1:
+        return _each_in_own_process(chosen, argv if argv is not None else sys.argv[1:], args.out)
+    family = chosen[0]
+    mod = importlib.import_module(f"bench_{family}")
+    with tqdm(total=len(mod.specs(args.device, args.quick)), desc=family, unit="case") as progress:
+        result = harness.run_cases(family, mod, args.device, args.quick, min_run_time, progress)
+    path = harness.write_json(result, args.out)
+    print(f"\n{family} on {args.device} (copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s) -> {path}")
+    print(harness.markdown_table(result))
     report = harness.write_report(args.out)
-    print(f"\nreport: {report}")
+    print(f"\nreport: {report}", flush=True)
+    return 0
+
+
+def _each_in_own_process(chosen, argv, out_dir) -> int:
+    """One process per family: process-wide state one family sets (allocator settings, thread pools, the
+    fastlayers output pool) cannot leak into another family's figures, and one failure does not stop the rest."""
+    flags = [a for a in argv if a not in chosen]
+    failed = []
+    for family in chosen:
+        print(f"\n=== {family}", flush=True)
+        if subprocess.run([sys.executable, os.path.abspath(__file__), family, *flags]).returncode != 0:
+            failed.append(family)
+    print(f"\nreport: {harness.write_report(out_dir)}")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
