@@ -1,0 +1,1 @@
+"""Thin model classes of the research systems that use fastlayers kernels."""
