@@ -111,7 +111,9 @@ def partner(P: torch.Tensor, hq: torch.Tensor, hc: torch.Tensor):
 @torch.library.register_fake("fastlayers::sinkhorn_fwd")
 def _sinkhorn_fwd_fake(logits, row_mask, col_mask, tau, num_iters, reference):
     b, n, m = logits.shape
-    return (logits.new_empty((b, n, m)), logits.new_empty((b, num_iters, n)), logits.new_empty((b, num_iters, m)))
+    side = torch.float64 if logits.dtype == torch.float64 else torch.float32  # lse vectors: compute dtype
+    return (logits.new_empty((b, n, m)), logits.new_empty((b, num_iters, n), dtype=side),
+            logits.new_empty((b, num_iters, m), dtype=side))
 
 
 @torch.library.register_fake("fastlayers::sinkhorn_bwd")
