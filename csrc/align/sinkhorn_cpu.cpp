@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "align/fast_math.h"
+#include "align/vec.h"
 #include "common/checks.h"
 #define FASTLAYERS_WITH_TORCH_API
 #include "common/cpu_cache.h"
@@ -85,7 +86,9 @@ FL_INLINE void exact_col_lse(const T* __restrict x0, int64_t n, int64_t m, int64
 template <typename T>
 FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64_t n, int64_t m, int64_t ms,
                                   int64_t iters, T* __restrict a, T* __restrict b, T* __restrict w) {
+  using V = typename align::Vec<T>::type;
   constexpr int64_t L = kLanes<T>;
+  const int64_t nv = ms / L;
   T* A = w;          // [n]
   T* inv_s = A + n;  // [n]
   T* B = inv_s + n;  // [ms]
@@ -99,30 +102,26 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64
     for (int64_t i = 0; i < n; ++i) {
       const T* x0i = x0 + i * ms;
       T* ei = E + i * ms;
-      alignas(64) T v[L];
       // After a column step every entry of the state x0 - A - B is <= 0, so A_i is a safe shift (no overflow)
       // and saves the max pass; the row's exp-sum then only underflows if the whole row is below ~1e-30, in
       // which case the row is redone with its true max.
-      T mx = A[i];
+      T mx = A[i], sum = 0;
       for (int pass = t == 0 ? 1 : 0; pass < 2; ++pass) {
         if (pass == 1) {
-          FL_SIMD for (int64_t l = 0; l < L; ++l) v[l] = x0i[l] - B[l];
-          for (int64_t j0 = L; j0 < ms; j0 += L) {
-            FL_SIMD for (int64_t l = 0; l < L; ++l) v[l] = std::max(v[l], x0i[j0 + l] - B[j0 + l]);
-          }
-          mx = lanes_max(v);
+          V vm = align::vload<V>(x0i) - align::vload<V>(B);
+          for (int64_t k = 1; k < nv; ++k)
+            vm = align::vmax(vm, align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L));
+          mx = align::hmax(vm);
         }
-        FL_SIMD for (int64_t l = 0; l < L; ++l) v[l] = 0;
-        for (int64_t j0 = 0; j0 < ms; j0 += L) {
-          FL_SIMD for (int64_t l = 0; l < L; ++l) {
-            const T e = fast_exp(x0i[j0 + l] - B[j0 + l] - mx);
-            ei[j0 + l] = e;
-            v[l] += e;
-          }
+        V acc{};
+        for (int64_t k = 0; k < nv; ++k) {
+          const V e = align::vexp(align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L) - mx);
+          align::vstore(ei + k * L, e);
+          acc += e;
         }
-        if (lanes_sum(v) >= kTinySum<T>) break;
+        sum = align::hsum(acc);
+        if (sum >= kTinySum<T>) break;
       }
-      const T sum = v[0];
       at[i] = mx;  // finished to max + log(sum) - A_old below, in a vector pass
       inv_s[i] = sum;
     }
@@ -132,13 +131,10 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64
       A[i] = lse;
       inv_s[i] = T(1) / inv_s[i];
     }
-    for (int64_t j = 0; j < ms; ++j) cs[j] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* ei = E + i * ms;
-      const T r = inv_s[i];
-      for (int64_t j0 = 0; j0 < ms; j0 += L) {
-        FL_SIMD for (int64_t j = j0; j < j0 + L; ++j) cs[j] += ei[j] * r;
-      }
+    for (int64_t k = 0; k < nv; ++k) {
+      V acc{};
+      for (int64_t i = 0; i < n; ++i) acc += align::vload<V>(E + i * ms + k * L) * inv_s[i];
+      align::vstore(cs + k * L, acc);
     }
     bool tiny = false;
     for (int64_t j = 0; j < m; ++j) tiny |= !(cs[j] >= kTinySum<T>);
@@ -153,9 +149,8 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64
     const T* x0i = x0 + i * ms;
     T* pi = P + i * ms;
     const T Ai = A[i];
-    for (int64_t j0 = 0; j0 < ms; j0 += L) {
-      FL_SIMD for (int64_t j = j0; j < j0 + L; ++j) pi[j] = fast_exp(x0i[j] - Ai - B[j]);
-    }
+    for (int64_t k = 0; k < nv; ++k)
+      align::vstore(pi + k * L, align::vexp(align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L) - Ai));
   }
 }
 

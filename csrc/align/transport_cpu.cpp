@@ -1,12 +1,15 @@
 // Transport by an alignment P on the CPU: the asymmetric hinge score s = -sum ReLU(hq - P hc) and the partner
-// features (P hc, P^T hq) of the early-interaction layers, with their gradients. One task per pair; a pair's
-// P (N x M) and features (N x D, M x D) are a few KiB, so each is read from cache after its first touch and the
-// residual R = hq - P hc is recomputed in the backward rather than stored.
+// features (P hc, P^T hq) of the early-interaction layers, with their gradients.
+//
+// The products are batches of tiny GEMMs (N, M ~ 20, D ~ 10) that ATen's batched GEMM already runs near peak;
+// a hand loop over D = 10 loses to it (the vector length is not a multiple of the lanes). So the products go to
+// at::bmm_out into pooled outputs, and what this file fuses is the elementwise part: the hinge and its sum in one
+// pass over P hc (no ReLU tensor, no separate reduction), and the ReLU mask straight into the gradient.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
+#include <algorithm>
 
 #include "common/checks.h"
 #define FASTLAYERS_WITH_TORCH_API
@@ -36,36 +39,28 @@ Dims check(const at::Tensor& hq, const at::Tensor& hc, const at::Tensor& P, cons
   return d;
 }
 
-// out[u, :] = sum_v P[u, v] h[v, :] (trans = false) or sum_v P[v, u] h[v, :] (trans = true).
-template <typename T>
-void transport(const T* P, const T* h, T* out, int64_t N, int64_t M, int64_t D, bool trans) {
-  const int64_t rows = trans ? M : N, inner = trans ? N : M;
-  for (int64_t u = 0; u < rows; ++u) {
-    T* o = out + u * D;
-    FL_SIMD for (int64_t k = 0; k < D; ++k) o[k] = 0;
-    for (int64_t v = 0; v < inner; ++v) {
-      const T w = trans ? P[v * M + u] : P[u * M + v];
-      const T* hv = h + v * D;
-      FL_SIMD for (int64_t k = 0; k < D; ++k) o[k] += w * hv[k];
-    }
-  }
+// out = a @ b (batched) into a pooled tensor; an empty inner dimension gives zeros.
+at::Tensor bmm_cached(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = empty_cached({a.size(0), a.size(1), b.size(2)}, a.options());
+  if (a.size(2) == 0) return out.zero_();
+  at::bmm_out(out, a, b);
+  return out;
 }
 
-at::Tensor align_score_fwd_cpu(const at::Tensor& hq_in, const at::Tensor& hc_in, const at::Tensor& P_in) {
-  const Dims d = check(hq_in, hc_in, P_in, "align_score");
-  const at::Tensor hq = hq_in.contiguous(), hc = hc_in.contiguous(), P = P_in.contiguous();
+at::Tensor align_score_fwd_cpu(const at::Tensor& hq_in, const at::Tensor& hc_in, const at::Tensor& P) {
+  const Dims d = check(hq_in, hc_in, P, "align_score");
+  const at::Tensor hq = hq_in.contiguous();
+  const at::Tensor t = bmm_cached(P, hc_in);
   at::Tensor s = empty_cached({d.B}, P.options());
+  const int64_t nd = d.N * d.D;
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "align_score_fwd_cpu", [&] {
-    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *c = hc.const_data_ptr<scalar_t>(),
-                   *p = P.const_data_ptr<scalar_t>();
+    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *tp = t.const_data_ptr<scalar_t>();
     scalar_t* out = s.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> t(d.N * d.D);
+    at::parallel_for(0, d.B, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nd)), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        transport(p + b * d.N * d.M, c + b * d.M * d.D, t.data(), d.N, d.M, d.D, false);
-        const scalar_t* qb = q + b * d.N * d.D;
+        const scalar_t *qb = q + b * nd, *tb = tp + b * nd;
         scalar_t acc = 0;
-        for (int64_t k = 0; k < d.N * d.D; ++k) acc += std::max(qb[k] - t[k], scalar_t(0));
+        FL_SIMD_SUM(acc) for (int64_t k = 0; k < nd; ++k) acc += std::max(qb[k] - tb[k], scalar_t(0));
         out[b] = -acc;
       }
     });
@@ -74,105 +69,48 @@ at::Tensor align_score_fwd_cpu(const at::Tensor& hq_in, const at::Tensor& hc_in,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> align_score_bwd_cpu(const at::Tensor& gs_in, const at::Tensor& hq_in,
-                                                                   const at::Tensor& hc_in, const at::Tensor& P_in) {
-  const Dims d = check(hq_in, hc_in, P_in, "align_score_bwd");
+                                                                   const at::Tensor& hc, const at::Tensor& P) {
+  const Dims d = check(hq_in, hc, P, "align_score_bwd");
   TORCH_CHECK(gs_in.dim() == 1 && gs_in.size(0) == d.B, "align_score_bwd: grad_s must be [B]");
-  const at::Tensor hq = hq_in.contiguous(), hc = hc_in.contiguous(), P = P_in.contiguous();
+  const at::Tensor hq = hq_in.contiguous();
   const at::Tensor gs = gs_in.to(P.scalar_type()).contiguous();
+  const at::Tensor t = bmm_cached(P, hc);
+  // grad_hq = dR = -g * [hq - P hc > 0] (ReLU's gradient is 0 at 0, as in torch)
   at::Tensor gq = empty_cached({d.B, d.N, d.D}, P.options());
-  at::Tensor gc = empty_cached({d.B, d.M, d.D}, P.options());
-  at::Tensor gP = empty_cached({d.B, d.N, d.M}, P.options());
+  const int64_t nd = d.N * d.D;
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "align_score_bwd_cpu", [&] {
-    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *c = hc.const_data_ptr<scalar_t>(),
-                   *p = P.const_data_ptr<scalar_t>(), *g = gs.const_data_ptr<scalar_t>();
-    scalar_t *oq = gq.mutable_data_ptr<scalar_t>(), *oc = gc.mutable_data_ptr<scalar_t>(),
-             *oP = gP.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> t(d.N * d.D);
+    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *tp = t.const_data_ptr<scalar_t>(),
+                   *g = gs.const_data_ptr<scalar_t>();
+    scalar_t* dR = gq.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, d.B, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nd)), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* pb = p + b * d.N * d.M;
-        const scalar_t* cb = c + b * d.M * d.D;
-        const scalar_t* qb = q + b * d.N * d.D;
-        transport(pb, cb, t.data(), d.N, d.M, d.D, false);
-        // dR = -g * [R > 0] (ReLU's gradient is 0 at 0, as in torch); grad_hq = dR.
-        scalar_t* dR = oq + b * d.N * d.D;
-        for (int64_t k = 0; k < d.N * d.D; ++k) dR[k] = (qb[k] - t[k]) > 0 ? -g[b] : scalar_t(0);
-        // grad_P[u, v] = -<dR[u], hc[v]>; grad_hc = -P^T dR.
-        scalar_t* gpb = oP + b * d.N * d.M;
-        for (int64_t u = 0; u < d.N; ++u) {
-          for (int64_t v = 0; v < d.M; ++v) {
-            scalar_t acc = 0;
-            FL_SIMD_SUM(acc) for (int64_t k = 0; k < d.D; ++k) acc += dR[u * d.D + k] * cb[v * d.D + k];
-            gpb[u * d.M + v] = -acc;
-          }
-        }
-        scalar_t* gcb = oc + b * d.M * d.D;
-        transport(pb, dR, gcb, d.N, d.M, d.D, true);
-        for (int64_t k = 0; k < d.M * d.D; ++k) gcb[k] = -gcb[k];
+        const scalar_t gb = -g[b];
+        FL_SIMD for (int64_t k = b * nd; k < (b + 1) * nd; ++k) dR[k] = (q[k] - tp[k]) > 0 ? gb : scalar_t(0);
       }
     });
   });
+  // grad_P = -dR hc^T, grad_hc = -P^T dR
+  at::Tensor gP = bmm_cached(gq, hc.transpose(1, 2)).neg_();
+  at::Tensor gc = bmm_cached(P.transpose(1, 2), gq).neg_();
   return {gq, gc, gP};
 }
 
-std::tuple<at::Tensor, at::Tensor> partner_fwd_cpu(const at::Tensor& P_in, const at::Tensor& hq_in,
-                                                   const at::Tensor& hc_in) {
-  const Dims d = check(hq_in, hc_in, P_in, "partner");
-  const at::Tensor hq = hq_in.contiguous(), hc = hc_in.contiguous(), P = P_in.contiguous();
-  at::Tensor qp = empty_cached({d.B, d.N, d.D}, P.options());
-  at::Tensor cp = empty_cached({d.B, d.M, d.D}, P.options());
-  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "partner_fwd_cpu", [&] {
-    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *c = hc.const_data_ptr<scalar_t>(),
-                   *p = P.const_data_ptr<scalar_t>();
-    scalar_t *oq = qp.mutable_data_ptr<scalar_t>(), *oc = cp.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* pb = p + b * d.N * d.M;
-        transport(pb, c + b * d.M * d.D, oq + b * d.N * d.D, d.N, d.M, d.D, false);
-        transport(pb, q + b * d.N * d.D, oc + b * d.M * d.D, d.N, d.M, d.D, true);
-      }
-    });
-  });
-  return {qp, cp};
+std::tuple<at::Tensor, at::Tensor> partner_fwd_cpu(const at::Tensor& P, const at::Tensor& hq, const at::Tensor& hc) {
+  check(hq, hc, P, "partner");
+  return {bmm_cached(P, hc), bmm_cached(P.transpose(1, 2), hq)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> partner_bwd_cpu(const at::Tensor& gqp_in, const at::Tensor& gcp_in,
-                                                               const at::Tensor& P_in, const at::Tensor& hq_in,
-                                                               const at::Tensor& hc_in) {
-  const Dims d = check(hq_in, hc_in, P_in, "partner_bwd");
-  TORCH_CHECK(gqp_in.sizes() == hq_in.sizes() && gcp_in.sizes() == hc_in.sizes(),
+                                                               const at::Tensor& P, const at::Tensor& hq,
+                                                               const at::Tensor& hc) {
+  check(hq, hc, P, "partner_bwd");
+  TORCH_CHECK(gqp_in.sizes() == hq.sizes() && gcp_in.sizes() == hc.sizes(),
               "partner_bwd: gradients must have the shapes of hq and hc");
-  const at::Tensor hq = hq_in.contiguous(), hc = hc_in.contiguous(), P = P_in.contiguous();
-  const at::Tensor gqp = gqp_in.to(P.scalar_type()).contiguous(), gcp = gcp_in.to(P.scalar_type()).contiguous();
-  at::Tensor gP = empty_cached({d.B, d.N, d.M}, P.options());
-  at::Tensor gq = empty_cached({d.B, d.N, d.D}, P.options());
-  at::Tensor gc = empty_cached({d.B, d.M, d.D}, P.options());
-  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "partner_bwd_cpu", [&] {
-    const scalar_t *q = hq.const_data_ptr<scalar_t>(), *c = hc.const_data_ptr<scalar_t>(),
-                   *p = P.const_data_ptr<scalar_t>(), *a = gqp.const_data_ptr<scalar_t>(),
-                   *e = gcp.const_data_ptr<scalar_t>();
-    scalar_t *oP = gP.mutable_data_ptr<scalar_t>(), *oq = gq.mutable_data_ptr<scalar_t>(),
-             *oc = gc.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.B, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* pb = p + b * d.N * d.M;
-        const scalar_t *qb = q + b * d.N * d.D, *cb = c + b * d.M * d.D;
-        const scalar_t *ab = a + b * d.N * d.D, *eb = e + b * d.M * d.D;
-        // grad_P[u, v] = <g_qp[u], hc[v]> + <hq[u], g_cp[v]>
-        for (int64_t u = 0; u < d.N; ++u) {
-          for (int64_t v = 0; v < d.M; ++v) {
-            scalar_t acc = 0;
-            FL_SIMD_SUM(acc)
-            for (int64_t k = 0; k < d.D; ++k) acc += ab[u * d.D + k] * cb[v * d.D + k] + qb[u * d.D + k] * eb[v * d.D + k];
-            oP[b * d.N * d.M + u * d.M + v] = acc;
-          }
-        }
-        transport(pb, eb, oq + b * d.N * d.D, d.N, d.M, d.D, false);  // grad_hq = P g_cp
-        transport(pb, ab, oc + b * d.M * d.D, d.N, d.M, d.D, true);   // grad_hc = P^T g_qp
-      }
-    });
-  });
-  return {gP, gq, gc};
+  const at::Tensor gqp = gqp_in.to(P.scalar_type()), gcp = gcp_in.to(P.scalar_type());
+  // grad_P = g_qp hc^T + hq g_cp^T; grad_hq = P g_cp; grad_hc = P^T g_qp
+  at::Tensor gP = bmm_cached(gqp, hc.transpose(1, 2));
+  if (hq.size(2) > 0) gP.baddbmm_(hq, gcp.transpose(1, 2));
+  return {gP, bmm_cached(P, gcp), bmm_cached(P.transpose(1, 2), gqp)};
 }
 
 }  // namespace
