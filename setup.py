@@ -95,6 +95,7 @@ setup(
         "fastlayers.nn",
         "fastlayers.models",
         "fastlayers.data",
+        "fastlayers.examples",
         "fastlayers.kernels",
     ],
     package_dir={"fastlayers": "python/fastlayers", "fastlayers.kernels": "kernels"},

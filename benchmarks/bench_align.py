@@ -50,9 +50,7 @@ def build(spec, device):
     if kind == "align_score":
         return _score_case(b, n, device)
     if kind == "isonetpp_node":
-        from isonet_bench import isonet_case  # noqa: PLC0415  (imported only when the models exist)
-
-        return isonet_case(b, device)
+        return _isonet_case(b, device)
     x = torch.randn(b, n, n, device=device)
     nbytes = x.numel() * x.element_size()
     ones = torch.ones(b, n, device=device)
@@ -98,3 +96,32 @@ def _score_case(b, n, device, d=10):
     return Case(name="align_score forward+backward", shape=f"B={b} N=M={n} D={d}",
                 ours=lambda: run(align_score), peer=lambda: run(eager.align_score), peer_name="eager",
                 min_bytes=3 * nbytes)
+
+
+def _isonet_case(b, device, max_nodes=20):
+    # Random pairs of the benchmark's sizes (queries 6-15 nodes, corpus 17-20), so the row runs without the data.
+    import numpy as np
+
+    from fastlayers.data import make_batch
+    from fastlayers.models import IsoNetPP
+
+    rng = np.random.default_rng(0)
+
+    def graph(lo, hi):
+        n = int(rng.integers(lo, hi + 1))
+        e = [(i, int(rng.integers(0, i))) for i in range(1, n)]  # a random tree, then a few extra edges
+        e += [(int(u), int(v)) for u, v in rng.integers(0, n, (4, 2)) if u > v and (u, v) not in e]
+        return n, np.asarray(e[:24], dtype=np.int64)
+
+    queries = [graph(6, 15) for _ in range(b)]
+    corpus = [graph(17, max_nodes) for _ in range(b)]
+    batch = make_batch(queries, corpus, [(i, i) for i in range(b)]).to(device)
+    ours = IsoNetPP().to(device).eval()
+    peer = IsoNetPP(ops="eager").to(device).eval()
+    peer.load_state_dict(ours.state_dict())
+
+    def run(m):
+        with torch.no_grad():
+            return m(batch)
+    return Case(name="IsoNet++ node forward (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
+                peer=lambda: run(peer), peer_name="same model, eager ops", min_bytes=0)
