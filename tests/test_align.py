@@ -401,3 +401,20 @@ def test_cuda_transport_gradcheck():
     xs = [t.clone().requires_grad_() for t in (hq, hc, P)]
     assert torch.autograd.gradcheck(align_score, xs)
     assert torch.autograd.gradcheck(lambda p, q, c: partner(p, q, c), [xs[2], xs[0], xs[1]])
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    def f(x, rm, cm, hq, hc):
+        P = sinkhorn(x, rm, cm, num_iters=5)
+        qp, _ = partner(P, hq, hc)
+        return align_score(qp, hc, P)
+
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    rm, cm = _masks("random", 3, 4, 5)
+    hq, hc = torch.randn(3, 4, 2), torch.randn(3, 5, 2)
+    compiled = torch.compile(f, fullgraph=True)
+    out = compiled(x, rm, cm, hq, hc)
+    torch.testing.assert_close(out, f(x, rm, cm, hq, hc))
+    (g,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(g, torch.autograd.grad(f(x, rm, cm, hq, hc).sum(), x)[0])
