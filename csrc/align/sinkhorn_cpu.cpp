@@ -30,8 +30,7 @@ using align::fast_exp;
 using align::fast_log;
 
 // ---- dense half-steps on the gathered n x m block -------------------------------------------------------------
-// Rows have stride ms, a multiple of kLanes (one 64-byte vector; GCC leaves shorter loops scalar in the AVX-512
-// clone), so inner loops
+// Rows have stride ms, a multiple of kLanes (one vector of vec.h), so inner loops
 // are whole vectors with no scalar tail; padding columns hold kPad, whose exp is negligible in row sums, and get
 // column shift 0.
 //
@@ -43,29 +42,11 @@ using align::fast_log;
 // below ~1e-30 (float) / 1e-300 (double) of its row maxima; such a column step is redone in the log domain.
 
 template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);
+constexpr int64_t kLanes = 64 / sizeof(T);  // one align::Vec<T>
 template <typename T>
 constexpr T kPad = sizeof(T) == 4 ? T(-1e30) : T(-1e300);
 template <typename T>
 constexpr T kTinySum = sizeof(T) == 4 ? T(1e-30) : T(1e-290);
-
-// Horizontal sum / max of one vector of lanes: a tree, since an omp simd reduction without -ffast-math ends in
-// kLanes dependent scalar adds.
-template <typename T>
-FL_INLINE T lanes_sum(T* v) {
-  for (int64_t w = kLanes<T> / 2; w > 0; w /= 2) {
-    FL_SIMD for (int64_t l = 0; l < w; ++l) v[l] += v[l + w];
-  }
-  return v[0];
-}
-
-template <typename T>
-FL_INLINE T lanes_max(T* v) {
-  for (int64_t w = kLanes<T> / 2; w > 0; w /= 2) {
-    FL_SIMD for (int64_t l = 0; l < w; ++l) v[l] = std::max(v[l], v[l + w]);
-  }
-  return v[0];
-}
 
 // Log-domain column step for the rare underflow case: b_j = lse_i(x0_ij - A_i) - B_j.
 template <typename T>
@@ -162,12 +143,16 @@ template <typename T>
 FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int64_t n, int64_t m, int64_t ms,
                                    int64_t iters, const T* __restrict a, const T* __restrict b, T* __restrict E,
                                    T* __restrict w) {
+  using V = typename align::Vec<T>::type;
+  using align::vload;
+  using align::vstore;
   constexpr int64_t L = kLanes<T>;
-  T* A = w;       // [n]
-  T* r = A + n;   // [n] row sums of g
-  T* B = r + n;   // [ms]
-  T* s = B + ms;  // [ms] column sums of g
-  T* eb = s + ms; // [ms] exp(b_t)
+  const int64_t nv = ms / L;
+  T* A = w;        // [n]
+  T* r = A + n;    // [n] row sums of g
+  T* B = r + n;    // [ms]
+  T* s = B + ms;   // [ms] column sums of g
+  T* eb = s + ms;  // [ms] exp(b_t)
   for (int64_t i = 0; i < n; ++i) A[i] = 0;
   for (int64_t j = 0; j < ms; ++j) B[j] = 0;
   for (int64_t t = 0; t < iters; ++t) {
@@ -179,11 +164,10 @@ FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int6
     const T* x0i = x0 + i * ms;
     T* gi = g + i * ms;
     const T Ai = A[i];
-    for (int64_t j0 = 0; j0 < ms; j0 += L) {
-      FL_SIMD for (int64_t j = j0; j < j0 + L; ++j) {
-        gi[j] *= fast_exp(x0i[j] - Ai - B[j]);
-        s[j] += gi[j];
-      }
+    for (int64_t k = 0; k < nv; ++k) {
+      const V gv = vload<V>(gi + k * L) * align::vexp(vload<V>(x0i + k * L) - vload<V>(B + k * L) - Ai);
+      vstore(gi + k * L, gv);
+      vstore(s + k * L, vload<V>(s + k * L) + gv);
     }
   }
   for (int64_t t = iters - 1; t >= 0; --t) {
@@ -193,17 +177,15 @@ FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int6
       T* gi = g + i * ms;
       T* ei = E + i * ms;
       const T Ai = A[i];
-      alignas(64) T v[L];
-      FL_SIMD for (int64_t l = 0; l < L; ++l) v[l] = 0;
-      for (int64_t j0 = 0; j0 < ms; j0 += L) {
-        FL_SIMD for (int64_t l = 0; l < L; ++l) {
-          const int64_t j = j0 + l;
-          ei[j] = fast_exp(x0i[j] - Ai - B[j]);
-          gi[j] -= ei[j] * s[j];
-          v[l] += gi[j];
-        }
+      V acc{};
+      for (int64_t k = 0; k < nv; ++k) {
+        const V e = align::vexp(vload<V>(x0i + k * L) - vload<V>(B + k * L) - Ai);
+        vstore(ei + k * L, e);
+        const V gv = vload<V>(gi + k * L) - e * vload<V>(s + k * L);
+        vstore(gi + k * L, gv);
+        acc += gv;
       }
-      r[i] = lanes_sum(v);
+      r[i] = align::hsum(acc);
     }
     for (int64_t j = 0; j < m; ++j) {
       B[j] -= b[t * m + j];
@@ -211,17 +193,16 @@ FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int6
     }
     for (int64_t j = m; j < ms; ++j) eb[j] = 0;
     // Row step t, then the column sums for column step t - 1.
-    for (int64_t j = 0; j < ms; ++j) s[j] = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      T* gi = g + i * ms;
-      const T* ei = E + i * ms;
-      const T ri = r[i];
-      for (int64_t j0 = 0; j0 < ms; j0 += L) {
-        FL_SIMD for (int64_t j = j0; j < j0 + L; ++j) {
-          gi[j] -= ei[j] * eb[j] * ri;
-          s[j] += gi[j];
-        }
+    for (int64_t k = 0; k < nv; ++k) {
+      const V ebv = vload<V>(eb + k * L);
+      V acc{};
+      for (int64_t i = 0; i < n; ++i) {
+        T* gik = g + i * ms + k * L;
+        const V gv = vload<V>(gik) - vload<V>(E + i * ms + k * L) * ebv * r[i];
+        vstore(gik, gv);
+        acc += gv;
       }
+      vstore(s + k * L, acc);
     }
     for (int64_t i = 0; i < n; ++i) A[i] -= a[t * n + i];
   }
