@@ -418,3 +418,9 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(out, f(x, rm, cm, hq, hc))
     (g,) = torch.autograd.grad(out.sum(), x)
     torch.testing.assert_close(g, torch.autograd.grad(f(x, rm, cm, hq, hc).sum(), x)[0])
+
+
+@pytest.mark.cuda
+def test_cuda_large_pairs_fall_back_to_reference():
+    x = torch.randn(2, 70, 66, device="cuda", dtype=F64)
+    torch.testing.assert_close(sinkhorn(x), reference.sinkhorn(x))

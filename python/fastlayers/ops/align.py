@@ -10,6 +10,13 @@ from .. import _validate as V
 from ..reference import align as _ref
 
 _KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
+_GPU_MAX_SIDE = 64  # the Triton kernels keep a pair on chip: larger pairs (and D) take the eager reference
+
+
+def _has_kernel(t: torch.Tensor, *sides: int) -> bool:
+    if t.device.type not in _KERNEL_DEVICES:
+        return False
+    return t.device.type == "cpu" or max(sides, default=0) <= _GPU_MAX_SIDE
 _MODES = ("masked", "reference")
 
 
@@ -43,7 +50,8 @@ def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.
             only real entries receive noise. generator: torch.Generator for the noise.
 
     Returns:
-        P [B, N, M], logits' dtype. Differentiable in logits.
+        P [B, N, M], logits' dtype. Differentiable in logits. On CUDA, pairs larger than 64 x 64 run the eager
+        reference (the Triton kernel keeps a pair on chip).
     """
     V.tensor("logits", logits)
     if logits.dim() != 3:
@@ -60,7 +68,7 @@ def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.
     b, n, m = logits.shape
     rm = _mask("row_mask", row_mask, b, n, logits.device)
     cm = _mask("col_mask", col_mask, b, m, logits.device)
-    if logits.device.type not in _KERNEL_DEVICES:
+    if not _has_kernel(logits, n, m):
         return _ref.sinkhorn(logits, rm, cm, tau, num_iters, mode, noise, generator)
     if noise:
         logits = logits + noise * _ref.gumbel_noise(logits.shape, logits.dtype, logits.device, generator)
@@ -89,7 +97,7 @@ def align_score(hq: torch.Tensor, hc: torch.Tensor, P: torch.Tensor) -> torch.Te
     hq [B, N, D], hc [B, M, D], P [B, N, M], one float dtype. Returns s [B]; differentiable in all three.
     """
     _check_transport(hq, hc, P)
-    if P.device.type not in _KERNEL_DEVICES:
+    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
         return _ref.align_score(hq, hc, P)
     return torch.ops.fastlayers.align_score_fwd(hq, hc, P)
 
@@ -100,7 +108,7 @@ def partner(P: torch.Tensor, hq: torch.Tensor, hc: torch.Tensor):
     P [B, N, M], hq [B, N, D], hc [B, M, D], one float dtype. Differentiable in all three.
     """
     _check_transport(hq, hc, P)
-    if P.device.type not in _KERNEL_DEVICES:
+    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
         return _ref.partner(P, hq, hc)
     return torch.ops.fastlayers.partner_fwd(P, hq, hc)
 
