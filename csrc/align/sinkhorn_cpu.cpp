@@ -1,8 +1,8 @@
 // Batched log-domain Sinkhorn on the CPU: forward and its reverse sweep.
 //
 // One task per pair. The pair's real rows and columns (mode "masked") or all of them with padded logits 0 (mode
-// "reference") are gathered into a dense n x m buffer that stays in L1 for all 2 * num_iters half-steps; a
-// half-step is a max pass, a vectorised exp-sum pass and a subtract pass. The forward keeps every half-step's
+// "reference") are gathered into a dense n x m buffer that stays in L1 for all 2 * num_iters half-steps, which
+// run on explicit vectors (vec.h) with a vectorised exp and log. The forward keeps every half-step's
 // logsumexp vector (row_lse [B, T, N], col_lse [B, T, M]); the backward never materialises the intermediate
 // matrices: the state after any half-step is x0 - A_i - B_j with A, B running sums of those vectors, so it
 // recomputes exp(state) on the fly while it walks the half-steps in reverse
@@ -30,8 +30,8 @@ using align::fast_exp;
 using align::fast_log;
 
 // ---- dense half-steps on the gathered n x m block -------------------------------------------------------------
-// Rows have stride ms, a multiple of kLanes (one vector of vec.h), so inner loops
-// are whole vectors with no scalar tail; padding columns hold kPad, whose exp is negligible in row sums, and get
+// Rows have stride ms, a multiple of kLanes (one vector of vec.h), so inner loops are whole vectors with no
+// scalar tail; padding columns hold kPad, whose exp is negligible in row sums, and get
 // column shift 0.
 //
 // The state after any half-step is x0 - A_i - B_j, with A, B the running sums of the row and column lse vectors
@@ -51,7 +51,7 @@ constexpr T kTinySum = sizeof(T) == 4 ? T(1e-30) : T(1e-290);
 // Log-domain column step for the rare underflow case: b_j = lse_i(x0_ij - A_i) - B_j.
 template <typename T>
 FL_INLINE void exact_col_lse(const T* __restrict x0, int64_t n, int64_t m, int64_t ms, const T* __restrict A,
-                             const T* __restrict B, T* __restrict bt, T* __restrict cmax, T* __restrict cs) {
+                             const T* __restrict B, T* __restrict bt) {
   for (int64_t j = 0; j < m; ++j) {
     T mx = -std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x0[i * ms + j] - A[i]);
@@ -59,8 +59,6 @@ FL_INLINE void exact_col_lse(const T* __restrict x0, int64_t n, int64_t m, int64
     for (int64_t i = 0; i < n; ++i) sum += std::exp(x0[i * ms + j] - A[i] - mx);
     bt[j] = mx + std::log(sum) - B[j];
   }
-  (void)cmax;
-  (void)cs;
 }
 
 // x0: [n, ms]; a: [iters, n], b: [iters, m]; P: [n, ms] out; w: scratch of 2n + 2ms.
@@ -120,7 +118,7 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64
     bool tiny = false;
     for (int64_t j = 0; j < m; ++j) tiny |= !(cs[j] >= kTinySum<T>);
     if (tiny) {
-      exact_col_lse(x0, n, m, ms, A, B, bt, cs, cs);
+      exact_col_lse(x0, n, m, ms, A, B, bt);
     } else {
       FL_SIMD for (int64_t j = 0; j < m; ++j) bt[j] = fast_log(cs[j]);
     }
