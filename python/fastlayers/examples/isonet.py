@@ -34,11 +34,12 @@ def pairwise_hinge(scores, labels, margin=0.5):
     return torch.relu(margin - pos[:, None] + neg[None, :]).mean()
 
 
-def epoch_pairs(split, per_query, rng):
+def epoch_pairs(split, per_query, rng, neg_per_query=None):
     out = []
+    neg_per_query = per_query if neg_per_query is None else neg_per_query
     for q, (p, n) in enumerate(zip(split.pos, split.neg)):
         out += [(q, c, 1) for c in rng.sample(p, min(per_query, len(p)))]
-        out += [(q, c, 0) for c in rng.sample(n, min(per_query, len(n)))]
+        out += [(q, c, 0) for c in rng.sample(n, min(neg_per_query, len(n)))]
     rng.shuffle(out)
     return out
 
@@ -74,7 +75,10 @@ def main(argv=None):
     ap.add_argument("--budget-min", type=float, default=30.0, help="stop training after this many minutes")
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--pairs-per-query", type=int, default=16)
+    ap.add_argument("--pairs-per-query", type=int, default=16, help="positives drawn per query and epoch")
+    ap.add_argument("--negatives-per-query", type=int, default=None, help="default: --pairs-per-query")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
     ap.add_argument("--val-negatives", type=int, default=200, help="negatives per val query (None: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -86,13 +90,15 @@ def main(argv=None):
     rng = random.Random(args.seed)
     train, val, test = (load_subgraph_split(args.root, args.dataset, s) for s in ("train", "val", "test"))
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, weights_only=True))
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=5e-4)
     best, best_state, bad, epoch_times = -1.0, None, 0, []
     start = time.time()
     bar = tqdm(range(args.epochs), desc=f"{args.model} {args.dataset}")
     for epoch in bar:
         t0 = time.time()
-        pairs = epoch_pairs(train, args.pairs_per_query, rng)
+        pairs = epoch_pairs(train, args.pairs_per_query, rng, args.negatives_per_query)
         losses = []
         for i in tqdm(range(0, len(pairs), args.batch), desc=f"epoch {epoch}", leave=False):
             chunk = pairs[i : i + args.batch]
