@@ -1,8 +1,5 @@
-// Branch-free exp and log for the Sinkhorn kernels, written so GCC vectorises it inside `omp simd` loops (std::exp/log do
-// not vectorise without -ffast-math and libmvec). Range reduction x = n ln2 + r with |r| <= ln2/2, a polynomial
-// for e^r, and 2^n built from the bits of the rounding sum itself, so there is no float -> int conversion (AVX2
-// has none for int64). Inputs are clamped to the normal range, and below it the result is 0 rather than a denormal (denormal
-// arithmetic takes microcode assists costing ~100 cycles each); the values lost are below 1e-38 / 1e-308.
+// Branch-free log for the Sinkhorn kernels, written so GCC vectorises it inside `omp simd` loops (std::log does
+// not vectorise without -ffast-math and libmvec), and a guard that flushes denormals. The exp is in vec.h.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -27,57 +24,6 @@ class FlushDenormals {
   unsigned saved_;
 #endif
 };
-
-FL_INLINE float fast_exp(float x0) {
-  float x = x0 < -87.0f ? -87.0f : (x0 > 88.0f ? 88.0f : x0);
-  // Adding 1.5 * 2^23 rounds to an integer n held in the low mantissa bits.
-  const float shifted = x * 1.44269504088896341f + 12582912.0f;
-  const float n = shifted - 12582912.0f;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  // Cephes expf coefficients: relative error below 2 ulp on |r| <= ln2/2.
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  uint32_t bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + 127) << 23;  // the bits of 1.5 * 2^23 above the exponent field shift out
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x0 < -87.0f ? 0.0f : p * scale;
-}
-
-FL_INLINE double fast_exp(double x0) {
-  double x = x0 < -708.0 ? -708.0 : (x0 > 709.0 ? 709.0 : x0);
-  const double shifted = x * 1.4426950408889634074 + 6755399441055744.0;  // 1.5 * 2^52
-  const double n = shifted - 6755399441055744.0;
-  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  // Taylor to degree 13: truncation below 1e-17 on |r| <= ln2/2, so the error is Horner's rounding (~1 ulp).
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  uint64_t bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return x0 < -708.0 ? 0.0 : p * scale;
-}
 
 // log(x) for x >= 1 (the kernels take it of sums that include exp(0) = 1): x = 2^e * m with m in
 // [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, by its odd series. The exponent

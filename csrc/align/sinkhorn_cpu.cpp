@@ -26,7 +26,6 @@
 namespace fastlayers {
 namespace {
 
-using align::fast_exp;
 using align::fast_log;
 
 // ---- dense half-steps on the gathered n x m block -------------------------------------------------------------
