@@ -2,7 +2,9 @@
 
 from .dtrn import DTRN
 from .hyperinterval import HyperInterval
+from .isonet import IsoNet, IsoNetPP
 from .nat import NAT
 
 __all__ = ["NAT"]
 __all__ += ["DTRN", "HyperInterval"]
+__all__ += ["IsoNet", "IsoNetPP"]

@@ -1,0 +1,127 @@
+"""Alignment refinement: fastlayers.ops.sinkhorn vs the eager loop of the published IsoNet/IsoNet++ code and POT's
+batch log-domain solver (same 20 iterations, tau 0.1, rows then columns), forward and forward+backward; the
+fused hinge score; and one IsoNet++ node forward on fastlayers ops vs the same model on eager ops."""
+
+import torch
+from harness import Case
+
+from fastlayers.ops import align_score, sinkhorn
+from fastlayers.reference import align as eager
+
+try:
+    import ot.batch as ot_batch
+except ImportError:  # GPU check machines may lack POT: its rows are left out
+    ot_batch = None
+
+TAU, ITERS = 0.1, 20
+SHAPES = [(b, n) for b in (128, 1024) for n in (20, 24, 64)]
+QUICK_SHAPES = [(128, 20)]
+
+
+def specs(device, quick):
+    out = []
+    for b, n in QUICK_SHAPES if quick else SHAPES:
+        for mode in ("forward", "forward+backward"):
+            out.append(("sinkhorn", b, n, mode, "eager"))
+            if ot_batch is not None:
+                out.append(("sinkhorn", b, n, mode, "pot"))
+    out.append(("align_score", 128, 20, "forward+backward", "eager"))
+    if _models_available():
+        out.append(("isonetpp_node", 128, 20, "forward", "eager"))
+    return out
+
+
+def _models_available():
+    try:
+        from fastlayers.models import IsoNetPP  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pot_plan(x, ones, grad):
+    # Marginals of ones: P is doubly stochastic like the published loop's; tol 0 runs all ITERS iterations.
+    return ot_batch.solve_batch(-x, reg=TAU, a=ones, b=ones, max_iter=ITERS, tol=0.0, method="log_sinkhorn",
+                                grad=grad).plan
+
+
+def build(spec, device):
+    kind, b, n, mode, peer = spec
+    if kind == "align_score":
+        return _score_case(b, n, device)
+    if kind == "isonetpp_node":
+        return _isonet_case(b, device)
+    x = torch.randn(b, n, n, device=device)
+    nbytes = x.numel() * x.element_size()
+    ones = torch.ones(b, n, device=device)
+
+    def ours_fwd():
+        return sinkhorn(x, tau=TAU, num_iters=ITERS, mode="reference")
+
+    def eager_fwd():
+        return eager.sinkhorn(x, tau=TAU, num_iters=ITERS, mode="reference")
+
+    if mode == "forward":
+        with_grad = False
+
+        def run(f):
+            with torch.no_grad():
+                return f()
+        peer_fn = (lambda: _pot_plan(x, ones, "detach")) if peer == "pot" else eager_fwd
+        min_bytes = 2 * nbytes
+    else:
+        with_grad = True
+        x.requires_grad_()
+        g = torch.randn_like(x)
+
+        def run(f):
+            return torch.autograd.grad(f(), x, g)
+        peer_fn = (lambda: _pot_plan(x, ones, "autodiff")) if peer == "pot" else eager_fwd
+        min_bytes = 5 * nbytes  # forward 2|x|; backward reads g and x, writes dx
+    del with_grad
+    return Case(name=f"sinkhorn {mode}", shape=f"B={b} N=M={n}", ours=lambda: run(ours_fwd),
+                peer=lambda: run(peer_fn), peer_name="POT ot.batch log_sinkhorn" if peer == "pot" else "eager loop",
+                min_bytes=min_bytes)
+
+
+def _score_case(b, n, device, d=10):
+    hq = torch.randn(b, n, d, device=device, requires_grad=True)
+    hc = torch.randn(b, n, d, device=device, requires_grad=True)
+    P = torch.rand(b, n, n, device=device, requires_grad=True)
+    g = torch.randn(b, device=device)
+
+    def run(f):
+        return torch.autograd.grad(f(hq, hc, P), (hq, hc, P), g)
+    nbytes = 4 * (hq.numel() + hc.numel() + P.numel())
+    return Case(name="align_score forward+backward", shape=f"B={b} N=M={n} D={d}",
+                ours=lambda: run(align_score), peer=lambda: run(eager.align_score), peer_name="eager",
+                min_bytes=3 * nbytes)
+
+
+def _isonet_case(b, device, max_nodes=20):
+    # Random pairs of the benchmark's sizes (queries 6-15 nodes, corpus 17-20), so the row runs without the data.
+    import numpy as np
+
+    from fastlayers.data import make_batch
+    from fastlayers.models import IsoNetPP
+
+    rng = np.random.default_rng(0)
+
+    def graph(lo, hi):
+        n = int(rng.integers(lo, hi + 1))
+        e = [(i, int(rng.integers(0, i))) for i in range(1, n)]  # a random tree, then a few extra edges
+        e += [(int(u), int(v)) for u, v in rng.integers(0, n, (4, 2)) if u > v and (u, v) not in e]
+        return n, np.asarray(e[:24], dtype=np.int64)
+
+    queries = [graph(6, 15) for _ in range(b)]
+    corpus = [graph(17, max_nodes) for _ in range(b)]
+    batch = make_batch(queries, corpus, [(i, i) for i in range(b)]).to(device)
+    ours = IsoNetPP().to(device).eval()
+    peer = IsoNetPP(ops="eager").to(device).eval()
+    peer.load_state_dict(ours.state_dict())
+
+    def run(m):
+        with torch.no_grad():
+            return m(batch)
+    return Case(name="IsoNet++ node forward (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
+                peer=lambda: run(peer), peer_name="same model, eager ops", min_bytes=0)

@@ -1,0 +1,297 @@
+"""Alignment refinement in Triton: batched log-domain Sinkhorn (forward and reverse sweep), the hinge score and
+partner transport, with their backward kernels.
+
+One program per pair keeps the whole N x M tile (N, M <= 64) in registers for all 2 * num_iters half-steps, so a
+forward is one launch that reads the logits once and writes P and the per-half-step logsumexp vectors. The
+backward recomputes every intermediate state as x0 - A_i - B_j from running sums A, B of those vectors while it
+walks the half-steps in reverse (row step y = x - lse_row(x): dx = dy - exp(y) * rowsum(dy); columns alike).
+Compute is float32 (float64 for float64 inputs); P and gradients come back in the input dtype.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _alloc
+
+MAX_SIDE = 64
+
+
+@triton.jit
+def _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE: tl.constexpr, ACC: tl.constexpr,
+             BN: tl.constexpr, BM: tl.constexpr):
+    # x0 = logits / tau on the active block: in-bounds entries (reference: padded ones set to 0) or real ones
+    # (masked: the rest -inf). Returns (x0, active, real, row_active, col_active).
+    offs_n = tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    in_n = offs_n < N
+    in_m = offs_m < M
+    rm = tl.load(rm_ptr + pid * N + offs_n, mask=in_n, other=0) != 0
+    cm = tl.load(cm_ptr + pid * M + offs_m, mask=in_m, other=0) != 0
+    inb = in_n[:, None] & in_m[None, :]
+    real = rm[:, None] & cm[None, :]
+    off = pid * N * M + offs_n[:, None] * M + offs_m[None, :]
+    v = tl.load(l_ptr + off, mask=inb & real, other=0.0).to(ACC) * inv_tau
+    if REFERENCE:
+        active = inb
+        row_active = in_n
+        col_active = in_m
+        # A pair with no column (or row) at all has nothing to normalise.
+    else:
+        active = inb & real
+        row_active = in_n & rm & (tl.sum(cm.to(tl.int32), axis=0) > 0)
+        col_active = in_m & cm & (tl.sum(rm.to(tl.int32), axis=0) > 0)
+    x0 = tl.where(active, v, float("-inf"))
+    return x0, active, real, row_active, col_active
+
+
+@triton.jit
+def _lse(x, axis: tl.constexpr, has):
+    # logsumexp along axis; a line with no active entry (all -inf) gets 0 instead of NaN.
+    mx = tl.max(x, axis=axis)
+    mx = tl.where(has, mx, 0.0)
+    if axis == 1:
+        s = tl.sum(tl.exp(x - mx[:, None]), axis=1)
+    else:
+        s = tl.sum(tl.exp(x - mx[None, :]), axis=0)
+    return tl.where(has, mx + tl.log(tl.where(has, s, 1.0)), 0.0)
+
+
+@triton.jit
+def _sinkhorn_fwd_kernel(l_ptr, rm_ptr, cm_ptr, p_ptr, rl_ptr, cl_ptr, N, M, inv_tau, ITERS,
+                         REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    x, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE, ACC,
+                                                       BN, BM)
+    offs_n = tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    for t in range(0, ITERS):
+        a = _lse(x, 1, row_active)
+        x = x - a[:, None]
+        tl.store(rl_ptr + (pid * ITERS + t) * N + offs_n, a, mask=offs_n < N)
+        b = _lse(x, 0, col_active)
+        x = x - b[None, :]
+        tl.store(cl_ptr + (pid * ITERS + t) * M + offs_m, b, mask=offs_m < M)
+    p = tl.where(active, tl.exp(x), 0.0)
+    off = pid * N * M + offs_n[:, None] * M + offs_m[None, :]
+    tl.store(p_ptr + off, p.to(p_ptr.dtype.element_ty), mask=(offs_n < N)[:, None] & (offs_m < M)[None, :])
+
+
+@triton.jit
+def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, N, M, inv_tau, ITERS,
+                         REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    x0, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE,
+                                                        ACC, BN, BM)
+    offs_n = tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    in_n = offs_n < N
+    in_m = offs_m < M
+    A = tl.zeros([BN], dtype=ACC)
+    B = tl.zeros([BM], dtype=ACC)
+    for t in range(0, ITERS):
+        A += tl.load(rl_ptr + (pid * ITERS + t) * N + offs_n, mask=in_n, other=0.0).to(ACC)
+        B += tl.load(cl_ptr + (pid * ITERS + t) * M + offs_m, mask=in_m, other=0.0).to(ACC)
+    off = pid * N * M + offs_n[:, None] * M + offs_m[None, :]
+    inb = in_n[:, None] & in_m[None, :]
+    g = tl.load(g_ptr + off, mask=inb & active, other=0.0).to(ACC)
+    g = g * tl.where(active, tl.exp(x0 - A[:, None] - B[None, :]), 0.0)
+    for tt in range(0, ITERS):
+        t = ITERS - 1 - tt
+        e = tl.where(active, tl.exp(x0 - A[:, None] - B[None, :]), 0.0)
+        g = g - e * tl.sum(g, axis=0)[None, :]
+        B -= tl.load(cl_ptr + (pid * ITERS + t) * M + offs_m, mask=in_m, other=0.0).to(ACC)
+        e = tl.where(active, tl.exp(x0 - A[:, None] - B[None, :]), 0.0)
+        g = g - e * tl.sum(g, axis=1)[:, None]
+        A -= tl.load(rl_ptr + (pid * ITERS + t) * N + offs_n, mask=in_n, other=0.0).to(ACC)
+    # Reference mode overwrites padded logits with 0: they get no gradient.
+    g = tl.where(active & real, g * inv_tau, 0.0)
+    tl.store(out_ptr + off, g.to(out_ptr.dtype.element_ty), mask=inb)
+
+
+def _acc(t):
+    return (torch.float64, tl.float64) if t.dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _blocks(n, m):
+    if n > MAX_SIDE or m > MAX_SIDE:
+        raise ValueError(f"the Triton Sinkhorn keeps a pair on chip: N, M <= {MAX_SIDE}, got {n} x {m}")
+    return max(triton.next_power_of_2(n), 2), max(triton.next_power_of_2(m), 2)
+
+
+def sinkhorn_fwd(logits, row_mask, col_mask, tau, num_iters, reference):
+    """Triton launcher of fastlayers::sinkhorn_fwd: (P [B, N, M], row_lse [B, T, N], col_lse [B, T, M])."""
+    logits = logits.contiguous()
+    b, n, m = logits.shape
+    acc_t, acc_tl = _acc(logits)
+    P = _alloc.empty((b, n, m), logits.dtype, logits.device)
+    rl = _alloc.empty((b, num_iters, n), acc_t, logits.device)
+    cl = _alloc.empty((b, num_iters, m), acc_t, logits.device)
+    if b * n * m == 0:
+        return P, rl.zero_(), cl.zero_()
+    bn, bm = _blocks(n, m)
+    _sinkhorn_fwd_kernel[(b,)](logits, row_mask.contiguous(), col_mask.contiguous(), P, rl, cl, n, m, 1.0 / tau,
+                               num_iters, REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm)
+    return P, rl, cl
+
+
+def sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, tau, reference):
+    """Triton launcher of fastlayers::sinkhorn_bwd: grad_logits [B, N, M]."""
+    logits = logits.contiguous()
+    b, n, m = logits.shape
+    acc_t, acc_tl = _acc(logits)
+    out = _alloc.empty((b, n, m), logits.dtype, logits.device)
+    if b * n * m == 0:
+        return out
+    bn, bm = _blocks(n, m)
+    _sinkhorn_bwd_kernel[(b,)](grad_P.contiguous(), logits, row_mask.contiguous(), col_mask.contiguous(),
+                               row_lse.to(acc_t).contiguous(), col_lse.to(acc_t).contiguous(), out, n, m, 1.0 / tau,
+                               row_lse.shape[1], REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm)
+    return out
+
+
+# ---- transport: hinge score and partner features -------------------------------------------------------------
+
+
+@triton.jit
+def _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+           BD: tl.constexpr):
+    offs_n = tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    in_n = offs_n < N
+    in_m = offs_m < M
+    in_d = offs_d < D
+    P = tl.load(p_ptr + pid * N * M + offs_n[:, None] * M + offs_m[None, :], mask=in_n[:, None] & in_m[None, :],
+                other=0.0).to(ACC)
+    q = tl.load(q_ptr + pid * N * D + offs_n[:, None] * D + offs_d[None, :], mask=in_n[:, None] & in_d[None, :],
+                other=0.0).to(ACC)
+    c = tl.load(c_ptr + pid * M * D + offs_m[:, None] * D + offs_d[None, :], mask=in_m[:, None] & in_d[None, :],
+                other=0.0).to(ACC)
+    return P, q, c
+
+
+@triton.jit
+def _store(ptr, v, pid, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    offs_r = tl.arange(0, BR)
+    offs_c = tl.arange(0, BC)
+    tl.store(ptr + pid * R * C + offs_r[:, None] * C + offs_c[None, :], v.to(ptr.dtype.element_ty),
+             mask=(offs_r < R)[:, None] & (offs_c < C)[None, :])
+
+
+@triton.jit
+def _load(ptr, pid, R, C, ACC: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    offs_r = tl.arange(0, BR)
+    offs_c = tl.arange(0, BC)
+    return tl.load(ptr + pid * R * C + offs_r[:, None] * C + offs_c[None, :],
+                   mask=(offs_r < R)[:, None] & (offs_c < C)[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _score_fwd_kernel(q_ptr, c_ptr, p_ptr, s_ptr, N, M, D, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                      BD: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
+    t = tl.sum(P[:, :, None] * c[None, :, :], axis=1)
+    r = tl.maximum(q - t, 0.0)
+    tl.store(s_ptr + pid, (-tl.sum(tl.sum(r, axis=1), axis=0)).to(s_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _score_bwd_kernel(gs_ptr, q_ptr, c_ptr, p_ptr, gq_ptr, gc_ptr, gp_ptr, N, M, D, ACC: tl.constexpr,
+                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
+    t = tl.sum(P[:, :, None] * c[None, :, :], axis=1)
+    gs = tl.load(gs_ptr + pid).to(ACC)
+    # ReLU's gradient is 0 at 0, as in torch.
+    dR = tl.where(q - t > 0, -gs, 0.0)
+    _store(gq_ptr, dR, pid, N, D, BN, BD)
+    _store(gp_ptr, -tl.sum(dR[:, None, :] * c[None, :, :], axis=2), pid, N, M, BN, BM)
+    _store(gc_ptr, -tl.sum(P[:, :, None] * dR[:, None, :], axis=0), pid, M, D, BM, BD)
+
+
+@triton.jit
+def _partner_fwd_kernel(p_ptr, q_ptr, c_ptr, qp_ptr, cp_ptr, N, M, D, ACC: tl.constexpr, BN: tl.constexpr,
+                        BM: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
+    _store(qp_ptr, tl.sum(P[:, :, None] * c[None, :, :], axis=1), pid, N, D, BN, BD)
+    _store(cp_ptr, tl.sum(P[:, :, None] * q[:, None, :], axis=0), pid, M, D, BM, BD)
+
+
+@triton.jit
+def _partner_bwd_kernel(gqp_ptr, gcp_ptr, p_ptr, q_ptr, c_ptr, gp_ptr, gq_ptr, gc_ptr, N, M, D,
+                        ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
+    a = _load(gqp_ptr, pid, N, D, ACC, BN, BD)
+    e = _load(gcp_ptr, pid, M, D, ACC, BM, BD)
+    gP = tl.sum(a[:, None, :] * c[None, :, :], axis=2) + tl.sum(q[:, None, :] * e[None, :, :], axis=2)
+    _store(gp_ptr, gP, pid, N, M, BN, BM)
+    _store(gq_ptr, tl.sum(P[:, :, None] * e[None, :, :], axis=1), pid, N, D, BN, BD)
+    _store(gc_ptr, tl.sum(P[:, :, None] * a[:, None, :], axis=0), pid, M, D, BM, BD)
+
+
+def _tblocks(P, hq):
+    _, n, m = P.shape
+    d = hq.shape[2]
+    bn, bm = _blocks(n, m)
+    return bn, bm, max(triton.next_power_of_2(d), 2)
+
+
+def align_score_fwd(hq, hc, P):
+    """Triton launcher of fastlayers::align_score_fwd: s [B]."""
+    hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
+    b, n, m = P.shape
+    s = _alloc.empty((b,), P.dtype, P.device)
+    if b == 0:
+        return s
+    if n * m * hq.shape[2] == 0:
+        return s.zero_()
+    bn, bm, bd = _tblocks(P, hq)
+    _score_fwd_kernel[(b,)](hq, hc, P, s, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+    return s
+
+
+def align_score_bwd(grad_s, hq, hc, P):
+    """Triton launcher of fastlayers::align_score_bwd: (grad_hq, grad_hc, grad_P)."""
+    hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
+    b, n, m = P.shape
+    gq = _alloc.empty(hq.shape, hq.dtype, hq.device)
+    gc = _alloc.empty(hc.shape, hc.dtype, hc.device)
+    gp = _alloc.empty(P.shape, P.dtype, P.device)
+    if b * n * m * hq.shape[2] == 0:
+        return gq.zero_(), gc.zero_(), gp.zero_()
+    bn, bm, bd = _tblocks(P, hq)
+    _score_bwd_kernel[(b,)](grad_s.contiguous(), hq, hc, P, gq, gc, gp, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn,
+                            BM=bm, BD=bd)
+    return gq, gc, gp
+
+
+def partner_fwd(P, hq, hc):
+    """Triton launcher of fastlayers::partner_fwd: (P hc, P^T hq)."""
+    hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
+    b, n, m = P.shape
+    qp = _alloc.empty(hq.shape, hq.dtype, hq.device)
+    cp = _alloc.empty(hc.shape, hc.dtype, hc.device)
+    if b * n * m * hq.shape[2] == 0:
+        return qp.zero_(), cp.zero_()
+    bn, bm, bd = _tblocks(P, hq)
+    _partner_fwd_kernel[(b,)](P, hq, hc, qp, cp, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+    return qp, cp
+
+
+def partner_bwd(grad_qp, grad_cp, P, hq, hc):
+    """Triton launcher of fastlayers::partner_bwd: (grad_P, grad_hq, grad_hc)."""
+    hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
+    b, n, m = P.shape
+    gp = _alloc.empty(P.shape, P.dtype, P.device)
+    gq = _alloc.empty(hq.shape, hq.dtype, hq.device)
+    gc = _alloc.empty(hc.shape, hc.dtype, hc.device)
+    if b * n * m * hq.shape[2] == 0:
+        return gp.zero_(), gq.zero_(), gc.zero_()
+    bn, bm, bd = _tblocks(P, hq)
+    _partner_bwd_kernel[(b,)](grad_qp.contiguous(), grad_cp.contiguous(), P, hq, hc, gp, gq, gc, n, m,
+                              hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+    return gp, gq, gc

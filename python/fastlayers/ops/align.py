@@ -1,0 +1,207 @@
+"""Alignment refinement ops: batched log-domain Sinkhorn, the asymmetric hinge score and partner transport.
+
+Kernels: C++ on the CPU (csrc/align/), Triton on CUDA (kernels/align.py). This module holds the public
+functions, the fake kernels and the autograd formulas (backward ops, never autograd through the loop).
+"""
+
+import torch
+
+from .. import _validate as V
+from ..reference import align as _ref
+
+_KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
+_GPU_MAX_SIDE = 64  # the Triton kernels keep a pair on chip: larger pairs (and D) take the eager reference
+
+
+def _has_kernel(t: torch.Tensor, *sides: int) -> bool:
+    if t.device.type not in _KERNEL_DEVICES:
+        return False
+    return t.device.type == "cpu" or max(sides, default=0) <= _GPU_MAX_SIDE
+_MODES = ("masked", "reference")
+
+
+def _mask(name, mask, b, n, device):
+    if mask is None:
+        return torch.ones(b, n, dtype=torch.bool, device=device)
+    V.tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = real node), got {mask.dtype}")
+    if tuple(mask.shape) != (b, n):
+        raise ValueError(f"{name} must have shape [{b}, {n}], got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but logits is on {device}; move them to one device")
+    return mask
+
+
+def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.1, num_iters: int = 20,
+             mode: str = "masked", noise: float = 0.0, generator=None) -> torch.Tensor:
+    """Batched log-domain Sinkhorn: ``num_iters`` times subtract the row logsumexp, then the column logsumexp,
+    of ``logits / tau``; returns ``P = exp(.)``.
+
+    Args:
+        logits: [B, N, M] float32/float64 (CPU; also float16/bfloat16 on CUDA, computed in float32).
+        row_mask: bool [B, N], True for real rows (query nodes); None means all real.
+        col_mask: bool [B, M], True for real columns (corpus nodes); None means all real.
+        tau: temperature > 0. num_iters: >= 1 (each is a row and a column half-step).
+        mode: "masked" (padded rows/columns excluded and returned as 0; a pair with no real row or column
+            gives an all-zero P, never NaN) or "reference" (padded logits set to 0 and kept, reproducing the
+            published IsoNet/IsoNet++ loop exactly).
+        noise: scale of Gumbel noise added to the logits before dividing by tau (0 = off). In reference mode
+            only real entries receive noise. generator: torch.Generator for the noise.
+
+    Returns:
+        P [B, N, M], logits' dtype. Differentiable in logits. On CUDA, pairs larger than 64 x 64 run the eager
+        reference (the Triton kernel keeps a pair on chip).
+    """
+    V.tensor("logits", logits)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be 3-D [B, N, M], got shape {tuple(logits.shape)}")
+    V.floating("logits", logits)
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+        raise ValueError(f"tau must be a number > 0, got {tau!r}")
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"num_iters must be an int >= 1, got {num_iters!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    b, n, m = logits.shape
+    rm = _mask("row_mask", row_mask, b, n, logits.device)
+    cm = _mask("col_mask", col_mask, b, m, logits.device)
+    if not _has_kernel(logits, n, m):
+        return _ref.sinkhorn(logits, rm, cm, tau, num_iters, mode, noise, generator)
+    if noise:
+        logits = logits + noise * _ref.gumbel_noise(logits.shape, logits.dtype, logits.device, generator)
+    return torch.ops.fastlayers.sinkhorn_fwd(logits, rm, cm, float(tau), num_iters, mode == "reference")[0]
+
+
+def _check_transport(hq, hc, P):
+    for name, t in (("hq", hq), ("hc", hc), ("P", P)):
+        V.tensor(name, t)
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be 3-D, got shape {tuple(t.shape)}")
+        V.floating(name, t)
+    V.same_device(P=P, hq=hq, hc=hc)
+    b, n, m = P.shape
+    if hq.shape[:2] != (b, n):
+        raise ValueError(f"hq must be [B, N, D] = [{b}, {n}, D] to match P {tuple(P.shape)}, got {tuple(hq.shape)}")
+    if tuple(hc.shape) != (b, m, hq.shape[2]):
+        raise ValueError(f"hc must be [B, M, D] = [{b}, {m}, {hq.shape[2]}], got {tuple(hc.shape)}")
+    if not (hq.dtype == hc.dtype == P.dtype):
+        raise TypeError(f"hq, hc and P must share a dtype, got {hq.dtype}, {hc.dtype}, {P.dtype}")
+
+
+def align_score(hq: torch.Tensor, hc: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Asymmetric hinge score ``s[b] = -sum_{u,d} ReLU(hq - P hc)[b, u, d]`` (q must be covered by c).
+
+    hq [B, N, D], hc [B, M, D], P [B, N, M], one float dtype. Returns s [B]; differentiable in all three.
+    """
+    _check_transport(hq, hc, P)
+    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
+        return _ref.align_score(hq, hc, P)
+    return torch.ops.fastlayers.align_score_fwd(hq, hc, P)
+
+
+def partner(P: torch.Tensor, hq: torch.Tensor, hc: torch.Tensor):
+    """Partner features ``(P hc [B, N, D], P^T hq [B, M, D])`` for the early-interaction layers.
+
+    P [B, N, M], hq [B, N, D], hc [B, M, D], one float dtype. Differentiable in all three.
+    """
+    _check_transport(hq, hc, P)
+    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
+        return _ref.partner(P, hq, hc)
+    return torch.ops.fastlayers.partner_fwd(P, hq, hc)
+
+
+# ---- fake kernels ----------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("fastlayers::sinkhorn_fwd")
+def _sinkhorn_fwd_fake(logits, row_mask, col_mask, tau, num_iters, reference):
+    b, n, m = logits.shape
+    side = torch.float64 if logits.dtype == torch.float64 else torch.float32  # lse vectors: compute dtype
+    return (logits.new_empty((b, n, m)), logits.new_empty((b, num_iters, n), dtype=side),
+            logits.new_empty((b, num_iters, m), dtype=side))
+
+
+@torch.library.register_fake("fastlayers::sinkhorn_bwd")
+def _sinkhorn_bwd_fake(grad_P, logits, row_mask, col_mask, row_lse, col_lse, tau, reference):
+    return logits.new_empty(logits.shape)
+
+
+@torch.library.register_fake("fastlayers::align_score_fwd")
+def _align_score_fwd_fake(hq, hc, P):
+    return P.new_empty((P.shape[0],))
+
+
+@torch.library.register_fake("fastlayers::align_score_bwd")
+def _align_score_bwd_fake(grad_s, hq, hc, P):
+    return hq.new_empty(hq.shape), hc.new_empty(hc.shape), P.new_empty(P.shape)
+
+
+@torch.library.register_fake("fastlayers::partner_fwd")
+def _partner_fwd_fake(P, hq, hc):
+    return hq.new_empty(hq.shape), hc.new_empty(hc.shape)
+
+
+@torch.library.register_fake("fastlayers::partner_bwd")
+def _partner_bwd_fake(grad_qp, grad_cp, P, hq, hc):
+    return P.new_empty(P.shape), hq.new_empty(hq.shape), hc.new_empty(hc.shape)
+
+
+# ---- autograd --------------------------------------------------------------------------------------------------
+
+
+def _sinkhorn_setup(ctx, inputs, output):
+    logits, row_mask, col_mask, tau, _num_iters, reference = inputs
+    _, row_lse, col_lse = output
+    ctx.mark_non_differentiable(row_lse, col_lse)
+    ctx.save_for_backward(logits, row_mask, col_mask, row_lse, col_lse)
+    ctx.tau, ctx.reference = tau, reference
+
+
+def _sinkhorn_backward(ctx, grad_P, _g_row, _g_col):
+    logits, row_mask, col_mask, row_lse, col_lse = ctx.saved_tensors
+    grad = torch.ops.fastlayers.sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, ctx.tau,
+                                             ctx.reference)
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd("fastlayers::sinkhorn_fwd", _sinkhorn_backward, setup_context=_sinkhorn_setup)
+
+
+def _score_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _score_backward(ctx, grad_s):
+    hq, hc, P = ctx.saved_tensors
+    return torch.ops.fastlayers.align_score_bwd(grad_s, hq, hc, P)
+
+
+torch.library.register_autograd("fastlayers::align_score_fwd", _score_backward, setup_context=_score_setup)
+
+
+def _partner_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _partner_backward(ctx, grad_qp, grad_cp):
+    P, hq, hc = ctx.saved_tensors
+    # A partner output that did not reach the loss comes back as None.
+    grad_qp = torch.zeros_like(hq) if grad_qp is None else grad_qp
+    grad_cp = torch.zeros_like(hc) if grad_cp is None else grad_cp
+    return torch.ops.fastlayers.partner_bwd(grad_qp, grad_cp, P, hq, hc)
+
+
+torch.library.register_autograd("fastlayers::partner_fwd", _partner_backward, setup_context=_partner_setup)
+
+try:
+    from ..kernels import align as _triton_align
+except ImportError:  # no Triton: CUDA tensors take the eager reference
+    _triton_align = None
+else:
+    for _name in ("sinkhorn_fwd", "sinkhorn_bwd", "align_score_fwd", "align_score_bwd", "partner_fwd",
+                  "partner_bwd"):
+        torch.library.register_kernel(f"fastlayers::{_name}", "cuda", getattr(_triton_align, _name))
+    _KERNEL_DEVICES.add("cuda")

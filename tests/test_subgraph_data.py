@@ -1,0 +1,108 @@
+"""fastlayers.data: subgraph-pair loader, pair generator, padded batches, and the MAP / HITS@k metrics."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fastlayers.data import (generate_pairs, hits_at_k, is_subgraph, load_subgraph_split, make_batch,
+                             mean_average_precision)
+
+from .conftest import SHARED_DATA
+
+ROOT = os.path.join(SHARED_DATA, "subgraph")
+needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "splits")), reason="../shared/data absent")
+
+
+def _g(n, edges):
+    return n, np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+
+
+def _ring(n):
+    return _g(n, [(i, (i + 1) % n) for i in range(n)])
+
+
+@needs_data
+@pytest.mark.parametrize("split, nq", [("train", 180), ("val", 45), ("test", 75)])
+def test_load_aids_splits(split, nq):
+    s = load_subgraph_split(ROOT, "aids", split)
+    assert len(s.queries) == nq and len(s.corpus) == 800
+    for p, n in zip(s.pos, s.neg):
+        assert sorted(p + n) == list(range(800))
+    assert all(17 <= n <= 20 for n, _ in s.corpus) and all(n <= 15 for n, _ in s.queries)
+
+
+@needs_data
+def test_labels_are_node_induced_subgraph_isomorphism():
+    s = load_subgraph_split(ROOT, "aids", "test")
+    rng = np.random.default_rng(0)
+    for q in rng.choice(len(s.queries), 3, replace=False):
+        for c in s.pos[q][:2]:
+            assert is_subgraph(s.queries[q], s.corpus[c])
+        for c in s.neg[q][:2]:
+            assert not is_subgraph(s.queries[q], s.corpus[c])
+
+
+def test_is_subgraph_is_node_induced():
+    path3 = _g(3, [(0, 1), (1, 2)])
+    assert is_subgraph(path3, _ring(5))
+    assert not is_subgraph(path3, _g(3, [(0, 1), (1, 2), (0, 2)]))  # monomorphic only: induced needs no 0-2 edge
+
+
+def test_generate_pairs_labels_every_corpus_graph():
+    corpus = [_ring(8), _g(6, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 2)]), _g(4, [(0, 1), (0, 2), (0, 3)])]
+    s = generate_pairs(corpus, num_queries=5, min_nodes=3, max_nodes=5, seed=3)
+    assert len(s.queries) == 5
+    for q, p, n in zip(s.queries, s.pos, s.neg):
+        assert sorted(p + n) == [0, 1, 2] and len(p) >= 1
+        assert 3 <= q[0] <= 5
+        for c in range(3):
+            assert (c in p) == is_subgraph(q, corpus[c])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dataset"):
+        load_subgraph_split(ROOT, "cora")
+    with pytest.raises(ValueError, match="split"):
+        load_subgraph_split(ROOT, "aids", "dev")
+    with pytest.raises(ValueError, match="min_nodes"):
+        generate_pairs([_ring(5)], 1, min_nodes=4, max_nodes=3)
+    with pytest.raises(ValueError, match="exceeds max_nodes"):
+        make_batch([_ring(25)], [_ring(5)], [(0, 0)])
+
+
+def test_make_batch_layout():
+    queries = [_g(3, [(0, 1), (1, 2)]), _g(2, [(0, 1)])]
+    corpus = [_ring(4)]
+    b = make_batch(queries, corpus, [(0, 0), (1, 0)], max_nodes=5, max_edges=6)
+    assert b.q_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    # Flat ids: pair 1's nodes start at 5; every edge appears in both directions.
+    assert sorted(map(tuple, b.q_edges.t().tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1), (5, 6), (6, 5)]
+    assert b.c_edges.shape == (2, 16)
+    assert b.q_edge_mask.sum(1).tolist() == [2, 1] and b.c_edge_mask.sum(1).tolist() == [4, 4]
+    assert b.q_edge_pairs[1, 0].tolist() == [5, 6]
+
+
+def test_mean_average_precision():
+    from sklearn.metrics import average_precision_score
+
+    scores = [np.array([3.0, 2.0, 1.0]), np.array([0.1, 0.9, 0.5, 0.2])]
+    labels = [np.array([0, 1, 1]), np.array([1, 0, 0, 1])]
+    # query 1: positives at ranks 2 and 3 -> (1/2 + 2/3) / 2
+    want = np.mean([(1 / 2 + 2 / 3) / 2, average_precision_score(labels[1], scores[1])])
+    assert mean_average_precision(scores, labels) == pytest.approx(want)
+    assert mean_average_precision([np.array([1.0, 0.0])], [np.array([1, 0])]) == 1.0
+    with pytest.raises(ValueError, match="same queries"):
+        mean_average_precision(scores, labels[:1])
+
+
+def test_hits_at_k():
+    s = np.arange(30, dtype=float)[::-1]  # 29, 28, ..., 0
+    y = np.zeros(30, dtype=int)
+    y[[0, 10, 25]] = 1  # positives at scores 29, 19, 4
+    # The 2nd highest negative scores 27: only the first positive beats it.
+    assert hits_at_k([s], [y], k=2) == pytest.approx(1 / 3)
+    # The 20th negative scores 8: two positives beat it.
+    assert hits_at_k([s], [y], k=20) == pytest.approx(2 / 3)
+    assert hits_at_k([s[:5]], [y[:5]], k=20) == 1.0
