@@ -27,6 +27,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: on a busy 2-core machine parallel regions cost far more than they save."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN so a kernel that skips writing an element is caught."""
     return t.fill_(float("nan"))

@@ -8,14 +8,6 @@ from fastlayers.models import DTRN
 from fastlayers.models.dtrn import synthetic_multitask
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model():
     return DTRN([4, 5, 6], n_items=20, n_behaviours=2, n_tasks=3, dim=8, heads=2)
 

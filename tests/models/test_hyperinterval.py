@@ -7,15 +7,6 @@ from fastlayers.examples.hyperinterval import TASKS, accuracy, split_digits
 from fastlayers.models import HyperInterval
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny layers: on a busy 2-core machine parallel regions cost far more than they save.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model():
     return HyperInterval((64, 16, 2), n_tasks=3, embedding_dim=8, hidden=(16,), eps=1.0)
 
