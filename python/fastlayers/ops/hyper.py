@@ -103,16 +103,6 @@ def _backward(ctx, grad_y):
 
 torch.library.register_autograd("fastlayers::hyper_linear_fwd", _backward, setup_context=_setup_context)
 
-try:
-    from ..kernels import hyper as _triton_hyper
-except ImportError:  # no Triton: CUDA tensors take the eager reference
-    _triton_hyper = None
-else:
-    torch.library.register_kernel("fastlayers::hyper_linear_fwd", "cuda", _triton_hyper.hyper_linear_forward)
-    torch.library.register_kernel("fastlayers::hyper_linear_bwd", "cuda", _triton_hyper.hyper_linear_backward)
-    _KERNEL_DEVICES.add("cuda")
-
-
 # ---- interval propagation (HyperInterval) ----------------------------------------------------------------------
 
 
@@ -183,6 +173,13 @@ def _abs_backward(ctx, grad_y):
 
 torch.library.register_autograd("fastlayers::hyper_abs_linear_fwd", _abs_backward, setup_context=_abs_setup_context)
 
-if _triton_hyper is not None:
+try:
+    from ..kernels import hyper as _triton_hyper
+except ImportError:  # no Triton: CUDA tensors take the eager reference
+    _triton_hyper = None
+else:
+    torch.library.register_kernel("fastlayers::hyper_linear_fwd", "cuda", _triton_hyper.hyper_linear_forward)
+    torch.library.register_kernel("fastlayers::hyper_linear_bwd", "cuda", _triton_hyper.hyper_linear_backward)
     torch.library.register_kernel("fastlayers::hyper_abs_linear_fwd", "cuda", _triton_hyper.hyper_abs_linear_forward)
     torch.library.register_kernel("fastlayers::hyper_abs_linear_bwd", "cuda", _triton_hyper.hyper_abs_linear_backward)
+    _KERNEL_DEVICES.add("cuda")
