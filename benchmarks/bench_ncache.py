@@ -1,6 +1,10 @@
 """N-cache: one NAT training step's cache work per batch -- update(B edges) + pair_features(B positive and B
 negative pairs) -- fastlayers kernels vs the plain-PyTorch reference (NAT's algorithm: index_put_ inserts,
-unique + scatter_add pair codes) on the same warmed-up state."""
+unique + scatter_add pair codes) on the same warmed-up state.
+
+Rows: the step (the issue's target), then its two halves, and pair_features against a second peer written as NAT's
+published get_joint_feature (unique over (key, pair) rows with dim=0, scatter_add of values and hop bits): that one
+returns a compact, unordered list without common-neighbour counts, so it does less than pair_features does."""
 
 import torch
 from harness import Case
@@ -16,8 +20,11 @@ QUICK_SHAPES = [(200, 10_000), (2000, 100_000)]
 WARM_BATCHES = 50
 
 
+PARTS = ("update + pair_features", "update", "pair_features", "pair_features vs NAT's joint features")
+
+
 def specs(device, quick):
-    return list(QUICK_SHAPES if quick else SHAPES)
+    return [(b, n, part) for b, n in (QUICK_SHAPES if quick else SHAPES) for part in PARTS]
 
 
 def _batch(B, n, gen, device):
@@ -29,7 +36,7 @@ def _batch(B, n, gen, device):
 
 
 def build(spec, device):
-    B, n = spec
+    B, n, part = spec
     gen = torch.Generator().manual_seed(0)
     ours = NCache(n, SIZES, D, device=device)
     for i in range(WARM_BATCHES):  # a cache with content: every batch node gets its hop-1/hop-2 entries
@@ -41,21 +48,44 @@ def build(spec, device):
     t = torch.full((B,), float(WARM_BATCHES), dtype=torch.float64, device=device)
     pu, pv = torch.cat([src, src]), torch.cat([dst, neg])
 
-    def run_ours():
+    def ours_update():
         ours.update(src, dst, t, eid, vals)
+
+    def ours_pairs():
         return ours.pair_features(pu, pv)
 
-    def run_peer():
+    def peer_update():
         ref.ncache_update(peer["keys"], peer["eids"], peer["times"], peer["values"], src, dst, t, eid, vals, SIZES,
                           0.9, 0, exact=False)
+
+    def peer_pairs():
         return ref.ncache_pair_features(peer["keys"], peer["values"], pu, pv, SIZES)
+
+    def nat_pairs():
+        return ref.nat_joint_features(peer["keys"], peer["values"], pu, pv, SIZES)
+
+    def run_ours():
+        ours_update()
+        return ours_pairs()
+
+    def run_peer():
+        peer_update()
+        return peer_pairs()
 
     S = ours.num_slots
     entry = 8 + 8 + 8 + 4 * D  # key, edge id, time, value
     # update: read the partners' hop-1 entries, write the owners' rows; pair_features: read both rows (keys and
     # values), write [2B, 2S] keys, codes, mask, feats and the 3x3 counts.
-    min_bytes = (2 * B * SIZES[0] * entry + 2 * B * S * entry
-                 + 2 * B * 2 * S * (8 + 4 * D) + 2 * B * (2 * S * (8 + 8 + 1 + 4 * D) + 9 * 8))
-    return Case(name="update + pair_features", shape=f"B={B}, nodes={n}", ours=run_ours, peer=run_peer,
-                peer_name="plain PyTorch (NAT reference algorithm)", min_bytes=min_bytes,
-                extra={"edges/call": B})
+    update_bytes = 2 * B * SIZES[0] * entry + 2 * B * S * entry
+    pair_bytes = 2 * B * 2 * S * (8 + 4 * D) + 2 * B * (2 * S * (8 + 8 + 1 + 4 * D) + 9 * 8)
+    ref_name = "plain PyTorch (NAT reference algorithm)"
+    cases = {
+        "update + pair_features": (run_ours, run_peer, ref_name, update_bytes + pair_bytes),
+        "update": (ours_update, peer_update, ref_name, update_bytes),
+        "pair_features": (ours_pairs, peer_pairs, ref_name, pair_bytes),
+        "pair_features vs NAT's joint features": (ours_pairs, nat_pairs,
+                                                  "NAT's get_joint_feature (compact, no counts)", pair_bytes),
+    }
+    ours_fn, peer_fn, peer_name, min_bytes = cases[part]
+    return Case(name=part, shape=f"B={B}, nodes={n}", ours=ours_fn, peer=peer_fn, peer_name=peer_name,
+                min_bytes=min_bytes, extra={"edges/call": B})

@@ -448,7 +448,27 @@ def test_benchmark_case_runs_on_a_tiny_shape():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import bench_ncache
 
-    case = bench_ncache.build((20, 300), "cpu")
+    case = bench_ncache.build((20, 300, "update + pair_features"), "cpu")
     ours, peer = case.ours(), case.peer()
     assert [tuple(x.shape) for x in ours] == [tuple(x.shape) for x in peer]
     assert ours.mask.any() and case.extra["edges/call"] == 20
+    for part in bench_ncache.PARTS[1:]:
+        case = bench_ncache.build((20, 300, part), "cpu")
+        case.ours(), case.peer()
+
+
+@pytest.mark.parametrize("sizes", [(32, 16), (5,)])
+def test_nat_joint_features_peer_holds_what_pair_features_holds(sizes):
+    c, _ = _run_both(40, sizes, 3, 0.8, seed=4, batches=12)
+    gen = torch.Generator().manual_seed(2)
+    u = torch.randint(0, 40, (60,), generator=gen)
+    v = torch.randint(0, 40, (60,), generator=gen)
+    pf = c.pair_features(u, v)
+    rows, sums = R.nat_joint_features(c.keys, c.values, u, v, sizes)
+    p, k = pf.mask.nonzero(as_tuple=True)
+    ours = {(int(pf.keys[i, j]), int(i)): (pf.feats[i, j], int(pf.codes[i, j])) for i, j in zip(p, k)}
+    theirs = {(int(r[0]), int(r[1])): (s[:-1], int(s[-1])) for r, s in zip(rows, sums)}
+    assert ours.keys() == theirs.keys() and len(ours) > 0
+    for key, (f, code) in ours.items():
+        assert code == theirs[key][1], key
+        torch.testing.assert_close(f, theirs[key][0], rtol=1e-6, atol=1e-6)

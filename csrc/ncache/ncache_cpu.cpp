@@ -9,6 +9,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -26,11 +30,30 @@ namespace {
 constexpr int64_t kOwnerGrain = 64;  // owners per task: a batch of a few hundred edges stays on one thread
 constexpr int64_t kPairGrain = 32;
 
-constexpr int64_t kAhead = 4;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
+constexpr int64_t kAhead = 8;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
 
 inline void prefetch(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
+}
+
+constexpr int64_t kStreamBytes = int64_t(1) << 62;  // about the size of a core's share of the last-level cache
+
+// Fills n int64 with x; with stream, by non-temporal stores (x86-64; plain stores elsewhere).
+inline void fill_pad(int64_t* dst, int64_t n, int64_t x, bool stream) {
+#if defined(__x86_64__)
+  if (stream) {
+    for (int64_t i = 0; i < n; ++i) _mm_stream_si64(reinterpret_cast<long long*>(dst + i), x);
+    return;
+  }
+#endif
+  std::fill(dst, dst + n, x);
+}
+
+inline void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before the task ends
+#endif
 }
 
 struct Best {
@@ -263,6 +286,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
     while (c >= L.off[h + 1]) ++h;
     return h;
   };
+  // Mostly padding: a large output (the cache is sparse) is written with streaming stores, which skip reading
+  // every line before overwriting it; a small one stays on normal stores so the caller finds it in cache.
+  const bool stream = P * Kmax * (16 + 4 * D) >= kStreamBytes;
   at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
     // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
     // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
@@ -279,56 +305,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
     };
     for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
     for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
+    const int64_t words = (Kmax + 63) / 64;
+    std::vector<uint64_t> occ(words);
     for (int64_t p = p0; p < p1; ++p) {
       if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
       if (p + kAhead < p1) warm_values(p + kAhead);
       const int64_t row[2] = {up[p] * S, vp[p] * S};
       int64_t* c3 = cnt + p * H * H;
       std::fill(c3, c3 + H * H, int64_t(0));
-      int64_t n = 0;
+      // Occupied columns of both rows as a bitmask, built without branches: caches are mostly sparse and a
+      // test-and-branch per column mispredicts on every occupied one.
+      std::fill(occ.begin(), occ.end(), uint64_t(0));
       for (int64_t q = 0; q < Kmax; ++q) {
-        const int64_t side = q >= S, col = q - side * S, k = K[row[side] + col];
-        if (k < 0) continue;
-        const int64_t own_bit = side * H + hop_at(col);
-        // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
-        const uint64_t kh = key_hash(k, sm);
-        int64_t cols[kMaxHops];
-        cols[0] = 0;
-        for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
-        int64_t code = 0, at[2 * kMaxHops];
-        for (int64_t s2 = 0; s2 < 2; ++s2) {
-          for (int64_t h = 0; h < H; ++h) {
-            const int64_t c = cols[h];
-            if (K[row[s2] + c] == k) {
-              code |= int64_t(1) << (s2 * H + h);
-              at[s2 * H + h] = row[s2] + c;
-            }
+        const int64_t side = q >= S;
+        occ[q >> 6] |= uint64_t(K[row[side] + q - side * S] >= 0) << (q & 63);
+      }
+      int64_t n = 0;
+      for (int64_t w = 0; w < words; ++w) {
+        for (uint64_t bits = occ[w]; bits; bits &= bits - 1) {
+          const int64_t q = w * 64 + __builtin_ctzll(bits);
+          const int64_t side = q >= S, col = q - side * S, k = K[row[side] + col];
+          const int64_t own_bit = side * H + hop_at(col);
+          // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
+          const uint64_t kh = key_hash(k, sm);
+          int64_t cols[kMaxHops];
+          cols[0] = 0;
+          for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
+          int64_t code = 0;
+          for (int64_t s2 = 0; s2 < 2; ++s2)
+            for (int64_t h = 0; h < H; ++h) code |= int64_t(K[row[s2] + cols[h]] == k) << (s2 * H + h);
+          // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is
+          // skipped.
+          if (!(code >> own_bit & 1) || (code & ((int64_t(1) << own_bit) - 1))) continue;
+          const int64_t o = p * Kmax + n++;
+          ko[o] = k;
+          co[o] = code;
+          mo[o] = true;
+          float* f = fo + o * D;
+          std::fill(f, f + D, 0.0f);
+          for (int64_t bit = 0; bit < 2 * H; ++bit) {
+            if (!(code >> bit & 1)) continue;
+            const int64_t s2 = bit >= H;
+            const float* src = V + (row[s2] + cols[bit - s2 * H]) * D;
+            for (int64_t d = 0; d < D; ++d) f[d] += src[d];
           }
+          const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
+          if (in_u && in_v)
+            for (int64_t i = 0; i < H; ++i)
+              for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
         }
-        // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is skipped.
-        if (!(code & (int64_t(1) << own_bit)) || (code & ((int64_t(1) << own_bit) - 1))) continue;
-        const int64_t o = p * Kmax + n++;
-        ko[o] = k;
-        co[o] = code;
-        mo[o] = true;
-        float* f = fo + o * D;
-        std::fill(f, f + D, 0.0f);
-        for (int64_t bit = 0; bit < 2 * H; ++bit) {
-          if (!(code >> bit & 1)) continue;
-          const float* src = V + at[bit] * D;
-          for (int64_t d = 0; d < D; ++d) f[d] += src[d];
-        }
-        for (int64_t i = 0; i < H; ++i)
-          if (code >> i & 1)
-            for (int64_t j = 0; j < H; ++j)
-              if (code >> (H + j) & 1) ++c3[i * H + j];
       }
       const int64_t o = p * Kmax + n, pad = Kmax - n;
-      std::fill(ko + o, ko + o + pad, int64_t(-1));
-      std::memset(co + o, 0, sizeof(int64_t) * pad);
+      fill_pad(ko + o, pad, int64_t(-1), stream);
+      fill_pad(co + o, pad, int64_t(0), stream);
+      if (D % 2 == 0) {  // float zeros are int64 zeros; an even D keeps the row 8-byte aligned
+        fill_pad(reinterpret_cast<int64_t*>(fo + o * D), pad * D / 2, int64_t(0), stream);
+      } else {
+        std::memset(fo + o * D, 0, sizeof(float) * pad * D);
+      }
       std::memset(mo + o, 0, sizeof(bool) * pad);
-      std::memset(fo + o * D, 0, sizeof(float) * pad * D);
     }
+    if (stream) stream_fence();
   });
   return {okeys, codes, feats, mask, counts};
 }

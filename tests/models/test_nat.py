@@ -26,11 +26,32 @@ def test_forward_shapes_and_gradients():
         loss.backward()
         m.detach_state()
     # After a few batches every trained part gets a gradient (the self-state GRU through the queued update).
-    for name in ("self_gru.weight_ih", "scorer.0.weight", "pair_enc.0.weight", "code_emb.weight",
+    for name in ("self_gru.weight_ih", "value_gru.weight_ih", "scorer.0.weight", "pair_enc.0.weight", "code_emb.weight",
                  "time_enc.lin.weight"):
         g = dict(m.named_parameters())[name].grad
         assert g is not None and g.abs().sum() > 0, name
     assert (m.cache.keys >= 0).any() and m.memory.abs().sum() > 0
+
+
+def test_live_slot_values_equal_the_stored_ones_and_carry_gradient():
+    gen = torch.Generator().manual_seed(3)
+    m = NAT(20, sizes=(8, 4), self_dim=8, hidden=16)
+    for i in range(2):
+        src, dst, neg, t, eid = _batch(20, 15, i + 1, gen, 15 * i)
+        m(src, dst, neg, t, eid)
+    memory = m._flush()  # applies the queued batch: its slot values are live
+    flat, vals = m._live_values
+    assert flat.numel() > 0 and vals.requires_grad
+    # The live copies are the values the cache stored, at the slots they say.
+    torch.testing.assert_close(m.cache.values.view(-1, m.cache.value_dim)[flat], vals.detach())
+    u, v = src[:10], dst[:10]
+    pf = m.cache.pair_features(u, v)
+    feats = m._live_feats(pf, u, v)
+    torch.testing.assert_close(feats.detach(), pf.feats, rtol=0, atol=0)
+    feats.sum().backward()
+    g = m.value_gru.weight_ih.grad
+    assert g is not None and g.abs().sum() > 0
+    del memory
 
 
 def test_predictions_only_see_earlier_batches():

@@ -8,8 +8,9 @@ the common-neighbour counts, whether v is in u's hop-1 cache, and both self stat
 
 Training follows the memory-network recipe (TGN): the state update of batch i-1 is computed at the start of batch
 i with gradients, so the self-state GRU is trained through the predictions of batch i; predictions of a batch only
-see edges strictly before it. The cache is state: slot values are written detached, so the loss does not reach
-the slot-value GRU (it acts as a fixed random recurrent projection).
+see edges strictly before it. The cache is state and stores slot values detached; the values written by the
+queued batch are also kept live (with their graph) for the next predictions, whose pair features add them back
+as a zero-valued, differentiable term, so the slot-value GRU is trained through the scorer like the self state.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class NAT(nn.Module):
         self.register_buffer("memory", torch.zeros(num_nodes, self_dim))
         self.register_buffer("last_seen", torch.zeros(num_nodes, dtype=torch.float64))
         self._live = None  # memory with this step's graph attached
+        self._live_values = None  # (sorted flat slot indices [W], values [W, D] with graph) written by _flush
         self._pending = None
 
     def reset_state(self) -> None:
@@ -84,13 +86,14 @@ class NAT(nn.Module):
         self.memory.zero_()
         self.last_seen.zero_()
         self.cache.reset()
-        self._live, self._pending = None, None
+        self._live, self._live_values, self._pending = None, None, None
 
     def detach_state(self) -> None:
         """Store the live state as plain tensors (end of a training step: no gradient across batches)."""
         if self._live is not None:
             self.memory.copy_(self._live.detach())
             self._live = None
+        self._live_values = None
 
     def _flush(self) -> torch.Tensor:
         """Apply the queued batch to self states (with gradient) and the N-cache; return the live memory."""
@@ -127,13 +130,61 @@ class NAT(nn.Module):
             self.cache.update(src, dst, t, eid, values.detach())
             self.last_seen.index_put_((uniq,), t.repeat_interleave(2)[last])
         self._live = memory
+        self._live_values = self._written(src, dst, eid, values) if values.requires_grad else None
         return memory
+
+    @torch.no_grad()
+    def _slot_index(self, owner, key, hop):
+        """Flat index into the [N * S] tables of key's slot in owner's hop (hop 0: column 0)."""
+        c = self.cache
+        col = torch.zeros_like(key) if hop == 0 else c.offsets[hop] + slot_of(key, c.seed, c.sizes[hop - 1])
+        return owner * c.num_slots + col
+
+    def _written(self, src, dst, eid, values):
+        """The hop-0 and hop-1 entries this batch's update actually wrote (slot holds the key and the edge id),
+        as (sorted flat indices, values with graph)."""
+        c = self.cache
+        with torch.no_grad():
+            key = torch.cat([src, dst, dst, src])
+            flat = torch.cat([self._slot_index(src, src, 0), self._slot_index(dst, dst, 0),
+                              self._slot_index(src, dst, 1), self._slot_index(dst, src, 1)])
+            e4 = eid.repeat(4)
+            ok = (c.keys.view(-1)[flat] == key) & (c.eids.view(-1)[flat] == e4)
+            # An edge seen twice in the batch (same slot, same id) keeps one live copy.
+            flat, first = torch.unique(flat[ok], return_inverse=True)
+            pick = torch.zeros_like(flat).scatter_reduce_(0, first, ok.nonzero().squeeze(1), "amax",
+                                                          include_self=False)
+        return flat, values.repeat(4, 1)[pick]
+
+    def _live_feats(self, pf, u, v):
+        """pf.feats plus a zero-valued term carrying the gradient of the slot values written by _flush."""
+        if self._live_values is None or self._live_values[0].numel() == 0:
+            return pf.feats
+        flat_live, vals = self._live_values
+        with torch.no_grad():
+            p, k = pf.mask.nonzero(as_tuple=True)
+            key, code = pf.keys[p, k], pf.codes[p, k]
+            H = self.cache.num_hops
+            hits = []
+            for side, nodes in ((0, u), (1, v)):
+                for hop in (0, 1):  # hop-2 entries copy older values: nothing live there
+                    has = (code >> (side * H + hop)) & 1 == 1
+                    flat = self._slot_index(nodes[p], key, hop)
+                    at = torch.searchsorted(flat_live, flat).clamp_max(flat_live.numel() - 1)
+                    hit = has & (flat_live[at] == flat)
+                    hits.append((hit.nonzero().squeeze(1), at[hit]))
+        delta = torch.zeros(p.numel(), vals.shape[1], dtype=vals.dtype, device=vals.device)
+        for rows, at in hits:
+            live = vals[at]
+            delta = delta.index_add(0, rows, live - live.detach())
+        return pf.feats.index_put((p, k), delta, accumulate=True)
 
     def score(self, u: torch.Tensor, v: torch.Tensor, t: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """Logits [P] for pairs (u, v) at times t from the cache and the given self states."""
         pf = self.cache.pair_features(u, v)
+        feats = self._live_feats(pf, u, v)
         # Summed pair counts span 1 .. thousands: log-scale them.
-        x = torch.cat([self.code_emb(pf.codes), torch.log1p(pf.feats[..., :1]), pf.feats[..., 1:]], -1)
+        x = torch.cat([self.code_emb(pf.codes), torch.log1p(feats[..., :1]), feats[..., 1:]], -1)
         z = (self.pair_enc(x) * pf.mask.unsqueeze(-1)).sum(1)
         # v can only sit in u's hop-1 slot slot_of(v): one probe says whether they met (and the cache kept it).
         col = self.cache.offsets[1] + slot_of(v, self.cache.seed, self.cache.sizes[0])

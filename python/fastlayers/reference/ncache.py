@@ -205,3 +205,29 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16)):
     in_v = (code[:, None] >> (hb + H)) & 1
     counts.view(P, H * H).index_add_(0, gpid, (in_u[:, :, None] * in_v[:, None, :]).view(G, H * H))
     return out_k, out_c, out_f, out_m, counts
+
+
+def nat_joint_features(keys, values, u, v, sizes=(32, 16)):
+    """The NAT reference's joint features, its algorithm and output layout (a second benchmark peer).
+
+    Gathers both rows of every pair, keeps the occupied entries, finds the distinct (key, pair) rows with
+    ``unique(dim=0)`` and scatter-adds each entry's values and hop bit (side * H + hop) onto its row. Returns
+    (rows [G, 2] int64 (key, pair), sums [G, D + 1] float32: summed values, then the code as a float), G distinct
+    keys over all pairs in unique's order: no padding, no first-appearance order, no common-neighbour counts.
+    """
+    off = offsets(sizes)
+    H = len(off) - 1
+    S = off[-1]
+    D = values.shape[2]
+    dev = keys.device
+    hop_of = torch.repeat_interleave(torch.arange(H, device=dev), torch.tensor(
+        [off[h + 1] - off[h] for h in range(H)], device=dev))
+    bit = torch.cat([hop_of, hop_of + H])
+    allk = torch.cat([keys[u], keys[v]], 1).view(-1)
+    allv = torch.cat([values[u], values[v]], 1).view(-1, D)
+    present = (allk >= 0).nonzero(as_tuple=True)[0]
+    pair, q = present // (2 * S), present % (2 * S)
+    rows, inv = torch.stack([allk[present], pair], 1).unique(return_inverse=True, dim=0)
+    hidden = torch.cat([allv[present], (1 << bit[q]).unsqueeze(1).to(values.dtype)], 1)
+    sums = torch.zeros(rows.shape[0], D + 1, dtype=values.dtype, device=dev)
+    return rows, sums.scatter_add_(0, inv.unsqueeze(1).expand(-1, D + 1), hidden)
