@@ -295,58 +295,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
     };
     for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
     for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
-    const int64_t words = (Kmax + 63) / 64;
-    std::vector<uint64_t> occ(words);
     for (int64_t p = p0; p < p1; ++p) {
       if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
       if (p + kAhead < p1) warm_values(p + kAhead);
       const int64_t row[2] = {up[p] * S, vp[p] * S};
       int64_t* c3 = cnt + p * H * H;
       std::fill(c3, c3 + H * H, int64_t(0));
-      // Occupied columns of both rows as a bitmask, built without branches: caches are mostly sparse and a
-      // test-and-branch per column mispredicts on every occupied one.
-      std::fill(occ.begin(), occ.end(), uint64_t(0));
-      for (int64_t q = 0; q < Kmax; ++q) {
-        const int64_t side = q >= S;
-        occ[q >> 6] |= uint64_t(K[row[side] + q - side * S] >= 0) << (q & 63);
-      }
       int64_t n = 0;
-      for (int64_t w = 0; w < words; ++w) {
-        for (uint64_t bits = occ[w]; bits; bits &= bits - 1) {
-          const int64_t q = w * 64 + __builtin_ctzll(bits);
-          const int64_t side = q >= S, col = q - side * S, k = K[row[side] + col];
-          const int64_t own_bit = side * H + hop_at(col);
-          // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
-          const uint64_t kh = key_hash(k, sm);
-          int64_t cols[kMaxHops];
-          cols[0] = 0;
-          for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
-          int64_t code = 0;
-          for (int64_t s2 = 0; s2 < 2; ++s2)
-            for (int64_t h = 0; h < H; ++h) code |= int64_t(K[row[s2] + cols[h]] == k) << (s2 * H + h);
-          // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is
-          // skipped.
-          if (!(code >> own_bit & 1) || (code & ((int64_t(1) << own_bit) - 1))) continue;
-          const int64_t o = p * Kmax + n++;
-          ko[o] = k;
-          co[o] = code;
-          mo[o] = true;
-          float* f = fo + o * D;
-          std::fill(f, f + D, 0.0f);
-          for (int64_t bit = 0; bit < 2 * H; ++bit) {
-            if (!(code >> bit & 1)) continue;
-            const int64_t s2 = bit >= H;
-            const float* src = V + (row[s2] + cols[bit - s2 * H]) * D;
-            for (int64_t d = 0; d < D; ++d) f[d] += src[d];
-          }
-          const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
-          if (in_u && in_v)
-            for (int64_t i = 0; i < H; ++i)
-              for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
+      auto visit = [&](int64_t side, int64_t col) {
+        const int64_t k = K[row[side] + col];
+        const int64_t own_bit = side * H + hop_at(col);
+        // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
+        const uint64_t kh = key_hash(k, sm);
+        int64_t cols[kMaxHops];
+        cols[0] = 0;
+        for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
+        int64_t code = 0;
+        for (int64_t s2 = 0; s2 < 2; ++s2)
+          for (int64_t h = 0; h < H; ++h) code |= int64_t(K[row[s2] + cols[h]] == k) << (s2 * H + h);
+        // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is
+        // skipped.
+        if (!(code >> own_bit & 1) || (code & ((int64_t(1) << own_bit) - 1))) return;
+        const int64_t o = p * Kmax + n++;
+        ko[o] = k;
+        co[o] = code;
+        mo[o] = true;
+        float* f = fo + o * D;
+        std::fill(f, f + D, 0.0f);
+        for (int64_t bit = 0; bit < 2 * H; ++bit) {
+          if (!(code >> bit & 1)) continue;
+          const int64_t s2 = bit >= H;
+          const float* src = V + (row[s2] + cols[bit - s2 * H]) * D;
+          for (int64_t d = 0; d < D; ++d) f[d] += src[d];
+        }
+        const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
+        if (in_u && in_v)
+          for (int64_t i = 0; i < H; ++i)
+            for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
+      };
+      // Occupied columns of each row as bitmask words built in a register without branches (caches are mostly
+      // sparse, and a test-and-branch per column mispredicts on every occupied one), then visited by set bits.
+      for (int64_t side = 0; side < 2; ++side) {
+        for (int64_t c0 = 0; c0 < S; c0 += 64) {
+          const int64_t cn = std::min<int64_t>(64, S - c0);
+          const int64_t* kr = K + row[side] + c0;
+          uint64_t bits = 0;
+          for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c] >= 0) << c;
+          for (; bits; bits &= bits - 1) visit(side, c0 + __builtin_ctzll(bits));
         }
       }
       const int64_t o = p * Kmax + n, pad = Kmax - n;
-      // Streaming (non-temporal) stores for this mostly-padding output were tried: 1.7x slower here.
+      // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
       std::fill(ko + o, ko + o + pad, int64_t(-1));
       std::memset(co + o, 0, sizeof(int64_t) * pad);
       std::memset(mo + o, 0, sizeof(bool) * pad);
