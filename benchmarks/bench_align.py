@@ -1,6 +1,6 @@
 """Alignment refinement: fastlayers.ops.sinkhorn vs the eager loop of the published IsoNet/IsoNet++ code and POT's
 batch log-domain solver (same 20 iterations, tau 0.1, rows then columns), forward and forward+backward; the
-fused hinge score; and one IsoNet++ node forward on fastlayers ops vs the same model on eager ops."""
+fused hinge score; and one IsoNet++ node and edge forward on fastlayers ops vs the same model on eager ops."""
 
 import torch
 from harness import Case
@@ -28,6 +28,7 @@ def specs(device, quick):
     out.append(("align_score", 128, 20, "forward+backward", "eager"))
     if _models_available():
         out.append(("isonetpp_node", 128, 20, "forward", "eager"))
+        out.append(("isonetpp_edge", 128, 20, "forward", "eager"))
     return out
 
 
@@ -49,8 +50,8 @@ def build(spec, device):
     kind, b, n, mode, peer = spec
     if kind == "align_score":
         return _score_case(b, n, device)
-    if kind == "isonetpp_node":
-        return _isonet_case(b, device)
+    if kind in ("isonetpp_node", "isonetpp_edge"):
+        return _isonet_case(b, device, variant=kind.split("_")[1])
     x = torch.randn(b, n, n, device=device)
     nbytes = x.numel() * x.element_size()
     ones = torch.ones(b, n, device=device)
@@ -98,7 +99,7 @@ def _score_case(b, n, device, d=10):
                 min_bytes=3 * nbytes)
 
 
-def _isonet_case(b, device, max_nodes=20):
+def _isonet_case(b, device, max_nodes=20, variant="node"):
     # Random pairs of the benchmark's sizes (queries 6-15 nodes, corpus 17-20), so the row runs without the data.
     import numpy as np
 
@@ -116,12 +117,12 @@ def _isonet_case(b, device, max_nodes=20):
     queries = [graph(6, 15) for _ in range(b)]
     corpus = [graph(17, max_nodes) for _ in range(b)]
     batch = make_batch(queries, corpus, [(i, i) for i in range(b)]).to(device)
-    ours = IsoNetPP().to(device).eval()
-    peer = IsoNetPP(ops="eager").to(device).eval()
+    ours = IsoNetPP(variant=variant).to(device).eval()
+    peer = IsoNetPP(variant=variant, ops="eager").to(device).eval()
     peer.load_state_dict(ours.state_dict())
 
     def run(m):
         with torch.no_grad():
             return m(batch)
-    return Case(name="IsoNet++ node forward (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
+    return Case(name=f"IsoNet++ {variant} forward (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
                 peer=lambda: run(peer), peer_name="same model, eager ops", min_bytes=0)

@@ -1,6 +1,6 @@
-"""Train IsoNet++ (node) or IsoNet on a subgraph-matching dataset and report test MAP / HITS@20.
+"""Train IsoNet++ (node or edge variant) or IsoNet on a subgraph-matching dataset and report test MAP / HITS@20.
 
-    python -m fastlayers.examples.isonet --dataset aids --variant node [--model isonet] [--budget-min 30]
+    python -m fastlayers.examples.isonet --dataset aids --variant node|edge [--model isonet] [--budget-min 30]
 
 Each epoch draws, for every training query, up to --pairs-per-query positive and as many negative corpus graphs;
 batches of --batch pairs are trained with the pairwise hinge (margin 0.5) between every positive and negative
@@ -68,7 +68,7 @@ def evaluate(model, split, batch, neg_per_query=None, rng=None, desc="eval"):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="aids")
-    ap.add_argument("--variant", default="node", choices=["node"])
+    ap.add_argument("--variant", default="node", choices=["node", "edge"])
     ap.add_argument("--model", default="isonetpp", choices=["isonetpp", "isonet"])
     ap.add_argument("--root", default=DEFAULT_ROOT, help="folder holding splits/ (default ../shared/data/subgraph)")
     ap.add_argument("--epochs", type=int, default=1000)

@@ -1,5 +1,5 @@
-"""IsoNet++ (node variant, lazy multi-round early interaction) and IsoNet (late interaction over edges) for
-subgraph-matching retrieval, on fastlayers' alignment ops.
+"""IsoNet++ (node and edge variants, lazy multi-round early interaction) and IsoNet (late interaction over edges)
+for subgraph-matching retrieval, on fastlayers' alignment ops.
 
 Both score a padded batch of (query, corpus) pairs (fastlayers.data.PairBatch); higher means "more likely the
 query is a subgraph of the corpus graph". ``ops="eager"`` runs the same model on the plain-PyTorch references of
@@ -48,6 +48,9 @@ class _Propagate(nn.Module):
         return self.update(agg, h)
 
 
+_VARIANTS = ("node", "edge")
+
+
 class IsoNetPP(nn.Module):
     """IsoNet++ node variant: T rounds x K layers, lazy alignment refinement.
 
@@ -56,16 +59,24 @@ class IsoNetPP(nn.Module):
     zeros), combined with its state by an MLP before the messages. After the round, P_t = Sinkhorn of the
     masked logits f(Hq) f(Hc)^T / tau (reference padding, as published). Score: -sum ReLU(Hq - P_T Hc).
 
-    Args: rounds T, layers K, node_dim (10), msg_dim (20), sinkhorn_dim (16), tau (0.1), sinkhorn_iters (20),
-    ops ("fastlayers" or "eager"). Input: PairBatch; output: scores [B] (float32).
+    Args: variant ("node", or "edge" for the edge-alignment variant, see _IsoNetPPEdge), rounds T, layers K,
+    node_dim (10), msg_dim (20), sinkhorn_dim (16), tau (0.1), sinkhorn_iters (20), ops ("fastlayers" or "eager").
+    Input: PairBatch; output: scores [B] (float32).
     """
+
+    def __new__(cls, variant: str = "node", *args, **kwargs):
+        # IsoNetPP(variant=...) stays the one public entry; the edge variant is its own subclass so that the two
+        # variants' code paths evolve independently.
+        if variant not in _VARIANTS:
+            raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+        if cls is IsoNetPP and variant == "edge":
+            cls = _IsoNetPPEdge
+        return super().__new__(cls)
 
     def __init__(self, variant: str = "node", rounds: int = 3, layers: int = 5, node_dim: int = 10,
                  msg_dim: int = 20, sinkhorn_dim: int = 16, tau: float = 0.1, sinkhorn_iters: int = 20,
                  ops: str = "fastlayers"):
         super().__init__()
-        if variant != "node":
-            raise NotImplementedError("IsoNetPP: only the node variant is implemented (the edge variant is not)")
         if rounds < 1 or layers < 1:
             raise ValueError(f"rounds and layers must be >= 1, got {rounds}, {layers}")
         self.rounds, self.layers = rounds, layers
@@ -109,6 +120,130 @@ class IsoNetPP(nn.Module):
             prev_q, prev_c = cur_q, cur_c
             P = self.alignment(hq.view(b, n, -1), hc.view(b, n, -1), qm, cm)
         return self.ops.m.align_score(hq.view(b, n, -1), hc.view(b, n, -1), P)
+
+
+def _edge_embed(mlp, h, ends, emask):
+    """Edge embeddings r_(u,v) = mlp([h_u, h_v]) + mlp([h_v, h_u]), zero on padded edges.
+
+    mlp: _mlp(2 * D, H, D_out); h [B * N, D] node states; ends (u, v) int64 [B * E] flat node ids;
+    emask [B * E, 1] float (1 = real edge). Returns [B * E, D_out] in h's dtype.
+    """
+    first, act, second = mlp
+    d = h.shape[1]
+    # The first layer on [h_u, h_v] is W_1 h_u + W_2 h_v + b: applied per node and then gathered, it is a
+    # node-sized matmul shared by both directions. The second layer is affine, so the two directions are summed
+    # before it (one matmul; its bias counts twice).
+    first_slot = nn.functional.linear(h, first.weight[:, :d])
+    second_slot = nn.functional.linear(h, first.weight[:, d:], first.bias)
+    u, v = ends
+    hidden = act(first_slot[u] + second_slot[v]) + act(first_slot[v] + second_slot[u])
+    return nn.functional.linear(hidden, second.weight, 2 * second.bias) * emask
+
+
+class _EdgeLayer(nn.Module):
+    """One layer of the edge variant: the edge network that embeds r_(u,v) from the layer's input node states,
+    and the GRU that updates a node from the sum of its incident edges' messages."""
+
+    def __init__(self, node_dim, edge_dim):
+        super().__init__()
+        self.edge = _mlp(2 * node_dim, edge_dim, edge_dim)
+        self.update = nn.GRUCell(edge_dim, node_dim)
+
+
+class _IsoNetPPEdge(IsoNetPP):
+    """IsoNet++ edge variant (built by ``IsoNetPP(variant="edge")``): T rounds x K layers of lazy refinement of an
+    edge alignment S.
+
+    Each round restarts from the encoder output. At layer k of round t every (undirected, padded) edge has an
+    embedding r_(u,v) = edge_k([h_u, h_v]) + edge_k([h_v, h_u]) from the layer's input node states; its message
+    is interaction([r_e, partner_e]), where partner_e is row e of S_{t-1} Rc_{t-1,k} for a query edge and of
+    S_{t-1}^T Rq_{t-1,k} for a corpus edge (zeros in round 1), Rq/Rc being the same layer's edge embeddings in
+    the previous round. A node's GRU update takes the sum of the messages of its incident edges. After the round,
+    R_{t,K} = edge_K(final node states) and S_t = Sinkhorn of f(Rq) f(Rc)^T / tau over padded edges (reference
+    padding, as published). Score: -sum ReLU(Rq_{T,K} - S_T Rc_{T,K}).
+
+    Args as IsoNetPP; msg_dim is the edge embedding and message width. Input: PairBatch (q_edge_pairs,
+    c_edge_pairs int64 [B, E, 2] flat node ids; q_edge_mask, c_edge_mask bool [B, E]); output: scores [B] in
+    the parameters' dtype (float32 unless converted).
+    """
+
+    def __init__(self, variant: str = "edge", rounds: int = 3, layers: int = 5, node_dim: int = 10,
+                 msg_dim: int = 20, sinkhorn_dim: int = 16, tau: float = 0.1, sinkhorn_iters: int = 20,
+                 ops: str = "fastlayers"):
+        nn.Module.__init__(self)  # IsoNetPP.__init__ builds the node variant's layers
+        if rounds < 1 or layers < 1:
+            raise ValueError(f"rounds and layers must be >= 1, got {rounds}, {layers}")
+        self.rounds, self.layers = rounds, layers
+        self.tau, self.sinkhorn_iters = tau, sinkhorn_iters
+        self.ops = _Ops(ops)
+        self.encoder = nn.Linear(1, node_dim)
+        self.interaction = _mlp(2 * msg_dim, msg_dim, msg_dim)
+        self.layer = nn.ModuleList(_EdgeLayer(node_dim, msg_dim) for _ in range(layers))
+        self.edge_net = _mlp(2 * node_dim, msg_dim, msg_dim)
+        self.sinkhorn_net = _mlp(msg_dim, sinkhorn_dim, sinkhorn_dim)
+
+    def alignment(self, rq, rc, qm, cm):
+        """S [B, Eq, Ec] from edge embeddings rq [B, Eq, D], rc [B, Ec, D] and edge masks (bool)."""
+        fq = self.sinkhorn_net(rq) * qm[..., None]
+        fc = self.sinkhorn_net(rc) * cm[..., None]
+        logits = torch.bmm(fq, fc.transpose(1, 2))
+        return self.ops.m.sinkhorn(logits, qm, cm, tau=self.tau, num_iters=self.sinkhorn_iters, mode="reference")
+
+    @staticmethod
+    def _side(batch, side):
+        mask, pairs, emask = (getattr(batch, f"{side}_{name}") for name in ("mask", "edge_pairs", "edge_mask"))
+        b, n = mask.shape
+        if pairs.dim() != 3 or pairs.shape[0] != b or pairs.shape[2] != 2:
+            raise ValueError(f"batch.{side}_edge_pairs must be [B, E, 2] with B = {b}, got {tuple(pairs.shape)}")
+        if tuple(emask.shape) != tuple(pairs.shape[:2]):
+            raise ValueError(f"batch.{side}_edge_mask must be [B, E] = {list(pairs.shape[:2])}, got "
+                             f"{tuple(emask.shape)}")
+        flat = pairs.reshape(-1, 2)
+        return mask, emask, (flat[:, 0], flat[:, 1])
+
+    def _step(self, k, h, r, partner_feat, ends, emask, nmask):
+        # Padded edges point at arbitrary nodes: their messages are zeroed before they reach any node.
+        msg = self.interaction(torch.cat([r, partner_feat], 1)) * emask
+        agg = torch.zeros(h.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device)
+        agg.index_add_(0, ends[0], msg).index_add_(0, ends[1], msg)
+        return self.layer[k].update(agg, h) * nmask
+
+    def forward(self, batch) -> torch.Tensor:
+        qm, qem, qends = self._side(batch, "q")
+        cm, cem, cends = self._side(batch, "c")
+        b, n = qm.shape
+        eq, ec = qem.shape[1], cem.shape[1]
+        dt = self.encoder.weight.dtype
+        qnf, cnf = qm.reshape(-1, 1).to(dt), cm.reshape(-1, 1).to(dt)
+        qef, cef = qem.reshape(-1, 1).to(dt), cem.reshape(-1, 1).to(dt)
+        h0 = self.encoder(torch.ones(1, 1, dtype=dt, device=qm.device))
+        hq0, hc0 = h0 * qnf, h0 * cnf
+        # Every round restarts from the encoder output, so the first layer's edge embeddings are the same in all
+        # rounds.
+        rq0 = _edge_embed(self.layer[0].edge, hq0, qends, qef)
+        rc0 = _edge_embed(self.layer[0].edge, hc0, cends, cef)
+        S = None
+        prev_q = prev_c = None
+        for _ in range(self.rounds):
+            hq, hc = hq0, hc0
+            cur_q, cur_c = [], []
+            for k in range(self.layers):
+                rq = rq0 if k == 0 else _edge_embed(self.layer[k].edge, hq, qends, qef)
+                rc = rc0 if k == 0 else _edge_embed(self.layer[k].edge, hc, cends, cef)
+                cur_q.append(rq)
+                cur_c.append(rc)
+                if S is None:
+                    pq, pc = torch.zeros_like(rq), torch.zeros_like(rc)
+                else:
+                    pq, pc = self.ops.m.partner(S, prev_q[k].view(b, eq, -1), prev_c[k].view(b, ec, -1))
+                    pq, pc = pq.reshape(b * eq, -1), pc.reshape(b * ec, -1)
+                hq = self._step(k, hq, rq, pq, qends, qef, qnf)
+                hc = self._step(k, hc, rc, pc, cends, cef, cnf)
+            prev_q, prev_c = cur_q, cur_c
+            rq = _edge_embed(self.edge_net, hq, qends, qef).view(b, eq, -1)
+            rc = _edge_embed(self.edge_net, hc, cends, cef).view(b, ec, -1)
+            S = self.alignment(rq, rc, qem, cem)
+        return self.ops.m.align_score(rq, rc, S)
 
 
 class IsoNet(nn.Module):
