@@ -1,0 +1,364 @@
+// One IsoNet++ node layer on the CPU: interaction MLP on [h, partner], node-pair messages summed at each target,
+// GRU update, node mask, in one pass over the nodes (fastlayers.ops.isonet_layer; reference in
+// python/fastlayers/reference/align_layer.py).
+//
+// The layer's tensors are tiny (D = 10 node features, 20 message features) and the eager model spends its time on
+// the overhead of ~25 ATen ops per layer. Here everything stays in registers per node. Two linear maps in a row
+// are folded into one before the sweep (a few thousand multiply-adds, once per call):
+//   - the interaction's second Linear feeds only the message's first Linear, whose input [z_u, z_v] splits into
+//     per-node halves a_u = W_u z_u and a_v = W_v z_v + b: so a = (W_{u|v} W_2) r + (W_{u|v} b_2 [+ b]);
+//   - the message's second Linear is linear, so it commutes with the sum over incoming edges:
+//     sum_e (W_m relu(.) + b_m) = W_m s_v + deg_v b_m, and it feeds only the GRU's input map:
+//     W_ih agg = (W_ih W_m) s_v + deg_v (W_ih b_m).
+// Each matrix-vector product keeps its output in whole vector registers (widths padded to 16 lanes) with the
+// weights transposed so one input scalar multiplies a contiguous weight row.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "align/vec.h"
+#include "common/checks.h"
+#define FASTLAYERS_WITH_TORCH_API
+#include "common/cpu_cache.h"
+#include "common/cpu_simd.h"
+
+namespace fastlayers {
+namespace {
+
+using align::vexp;
+using align::vload;
+using align::vsplat;
+using align::vstore;
+
+constexpr int64_t kPad = 16;  // every padded width is a multiple of one float vector (and of two double ones)
+constexpr int64_t kBlock = 32;  // nodes per GRU gate batch: the gate buffers stay in L1
+
+inline int64_t pad(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+
+// out[0:W] = bias[0:W] + sum_k x1[k] w1[k, 0:W] + sum_k x2[k] w2[k, 0:W], W a compile-time multiple of 16, so
+// the accumulators are W / lanes whole registers.
+template <typename T, int W>
+FL_INLINE void matvec_w(T* out, const T* bias, const T* w1, const T* x1, int64_t k1, const T* w2, const T* x2,
+                        int64_t k2) {
+  using V = typename align::Vec<T>::type;
+  constexpr int L = 64 / sizeof(T), NV = W / L;
+  V acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = vload<V>(bias + j * L);
+  for (int64_t k = 0; k < k1; ++k) {
+    const V xk = vsplat<V>(x1[k]);
+    for (int j = 0; j < NV; ++j) acc[j] += xk * vload<V>(w1 + k * W + j * L);
+  }
+  for (int64_t k = 0; k < k2; ++k) {
+    const V xk = vsplat<V>(x2[k]);
+    for (int j = 0; j < NV; ++j) acc[j] += xk * vload<V>(w2 + k * W + j * L);
+  }
+  for (int j = 0; j < NV; ++j) vstore(out + j * L, acc[j]);
+}
+
+// Any padded width: the common ones in registers, wider ones through memory.
+template <typename T>
+FL_INLINE void matvec(T* out, int64_t w, const T* bias, const T* w1, const T* x1, int64_t k1, const T* w2,
+                      const T* x2, int64_t k2) {
+  switch (w) {
+    case 16: return matvec_w<T, 16>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 32: return matvec_w<T, 32>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 48: return matvec_w<T, 48>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 64: return matvec_w<T, 64>(out, bias, w1, x1, k1, w2, x2, k2);
+    default: break;
+  }
+  for (int64_t o = 0; o < w; ++o) out[o] = bias[o];
+  for (int64_t k = 0; k < k1; ++k) FL_SIMD for (int64_t o = 0; o < w; ++o) out[o] += x1[k] * w1[k * w + o];
+  for (int64_t k = 0; k < k2; ++k) FL_SIMD for (int64_t o = 0; o < w; ++o) out[o] += x2[k] * w2[k * w + o];
+}
+
+// In place on n elements (n a multiple of 16): x <- sigmoid(x), or tanh(x) = 2 sigmoid(2x) - 1.
+template <typename T>
+FL_INLINE void sigmoid_inplace(T* x, int64_t n, bool tanh) {
+  using V = typename align::Vec<T>::type;
+  constexpr int L = 64 / sizeof(T);
+  const T scale = tanh ? T(-2) : T(-1);
+  for (int64_t i = 0; i < n; i += L) {
+    const V s = T(1) / (T(1) + vexp(vload<V>(x + i) * scale));
+    vstore(x + i, tanh ? s * T(2) - T(1) : s);
+  }
+}
+
+struct Dims {
+  int64_t N, D, H, Z, M1, M;
+  int64_t HP, AP, M1P, GP;  // padded widths: interaction hidden, [a_u | a_v], one half of it, GRU gates
+};
+
+// The folded, transposed, zero-padded weights (row k of a block holds input k's weights over the padded outputs).
+template <typename T>
+struct Folded {
+  std::vector<T> w1h, w1p, b1;  // interaction first Linear: [D, HP] for h, [D, HP] for the partner, [HP]
+  std::vector<T> wa, ba;        // [H, AP], [AP]: a = [a_u | a_v] from the interaction's hidden layer
+  std::vector<T> wg, bg, bdeg;  // [M1, GP], [GP], [GP]: GRU input gates from the edge sum s_v (and the degree)
+  std::vector<T> wh, bh;        // [D, GP], [GP]: GRU hidden gates
+};
+
+template <typename T>
+Folded<T> fold(const Dims& d, const at::Tensor& iw1_, const at::Tensor& ib1_, const at::Tensor& iw2_,
+               const at::Tensor& ib2_, const at::Tensor& mw1_, const at::Tensor& mb1_, const at::Tensor& mw2_,
+               const at::Tensor& mb2_, const at::Tensor& wih_, const at::Tensor& whh_, const at::Tensor& bih_,
+               const at::Tensor& bhh_) {
+  const at::Tensor c[] = {iw1_.contiguous(), ib1_.contiguous(), iw2_.contiguous(), ib2_.contiguous(),
+                          mw1_.contiguous(), mb1_.contiguous(), mw2_.contiguous(), mb2_.contiguous(),
+                          wih_.contiguous(), whh_.contiguous(), bih_.contiguous(), bhh_.contiguous()};
+  const T *iw1 = c[0].const_data_ptr<T>(), *ib1 = c[1].const_data_ptr<T>(), *iw2 = c[2].const_data_ptr<T>(),
+          *ib2 = c[3].const_data_ptr<T>(), *mw1 = c[4].const_data_ptr<T>(), *mb1 = c[5].const_data_ptr<T>(),
+          *mw2 = c[6].const_data_ptr<T>(), *mb2 = c[7].const_data_ptr<T>(), *wih = c[8].const_data_ptr<T>(),
+          *whh = c[9].const_data_ptr<T>(), *bih = c[10].const_data_ptr<T>(), *bhh = c[11].const_data_ptr<T>();
+  const int64_t D = d.D, H = d.H, Z = d.Z, M1 = d.M1, M = d.M, G = 3 * D;
+  Folded<T> f;
+  f.w1h.assign(D * d.HP, T(0));
+  f.w1p.assign(D * d.HP, T(0));
+  f.b1.assign(d.HP, T(0));
+  for (int64_t o = 0; o < H; ++o) {
+    f.b1[o] = ib1[o];
+    for (int64_t k = 0; k < D; ++k) {
+      f.w1h[k * d.HP + o] = iw1[o * 2 * D + k];
+      f.w1p[k * d.HP + o] = iw1[o * 2 * D + D + k];
+    }
+  }
+  // a_u (columns 0..M1) and a_v (M1P..M1P+M1): mw1's source half / target half times the interaction's output map.
+  f.wa.assign(H * d.AP, T(0));
+  f.ba.assign(d.AP, T(0));
+  for (int64_t half = 0; half < 2; ++half) {
+    for (int64_t o = 0; o < M1; ++o) {
+      const T* row = mw1 + o * 2 * Z + half * Z;
+      T b = half ? mb1[o] : T(0);
+      for (int64_t j = 0; j < Z; ++j) b += row[j] * ib2[j];
+      f.ba[half * d.M1P + o] = b;
+      for (int64_t k = 0; k < H; ++k) {
+        T s = 0;
+        for (int64_t j = 0; j < Z; ++j) s += row[j] * iw2[j * H + k];
+        f.wa[k * d.AP + half * d.M1P + o] = s;
+      }
+    }
+  }
+  f.wg.assign(M1 * d.GP, T(0));
+  f.bg.assign(d.GP, T(0));
+  f.bdeg.assign(d.GP, T(0));
+  f.wh.assign(D * d.GP, T(0));
+  f.bh.assign(d.GP, T(0));
+  for (int64_t o = 0; o < G; ++o) {
+    const T* row = wih + o * M;
+    f.bg[o] = bih[o];
+    f.bh[o] = bhh[o];
+    T b = 0;
+    for (int64_t j = 0; j < M; ++j) b += row[j] * mb2[j];
+    f.bdeg[o] = b;
+    for (int64_t k = 0; k < M1; ++k) {
+      T s = 0;
+      for (int64_t j = 0; j < M; ++j) s += row[j] * mw2[j * M1 + k];
+      f.wg[k * d.GP + o] = s;
+    }
+    for (int64_t k = 0; k < D; ++k) f.wh[k * d.GP + o] = whh[o * D + k];
+  }
+  return f;
+}
+
+// a[u] for the nodes in [u0, u1) that are marked needed (real nodes and the sources of their incoming edges).
+template <typename T>
+FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, T* a,
+                         int64_t u0, int64_t u1) {
+  alignas(64) T r[256];
+  std::vector<T> wide;
+  T* rb = d.HP <= 256 ? r : (wide.resize(d.HP), wide.data());  // hidden widths beyond 256 go to the heap
+  for (int64_t u = u0; u < u1; ++u) {
+    if (!need[u]) continue;
+    matvec(rb, d.HP, f.b1.data(), f.w1h.data(), h + u * d.D, d.D, f.w1p.data(), p ? p + u * d.D : nullptr,
+           p ? d.D : 0);
+    for (int64_t o = 0; o < d.HP; ++o) rb[o] = std::max(rb[o], T(0));
+    matvec(a + u * d.AP, d.AP, f.ba.data(), f.wa.data(), rb, d.H, (const T*)nullptr, (const T*)nullptr, 0);
+  }
+}
+
+// s[0:M1P] = sum over the edges into v of relu(a_u[src] + a_v[v]).
+template <typename T, int W>
+FL_INLINE void edge_sum_w(T* s, const T* a, int64_t ap, const T* av, const int64_t* col, int64_t e0, int64_t e1) {
+  using V = typename align::Vec<T>::type;
+  constexpr int L = 64 / sizeof(T), NV = W / L;
+  V acc[NV], b[NV];
+  for (int j = 0; j < NV; ++j) {
+    acc[j] = V{};
+    b[j] = vload<V>(av + j * L);
+  }
+  const V zero{};
+  for (int64_t e = e0; e < e1; ++e) {
+    const T* au = a + col[e] * ap;
+    for (int j = 0; j < NV; ++j) acc[j] += align::vmax(vload<V>(au + j * L) + b[j], zero);
+  }
+  for (int j = 0; j < NV; ++j) vstore(s + j * L, acc[j]);
+}
+
+template <typename T>
+FL_INLINE void edge_sum(T* s, int64_t w, const T* a, int64_t ap, const T* av, const int64_t* col, int64_t e0,
+                        int64_t e1) {
+  switch (w) {
+    case 16: return edge_sum_w<T, 16>(s, a, ap, av, col, e0, e1);
+    case 32: return edge_sum_w<T, 32>(s, a, ap, av, col, e0, e1);
+    case 48: return edge_sum_w<T, 48>(s, a, ap, av, col, e0, e1);
+    case 64: return edge_sum_w<T, 64>(s, a, ap, av, col, e0, e1);
+    default: break;
+  }
+  for (int64_t o = 0; o < w; ++o) s[o] = 0;
+  for (int64_t e = e0; e < e1; ++e)
+    FL_SIMD for (int64_t o = 0; o < w; ++o) s[o] += std::max(a[col[e] * ap + o] + av[o], T(0));
+}
+
+// Scratch of one block of kBlock target nodes: the GRU pre-activations, one [kBlock * D] (+ slack) run each, so
+// the sigmoid/tanh sweeps are whole vectors.
+template <typename T>
+struct GateBuf {
+  std::vector<T> s, gb, gi, gh, r, z, n, nh;
+  explicit GateBuf(const Dims& d) {
+    const int64_t run = pad(kBlock * d.D);
+    s.assign(std::max<int64_t>(d.M1P, 1), T(0));
+    gb.assign(d.GP, T(0));
+    gi.assign(d.GP, T(0));
+    gh.assign(d.GP, T(0));
+    r.assign(run, T(0));
+    z.assign(run, T(0));
+    n.assign(run, T(0));
+    nh.assign(run, T(0));
+  }
+};
+
+template <typename T>
+FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
+                           const int64_t* col, const bool* mask, T* out, int64_t v0, int64_t v1, GateBuf<T>& g) {
+  const int64_t D = d.D, run = pad((v1 - v0) * D);
+  for (int64_t v = v0; v < v1; ++v) {
+    const int64_t i = (v - v0) * D;
+    if (!mask[v]) {
+      // Finite placeholders: the node's output is overwritten with 0 below.
+      std::fill_n(g.r.data() + i, D, T(0));
+      std::fill_n(g.z.data() + i, D, T(0));
+      std::fill_n(g.n.data() + i, D, T(0));
+      std::fill_n(g.nh.data() + i, D, T(0));
+      continue;
+    }
+    const int64_t e0 = rowptr[v], e1 = rowptr[v + 1];
+    edge_sum(g.s.data(), d.M1P, a, d.AP, a + v * d.AP + d.M1P, col, e0, e1);
+    const T deg = T(e1 - e0);
+    for (int64_t o = 0; o < d.GP; ++o) g.gb[o] = f.bg[o] + deg * f.bdeg[o];
+    matvec(g.gi.data(), d.GP, g.gb.data(), f.wg.data(), g.s.data(), d.M1, (const T*)nullptr, (const T*)nullptr, 0);
+    matvec(g.gh.data(), d.GP, f.bh.data(), f.wh.data(), h + v * D, D, (const T*)nullptr, (const T*)nullptr, 0);
+    for (int64_t k = 0; k < D; ++k) {
+      g.r[i + k] = g.gi[k] + g.gh[k];
+      g.z[i + k] = g.gi[D + k] + g.gh[D + k];
+      g.n[i + k] = g.gi[2 * D + k];
+      g.nh[i + k] = g.gh[2 * D + k];
+    }
+  }
+  std::fill(g.r.begin() + (v1 - v0) * D, g.r.begin() + run, T(0));
+  std::fill(g.z.begin() + (v1 - v0) * D, g.z.begin() + run, T(0));
+  sigmoid_inplace(g.r.data(), run, false);
+  sigmoid_inplace(g.z.data(), run, false);
+  for (int64_t i = 0; i < (v1 - v0) * D; ++i) g.n[i] += g.r[i] * g.nh[i];
+  std::fill(g.n.begin() + (v1 - v0) * D, g.n.begin() + run, T(0));
+  sigmoid_inplace(g.n.data(), run, true);
+  const T* hb = h + v0 * D;
+  T* ob = out + v0 * D;
+  for (int64_t i = 0; i < (v1 - v0) * D; ++i) ob[i] = (T(1) - g.z[i]) * g.n[i] + g.z[i] * hb[i];
+  for (int64_t v = v0; v < v1; ++v)
+    if (!mask[v]) std::fill_n(out + v * D, D, T(0));
+}
+
+// Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
+#define FL_PROPAGATE_DRIVERS(T)                                                                                  \
+  FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, \
+                                  T* a, int64_t u0, int64_t u1) {                                                \
+    node_pass<T>(d, f, h, p, need, a, u0, u1);                                                                   \
+  }                                                                                                              \
+  FL_MULTIVERSION void target_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* a,                   \
+                                    const int64_t* rowptr, const int64_t* col, const bool* mask, T* out,         \
+                                    int64_t v0, int64_t v1, GateBuf<T>& g) {                                     \
+    for (int64_t b = v0; b < v1; b += kBlock)                                                                    \
+      target_pass<T>(d, f, h, a, rowptr, col, mask, out, b, std::min(v1, b + kBlock), g);                        \
+  }
+FL_PROPAGATE_DRIVERS(float)
+FL_PROPAGATE_DRIVERS(double)
+#undef FL_PROPAGATE_DRIVERS
+
+at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
+                            const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& mask_in,
+                            const at::Tensor& iw1, const at::Tensor& ib1, const at::Tensor& iw2,
+                            const at::Tensor& ib2, const at::Tensor& mw1, const at::Tensor& mb1,
+                            const at::Tensor& mw2, const at::Tensor& mb2, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh) {
+  FL_CHECK_CPU(h_in);
+  FL_CHECK_DIM(h_in, 2);
+  Dims d{};
+  d.N = h_in.size(0);
+  d.D = h_in.size(1);
+  d.H = iw1.size(0);
+  d.Z = iw2.size(0);
+  d.M1 = mw1.size(0);
+  d.M = mw2.size(0);
+  TORCH_CHECK(iw1.dim() == 2 && iw1.size(1) == 2 * d.D, "isonet_layer: inter_w1 must be [H, 2D]");
+  TORCH_CHECK(iw2.dim() == 2 && iw2.size(1) == d.H, "isonet_layer: inter_w2 must be [Z, H]");
+  TORCH_CHECK(mw1.dim() == 2 && mw1.size(1) == 2 * d.Z, "isonet_layer: msg_w1 must be [M1, 2Z]");
+  TORCH_CHECK(mw2.dim() == 2 && mw2.size(1) == d.M1, "isonet_layer: msg_w2 must be [M, M1]");
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 3 * d.D && w_ih.size(1) == d.M, "isonet_layer: w_ih must be [3D, M]");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 3 * d.D && w_hh.size(1) == d.D, "isonet_layer: w_hh must be [3D, D]");
+  TORCH_CHECK(ib1.numel() == d.H && ib2.numel() == d.Z && mb1.numel() == d.M1 && mb2.numel() == d.M &&
+                  b_ih.numel() == 3 * d.D && b_hh.numel() == 3 * d.D,
+              "isonet_layer: bias sizes do not match the weights");
+  TORCH_CHECK(rowptr_in.numel() == d.N + 1 && mask_in.numel() == d.N && mask_in.scalar_type() == at::kBool,
+              "isonet_layer: rowptr must be [N+1] and mask bool [N]");
+  TORCH_CHECK(h_in.scalar_type() == at::kFloat || h_in.scalar_type() == at::kDouble,
+              "isonet_layer: float32/float64 on CPU");
+  d.HP = pad(d.H);
+  d.M1P = pad(d.M1);
+  d.AP = 2 * d.M1P;
+  d.GP = pad(3 * d.D);
+  const at::Tensor h = h_in.contiguous(), rowptr = rowptr_in.contiguous(), col = col_in.contiguous(),
+                   mask = mask_in.contiguous();
+  at::Tensor p;
+  if (partner.has_value()) {
+    TORCH_CHECK(partner->sizes() == h.sizes() && partner->scalar_type() == h.scalar_type(),
+                "isonet_layer: partner must match h");
+    p = partner->contiguous();
+  }
+  at::Tensor out = empty_cached({d.N, d.D}, h.options());
+  if (d.N == 0 || d.D == 0) return out;
+  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
+  const int64_t* cp = col.const_data_ptr<int64_t>();
+  const bool* mp = mask.const_data_ptr<bool>();
+  // The sources of edges into real nodes need a_u too, even where they are padding themselves.
+  std::vector<uint8_t> need(d.N, 0);
+  for (int64_t v = 0; v < d.N; ++v) {
+    if (!mp[v]) continue;
+    need[v] = 1;
+    for (int64_t e = rp[v]; e < rp[v + 1]; ++e) need[cp[e]] = 1;
+  }
+  at::Tensor a = empty_cached({d.N, d.AP}, h.options());
+  // Work per node is ~2k multiply-adds: blocks of a few hundred nodes amortise the parallel region.
+  const int64_t grain = 256;
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "isonet_layer_cpu", [&] {
+    const Folded<scalar_t> f = fold<scalar_t>(d, iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh);
+    const scalar_t* hp = h.const_data_ptr<scalar_t>();
+    const scalar_t* pp = p.defined() ? p.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, d.N, grain, [&](int64_t u0, int64_t u1) { node_sweep(d, f, hp, pp, need.data(), ap, u0, u1); });
+    at::parallel_for(0, d.N, grain, [&](int64_t v0, int64_t v1) {
+      GateBuf<scalar_t> g(d);
+      target_sweep(d, f, hp, ap, rp, cp, mp, op, v0, v1, g);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) { m.impl("isonet_layer", &isonet_layer_cpu); }
+
+}  // namespace fastlayers
