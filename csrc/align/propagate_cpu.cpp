@@ -40,23 +40,40 @@ constexpr int64_t kBlock = 32;  // nodes per GRU gate batch: the gate buffers st
 inline int64_t pad(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
 
 // out[0:W] = bias[0:W] + sum_k x1[k] w1[k, 0:W] + sum_k x2[k] w2[k, 0:W], W a compile-time multiple of 16, so
-// the accumulators are W / lanes whole registers.
+// the accumulators are W / lanes whole registers. With one or two output vectors a single accumulator per vector
+// would chain every multiply-add on the previous one (4-cycle latency each); R partial sums over k keep about
+// eight independent chains in flight, enough to feed both FMA pipes.
+// acc[r] += sum over k = r (mod R) of x[k] w[k, 0:W] (the tail on chain 0: a runtime chain index would put acc
+// in memory). A helper and not a lambda: a lambda is compiled for the default target, outside the clones.
+template <typename T, typename V, int W, int L, int R, int NV>
+FL_INLINE void matvec_sweep(V (&acc)[R][NV], const T* w, const T* x, int64_t kn) {
+  int64_t k = 0;
+  for (; k + R <= kn; k += R)
+    for (int r = 0; r < R; ++r) {
+      const V xk = vsplat<V>(x[k + r]);
+      for (int j = 0; j < NV; ++j) acc[r][j] += xk * vload<V>(w + (k + r) * W + j * L);
+    }
+  for (; k < kn; ++k) {
+    const V xk = vsplat<V>(x[k]);
+    for (int j = 0; j < NV; ++j) acc[0][j] += xk * vload<V>(w + k * W + j * L);
+  }
+}
+
 template <typename T, int W>
 FL_INLINE void matvec_w(T* out, const T* bias, const T* w1, const T* x1, int64_t k1, const T* w2, const T* x2,
                         int64_t k2) {
   using V = typename align::Vec<T>::type;
-  constexpr int L = 64 / sizeof(T), NV = W / L;
-  V acc[NV];
-  for (int j = 0; j < NV; ++j) acc[j] = vload<V>(bias + j * L);
-  for (int64_t k = 0; k < k1; ++k) {
-    const V xk = vsplat<V>(x1[k]);
-    for (int j = 0; j < NV; ++j) acc[j] += xk * vload<V>(w1 + k * W + j * L);
+  constexpr int L = 64 / sizeof(T), NV = W / L, R = NV >= 8 ? 1 : 8 / NV;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = V{};
+  matvec_sweep<T, V, W, L, R, NV>(acc, w1, x1, k1);
+  matvec_sweep<T, V, W, L, R, NV>(acc, w2, x2, k2);
+  for (int j = 0; j < NV; ++j) {
+    V t = vload<V>(bias + j * L);
+    for (int r = 0; r < R; ++r) t += acc[r][j];
+    vstore(out + j * L, t);
   }
-  for (int64_t k = 0; k < k2; ++k) {
-    const V xk = vsplat<V>(x2[k]);
-    for (int j = 0; j < NV; ++j) acc[j] += xk * vload<V>(w2 + k * W + j * L);
-  }
-  for (int j = 0; j < NV; ++j) vstore(out + j * L, acc[j]);
 }
 
 // Any padded width: the common ones in registers, wider ones through memory.
