@@ -92,6 +92,51 @@ FL_INLINE void matvec(T* out, int64_t w, const T* bias, const T* w1, const T* x1
   for (int64_t k = 0; k < k2; ++k) FL_SIMD for (int64_t o = 0; o < w; ++o) out[o] += x2[k] * w2[k * w + o];
 }
 
+// The same product for NB nodes at once: each weight row is loaded once for all of them and the NB x NV
+// accumulators are independent chains. out[n], bias[n], x1[n], x2[n] per node (x2 may be null when k2 = 0).
+template <typename T, int W, int NB>
+FL_INLINE void matvec_nb_w(T* const* out, const T* const* bias, const T* w1, const T* const* x1, int64_t k1,
+                           const T* w2, const T* const* x2, int64_t k2) {
+  using V = typename align::Vec<T>::type;
+  constexpr int L = 64 / sizeof(T), NV = W / L;
+  V acc[NB][NV];
+  for (int n = 0; n < NB; ++n)
+    for (int j = 0; j < NV; ++j) acc[n][j] = vload<V>(bias[n] + j * L);
+  for (int64_t k = 0; k < k1; ++k) {
+    V wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = vload<V>(w1 + k * W + j * L);
+    for (int n = 0; n < NB; ++n) {
+      const V xk = vsplat<V>(x1[n][k]);
+      for (int j = 0; j < NV; ++j) acc[n][j] += xk * wv[j];
+    }
+  }
+  for (int64_t k = 0; k < k2; ++k) {
+    V wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = vload<V>(w2 + k * W + j * L);
+    for (int n = 0; n < NB; ++n) {
+      const V xk = vsplat<V>(x2[n][k]);
+      for (int j = 0; j < NV; ++j) acc[n][j] += xk * wv[j];
+    }
+  }
+  for (int n = 0; n < NB; ++n)
+    for (int j = 0; j < NV; ++j) vstore(out[n] + j * L, acc[n][j]);
+}
+
+constexpr int kGroup = 4;  // nodes per multi-node product: 4 x 4 accumulators + 4 weight vectors fit in 32 zmm
+
+template <typename T>
+FL_INLINE void matvec_group(T* const* out, int64_t w, const T* const* bias, const T* w1, const T* const* x1,
+                            int64_t k1, const T* w2, const T* const* x2, int64_t k2) {
+  switch (w) {
+    case 16: return matvec_nb_w<T, 16, kGroup>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 32: return matvec_nb_w<T, 32, kGroup>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 48: return matvec_nb_w<T, 48, kGroup>(out, bias, w1, x1, k1, w2, x2, k2);
+    case 64: return matvec_nb_w<T, 64, kGroup>(out, bias, w1, x1, k1, w2, x2, k2);
+    default: break;
+  }
+  for (int n = 0; n < kGroup; ++n) matvec(out[n], w, bias[n], w1, x1[n], k1, w2, x2 ? x2[n] : nullptr, k2);
+}
+
 // In place on n elements (n a multiple of 16): x <- sigmoid(x), or tanh(x) = 2 sigmoid(2x) - 1.
 template <typename T>
 FL_INLINE void sigmoid_inplace(T* x, int64_t n, bool tanh) {
@@ -180,19 +225,33 @@ Folded<T> fold(const Dims& d, const at::Tensor& iw1_, const at::Tensor& ib1_, co
   return f;
 }
 
-// a[u] for the nodes in [u0, u1) that are marked needed (real nodes and the sources of their incoming edges).
+// a[u] for the nodes in [u0, u1) that are marked needed (real nodes and the sources of their incoming edges),
+// kGroup nodes per product; a short last group is padded by repeating its last node (written twice, same value).
 template <typename T>
 FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, T* a,
-                         int64_t u0, int64_t u1) {
-  alignas(64) T r[256];
-  std::vector<T> wide;
-  T* rb = d.HP <= 256 ? r : (wide.resize(d.HP), wide.data());  // hidden widths beyond 256 go to the heap
-  for (int64_t u = u0; u < u1; ++u) {
-    if (!need[u]) continue;
-    matvec(rb, d.HP, f.b1.data(), f.w1h.data(), h + u * d.D, d.D, f.w1p.data(), p ? p + u * d.D : nullptr,
-           p ? d.D : 0);
-    for (int64_t o = 0; o < d.HP; ++o) rb[o] = std::max(rb[o], T(0));
-    matvec(a + u * d.AP, d.AP, f.ba.data(), f.wa.data(), rb, d.H, (const T*)nullptr, (const T*)nullptr, 0);
+                         int64_t u0, int64_t u1, T* rbuf) {
+  int64_t u = u0;
+  while (u < u1) {
+    int64_t ids[kGroup];
+    int cnt = 0;
+    for (; u < u1 && cnt < kGroup; ++u)
+      if (need[u]) ids[cnt++] = u;
+    if (cnt == 0) break;
+    for (int n = cnt; n < kGroup; ++n) ids[n] = ids[cnt - 1];
+    const T *xh[kGroup], *xp[kGroup], *b1[kGroup], *rin[kGroup], *ba[kGroup];
+    T *r[kGroup], *out[kGroup];
+    for (int n = 0; n < kGroup; ++n) {
+      xh[n] = h + ids[n] * d.D;
+      xp[n] = p ? p + ids[n] * d.D : nullptr;
+      b1[n] = f.b1.data();
+      ba[n] = f.ba.data();
+      r[n] = rbuf + n * d.HP;
+      rin[n] = r[n];
+      out[n] = a + ids[n] * d.AP;
+    }
+    matvec_group(r, d.HP, b1, f.w1h.data(), xh, d.D, f.w1p.data(), p ? xp : nullptr, p ? d.D : 0);
+    for (int64_t o = 0; o < kGroup * d.HP; ++o) rbuf[o] = std::max(rbuf[o], T(0));
+    matvec_group(out, d.AP, ba, f.wa.data(), rin, d.H, (const T*)nullptr, (const T* const*)nullptr, 0);
   }
 }
 
@@ -231,19 +290,22 @@ FL_INLINE void edge_sum(T* s, int64_t w, const T* a, int64_t ap, const T* av, co
 
 // Scratch of one block of kBlock target nodes: the GRU pre-activations, one [kBlock * D] (+ slack) run each, so
 // the sigmoid/tanh sweeps are whole vectors.
+// Scratch of one block of kBlock target nodes: the GRU pre-activations, one [kBlock * D] (+ slack) run each, so
+// the sigmoid/tanh sweeps are whole vectors; and the per-group edge sums and products.
 template <typename T>
 struct GateBuf {
-  std::vector<T> s, gb, gi, gh, r, z, n, nh;
+  std::vector<T> s, gb, gi, gh, r, z, n, nh, rbuf;
   explicit GateBuf(const Dims& d) {
     const int64_t run = pad(kBlock * d.D);
-    s.assign(std::max<int64_t>(d.M1P, 1), T(0));
-    gb.assign(d.GP, T(0));
-    gi.assign(d.GP, T(0));
-    gh.assign(d.GP, T(0));
+    s.assign(kGroup * std::max<int64_t>(d.M1P, 1), T(0));
+    gb.assign(kGroup * d.GP, T(0));
+    gi.assign(kGroup * d.GP, T(0));
+    gh.assign(kGroup * d.GP, T(0));
     r.assign(run, T(0));
     z.assign(run, T(0));
     n.assign(run, T(0));
     nh.assign(run, T(0));
+    rbuf.assign(kGroup * d.HP, T(0));
   }
 };
 
@@ -251,48 +313,64 @@ template <typename T>
 FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
                            const int64_t* col, const bool* mask, T* out, int64_t v0, int64_t v1, GateBuf<T>& g) {
   const int64_t D = d.D, run = pad((v1 - v0) * D);
-  for (int64_t v = v0; v < v1; ++v) {
-    const int64_t i = (v - v0) * D;
-    if (!mask[v]) {
-      // Finite placeholders: the node's output is overwritten with 0 below.
-      std::fill_n(g.r.data() + i, D, T(0));
-      std::fill_n(g.z.data() + i, D, T(0));
-      std::fill_n(g.n.data() + i, D, T(0));
-      std::fill_n(g.nh.data() + i, D, T(0));
-      continue;
+  // Padding rows get finite placeholders (their output is overwritten with 0 below).
+  std::fill_n(g.r.data(), run, T(0));
+  std::fill_n(g.z.data(), run, T(0));
+  std::fill_n(g.n.data(), run, T(0));
+  std::fill_n(g.nh.data(), run, T(0));
+  int64_t v = v0;
+  while (v < v1) {
+    int64_t ids[kGroup];
+    int cnt = 0;
+    for (; v < v1 && cnt < kGroup; ++v)
+      if (mask[v]) ids[cnt++] = v;
+    if (cnt == 0) break;
+    for (int q = cnt; q < kGroup; ++q) ids[q] = ids[cnt - 1];
+    const T *sx[kGroup], *bgi[kGroup], *bh[kGroup], *hx[kGroup];
+    T *gi[kGroup], *gh[kGroup];
+    for (int q = 0; q < kGroup; ++q) {
+      const int64_t u = ids[q], e0 = rowptr[u], e1 = rowptr[u + 1];
+      T* s = g.s.data() + q * d.M1P;
+      edge_sum(s, d.M1P, a, d.AP, a + u * d.AP + d.M1P, col, e0, e1);
+      T* gb = g.gb.data() + q * d.GP;
+      const T deg = T(e1 - e0);
+      for (int64_t o = 0; o < d.GP; ++o) gb[o] = f.bg[o] + deg * f.bdeg[o];
+      sx[q] = s;
+      bgi[q] = gb;
+      bh[q] = f.bh.data();
+      hx[q] = h + u * D;
+      gi[q] = g.gi.data() + q * d.GP;
+      gh[q] = g.gh.data() + q * d.GP;
     }
-    const int64_t e0 = rowptr[v], e1 = rowptr[v + 1];
-    edge_sum(g.s.data(), d.M1P, a, d.AP, a + v * d.AP + d.M1P, col, e0, e1);
-    const T deg = T(e1 - e0);
-    for (int64_t o = 0; o < d.GP; ++o) g.gb[o] = f.bg[o] + deg * f.bdeg[o];
-    matvec(g.gi.data(), d.GP, g.gb.data(), f.wg.data(), g.s.data(), d.M1, (const T*)nullptr, (const T*)nullptr, 0);
-    matvec(g.gh.data(), d.GP, f.bh.data(), f.wh.data(), h + v * D, D, (const T*)nullptr, (const T*)nullptr, 0);
-    for (int64_t k = 0; k < D; ++k) {
-      g.r[i + k] = g.gi[k] + g.gh[k];
-      g.z[i + k] = g.gi[D + k] + g.gh[D + k];
-      g.n[i + k] = g.gi[2 * D + k];
-      g.nh[i + k] = g.gh[2 * D + k];
+    matvec_group(gi, d.GP, bgi, f.wg.data(), sx, d.M1, (const T*)nullptr, (const T* const*)nullptr, 0);
+    matvec_group(gh, d.GP, bh, f.wh.data(), hx, D, (const T*)nullptr, (const T* const*)nullptr, 0);
+    for (int q = 0; q < cnt; ++q) {
+      const int64_t i = (ids[q] - v0) * D;
+      const T *x = gi[q], *y = gh[q];
+      for (int64_t k = 0; k < D; ++k) {
+        g.r[i + k] = x[k] + y[k];
+        g.z[i + k] = x[D + k] + y[D + k];
+        g.n[i + k] = x[2 * D + k];
+        g.nh[i + k] = y[2 * D + k];
+      }
     }
   }
-  std::fill(g.r.begin() + (v1 - v0) * D, g.r.begin() + run, T(0));
-  std::fill(g.z.begin() + (v1 - v0) * D, g.z.begin() + run, T(0));
   sigmoid_inplace(g.r.data(), run, false);
   sigmoid_inplace(g.z.data(), run, false);
-  for (int64_t i = 0; i < (v1 - v0) * D; ++i) g.n[i] += g.r[i] * g.nh[i];
-  std::fill(g.n.begin() + (v1 - v0) * D, g.n.begin() + run, T(0));
+  for (int64_t i = 0; i < run; ++i) g.n[i] += g.r[i] * g.nh[i];
   sigmoid_inplace(g.n.data(), run, true);
   const T* hb = h + v0 * D;
   T* ob = out + v0 * D;
   for (int64_t i = 0; i < (v1 - v0) * D; ++i) ob[i] = (T(1) - g.z[i]) * g.n[i] + g.z[i] * hb[i];
-  for (int64_t v = v0; v < v1; ++v)
-    if (!mask[v]) std::fill_n(out + v * D, D, T(0));
+  for (int64_t u = v0; u < v1; ++u)
+    if (!mask[u]) std::fill_n(out + u * D, D, T(0));
 }
 
 // Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
 #define FL_PROPAGATE_DRIVERS(T)                                                                                  \
   FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, \
-                                  T* a, int64_t u0, int64_t u1) {                                                \
-    node_pass<T>(d, f, h, p, need, a, u0, u1);                                                                   \
+                                  T* a, int64_t u0, int64_t u1, T* rbuf) {                                       \
+    node_pass<T>(d, f, h, p, need, a, u0, u1, rbuf);                                                             \
   }                                                                                                              \
   FL_MULTIVERSION void target_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* a,                   \
                                     const int64_t* rowptr, const int64_t* col, const bool* mask, T* out,         \
@@ -365,7 +443,10 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
     const scalar_t* pp = p.defined() ? p.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* ap = a.mutable_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, d.N, grain, [&](int64_t u0, int64_t u1) { node_sweep(d, f, hp, pp, need.data(), ap, u0, u1); });
+    at::parallel_for(0, d.N, grain, [&](int64_t u0, int64_t u1) {
+      std::vector<scalar_t> rbuf(kGroup * d.HP);
+      node_sweep(d, f, hp, pp, need.data(), ap, u0, u1, rbuf.data());
+    });
     at::parallel_for(0, d.N, grain, [&](int64_t v0, int64_t v1) {
       GateBuf<scalar_t> g(d);
       target_sweep(d, f, hp, ap, rp, cp, mp, op, v0, v1, g);
