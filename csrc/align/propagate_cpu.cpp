@@ -296,11 +296,12 @@ template <typename T>
 struct GateBuf {
   std::vector<T> s, gb, gi, gh, r, z, n, nh, rbuf;
   explicit GateBuf(const Dims& d) {
-    const int64_t run = pad(kBlock * d.D);
+    // One vector of slack past every run and product row: the gate copies move whole vectors.
+    const int64_t run = pad(kBlock * d.D) + kPad;
     s.assign(kGroup * std::max<int64_t>(d.M1P, 1), T(0));
     gb.assign(kGroup * d.GP, T(0));
-    gi.assign(kGroup * d.GP, T(0));
-    gh.assign(kGroup * d.GP, T(0));
+    gi.assign(kGroup * d.GP + kPad, T(0));
+    gh.assign(kGroup * d.GP + kPad, T(0));
     r.assign(run, T(0));
     z.assign(run, T(0));
     n.assign(run, T(0));
@@ -312,6 +313,8 @@ struct GateBuf {
 template <typename T>
 FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
                            const int64_t* col, const bool* mask, T* out, int64_t v0, int64_t v1, GateBuf<T>& g) {
+  using V = typename align::Vec<T>::type;
+  constexpr int64_t L = 64 / sizeof(T);
   const int64_t D = d.D, run = pad((v1 - v0) * D);
   // Padding rows get finite placeholders (their output is overwritten with 0 below).
   std::fill_n(g.r.data(), run, T(0));
@@ -344,14 +347,16 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
     }
     matvec_group(gi, d.GP, bgi, f.wg.data(), sx, d.M1, (const T*)nullptr, (const T* const*)nullptr, 0);
     matvec_group(gh, d.GP, bh, f.wh.data(), hx, D, (const T*)nullptr, (const T* const*)nullptr, 0);
+    // Whole-vector copies into the gate runs: each may spill up to one vector past the node's D entries, into
+    // the next node's slot (rewritten next, ids ascend), a padding node's (zeroed at the end) or the slack.
     for (int q = 0; q < cnt; ++q) {
       const int64_t i = (ids[q] - v0) * D;
       const T *x = gi[q], *y = gh[q];
-      for (int64_t k = 0; k < D; ++k) {
-        g.r[i + k] = x[k] + y[k];
-        g.z[i + k] = x[D + k] + y[D + k];
-        g.n[i + k] = x[2 * D + k];
-        g.nh[i + k] = y[2 * D + k];
+      for (int64_t c = 0; c < D; c += L) {
+        vstore(g.r.data() + i + c, vload<V>(x + c) + vload<V>(y + c));
+        vstore(g.z.data() + i + c, vload<V>(x + D + c) + vload<V>(y + D + c));
+        vstore(g.n.data() + i + c, vload<V>(x + 2 * D + c));
+        vstore(g.nh.data() + i + c, vload<V>(y + 2 * D + c));
       }
     }
   }
