@@ -439,14 +439,18 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
     need[v] = 1;
     for (int64_t e = rp[v]; e < rp[v + 1]; ++e) need[cp[e]] = 1;
   }
-  at::Tensor a = empty_cached({d.N, d.AP}, h.options());
+  // Scratch for a = [a_u | a_v] per node, kept per calling thread: at ~650 KB for a 128-pair batch it is below
+  // the output pool's minimum, and a fresh block each call comes back from mmap and page-faults in every layer.
+  static thread_local std::vector<double> scratch;
+  const size_t a_bytes = size_t(d.N) * size_t(d.AP) * h.element_size();
+  if (scratch.size() * sizeof(double) < a_bytes) scratch.resize((a_bytes + sizeof(double) - 1) / sizeof(double));
   // Work per node is ~2k multiply-adds: blocks of a few hundred nodes amortise the parallel region.
   const int64_t grain = 256;
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "isonet_layer_cpu", [&] {
     const Folded<scalar_t> f = fold<scalar_t>(d, iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh);
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     const scalar_t* pp = p.defined() ? p.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+    scalar_t* ap = reinterpret_cast<scalar_t*>(scratch.data());
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, d.N, grain, [&](int64_t u0, int64_t u1) {
       std::vector<scalar_t> rbuf(kGroup * d.HP);
