@@ -86,7 +86,60 @@ def test_opcheck():
     g = Graph.from_edge_index(ei, 11)
     h.requires_grad_()
     for partner in (p.requires_grad_(), None):
-        torch.library.opcheck(torch.ops.fastlayers.isonet_layer, (h, partner, g.rowptr, g.col, mask, *w))
+        torch.library.opcheck(torch.ops.fastlayers.isonet_layer,
+                              (h, partner, None, None, False, g.rowptr, g.col, mask, *w))
+
+
+def _transport_case(b=5, n=7, n_o=6, transpose=False, dtype=torch.float64, **sizes):
+    h, _, ei, mask, w = _case(n=b * n, e=3 * b * n, dtype=dtype, **sizes)
+    d = h.shape[1]
+    P = torch.rand((b, n_o, n) if transpose else (b, n, n_o), dtype=dtype)
+    other = torch.randn(b * n_o, d, dtype=dtype)
+    return h, ei, mask, w, P, other
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("sizes", SIZES[:2])
+def test_transport_partner_matches_reference(transpose, sizes):
+    h, ei, mask, w, P, other = _transport_case(transpose=transpose, **sizes)
+    out = isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=transpose)
+    torch.testing.assert_close(out, ref.isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=transpose),
+                               rtol=1e-10, atol=1e-10)
+    # The same as handing the layer the transported partner itself.
+    Pt = P.transpose(1, 2) if transpose else P
+    partner = torch.bmm(Pt, other.view(Pt.shape[0], Pt.shape[2], -1)).reshape(h.shape)
+    torch.testing.assert_close(out, isonet_layer(h, partner, ei, mask, *w), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_transport_gradcheck_and_opcheck(transpose):
+    h, ei, mask, w, P, other = _transport_case(b=2, n=4, n_o=3, transpose=transpose, d=3, hid=4, z=3, m1=5, m=4)
+    inputs = [t.requires_grad_() for t in [h, P, other] + w]
+
+    def f(hh, pp, oo, *ws):
+        return isonet_layer(hh, None, ei, mask, *ws, P=pp, other=oo, transpose=transpose)
+    assert torch.autograd.gradcheck(f, inputs)
+    g = Graph.from_edge_index(ei, h.shape[0])
+    torch.library.opcheck(torch.ops.fastlayers.isonet_layer,
+                          (h, None, P, other, transpose, g.rowptr, g.col, mask, *w))
+
+
+def test_transport_bad_arguments():
+    h, ei, mask, w, P, other = _transport_case()
+    with pytest.raises(ValueError, match="either partner or P"):
+        isonet_layer(h, h, ei, mask, *w, P=P, other=other)
+    with pytest.raises(ValueError, match="pass P too"):
+        isonet_layer(h, None, ei, mask, *w, other=other)
+    with pytest.raises(ValueError, match="P must be 3-D"):
+        isonet_layer(h, None, ei, mask, *w, P=P[0], other=other)
+    with pytest.raises(ValueError, match="h must have B \\* n = 5 \\* 6 rows"):
+        isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=True)
+    with pytest.raises(ValueError, match=r"other must have shape \[30, 10\]"):
+        isonet_layer(h, None, ei, mask, *w, P=P, other=other[:-1])
+    with pytest.raises(TypeError, match="P must have h's dtype"):
+        isonet_layer(h, None, ei, mask, *w, P=P.float(), other=other)
+    with pytest.raises(TypeError, match="transpose must be a bool"):
+        isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=1)
 
 
 def test_bad_arguments():

@@ -225,11 +225,22 @@ Folded<T> fold(const Dims& d, const at::Tensor& iw1_, const at::Tensor& ib1_, co
   return f;
 }
 
+// The partner term given as a transport: partner_u = sum_m P[b, i, m] o_{b, m} for node u = b * n + i (P's rows;
+// with transpose, its columns), o the other graph's states. Its product with the interaction's partner weights is
+// taken per other-side node first, Q_m = W_p o_m (one row of HP), so a node adds sum_m P[b, i, m] Q_{b, m}.
+template <typename T>
+struct Transport {
+  const T* P = nullptr;  // [B, n, n_o] (or [B, n_o, n] with transpose), contiguous
+  const T* Q = nullptr;  // [B * n_o, HP]
+  int64_t n = 0, n_o = 0;
+  bool transpose = false;
+};
+
 // a[u] for the nodes in [u0, u1) that are marked needed (real nodes and the sources of their incoming edges),
 // kGroup nodes per product; a short last group is padded by repeating its last node (written twice, same value).
 template <typename T>
-FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, T* a,
-                         int64_t u0, int64_t u1, T* rbuf) {
+FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T* p, const Transport<T>& tr,
+                         const uint8_t* need, T* a, int64_t u0, int64_t u1, T* rbuf, T* coef) {
   int64_t u = u0;
   while (u < u1) {
     int64_t ids[kGroup];
@@ -250,8 +261,37 @@ FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T*
       out[n] = a + ids[n] * d.AP;
     }
     matvec_group(r, d.HP, b1, f.w1h.data(), xh, d.D, f.w1p.data(), p ? xp : nullptr, p ? d.D : 0);
+    if (tr.P) {
+      for (int n = 0; n < kGroup; ++n) {
+        const int64_t b = ids[n] / tr.n, i = ids[n] % tr.n;
+        const T* c = tr.P + (b * tr.n + i) * tr.n_o;
+        if (tr.transpose) {
+          for (int64_t m = 0; m < tr.n_o; ++m) coef[m] = tr.P[(b * tr.n_o + m) * tr.n + i];
+          c = coef;
+        }
+        matvec(r[n], d.HP, (const T*)r[n], tr.Q + b * tr.n_o * d.HP, c, tr.n_o, (const T*)nullptr,
+               (const T*)nullptr, 0);
+      }
+    }
     for (int64_t o = 0; o < kGroup * d.HP; ++o) rbuf[o] = std::max(rbuf[o], T(0));
     matvec_group(out, d.AP, ba, f.wa.data(), rin, d.H, (const T*)nullptr, (const T* const*)nullptr, 0);
+  }
+}
+
+// Q[j] = W_p o_j for the other graph's nodes j in [j0, j1) (kGroup at a time; the short last group repeats).
+template <typename T>
+FL_INLINE void other_pass(const Dims& d, const Folded<T>& f, const T* o, const T* zero, T* Q, int64_t j0,
+                          int64_t j1) {
+  for (int64_t j = j0; j < j1; j += kGroup) {
+    const T *x[kGroup], *b[kGroup];
+    T* out[kGroup];
+    for (int n = 0; n < kGroup; ++n) {
+      const int64_t k = std::min(j + n, j1 - 1);
+      x[n] = o + k * d.D;
+      b[n] = zero;
+      out[n] = Q + k * d.HP;
+    }
+    matvec_group(out, d.HP, b, f.w1p.data(), x, d.D, (const T*)nullptr, (const T* const*)nullptr, 0);
   }
 }
 
@@ -373,9 +413,14 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
 
 // Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
 #define FL_PROPAGATE_DRIVERS(T)                                                                                  \
-  FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p, const uint8_t* need, \
-                                  T* a, int64_t u0, int64_t u1, T* rbuf) {                                       \
-    node_pass<T>(d, f, h, p, need, a, u0, u1, rbuf);                                                             \
+  FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p,                     \
+                                  const Transport<T>& tr, const uint8_t* need, T* a, int64_t u0, int64_t u1,     \
+                                  T* rbuf, T* coef) {                                                            \
+    node_pass<T>(d, f, h, p, tr, need, a, u0, u1, rbuf, coef);                                                   \
+  }                                                                                                              \
+  FL_MULTIVERSION void other_sweep(const Dims& d, const Folded<T>& f, const T* o, const T* zero, T* Q, int64_t j0, \
+                                   int64_t j1) {                                                                 \
+    other_pass<T>(d, f, o, zero, Q, j0, j1);                                                                     \
   }                                                                                                              \
   FL_MULTIVERSION void target_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* a,                   \
                                     const int64_t* rowptr, const int64_t* col, const bool* mask, T* out,         \
@@ -388,7 +433,8 @@ FL_PROPAGATE_DRIVERS(double)
 #undef FL_PROPAGATE_DRIVERS
 
 at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
-                            const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& mask_in,
+                            const std::optional<at::Tensor>& P_in, const std::optional<at::Tensor>& other_in,
+                            bool transpose, const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& mask_in,
                             const at::Tensor& iw1, const at::Tensor& ib1, const at::Tensor& iw2,
                             const at::Tensor& ib2, const at::Tensor& mw1, const at::Tensor& mb1,
                             const at::Tensor& mw2, const at::Tensor& mb2, const at::Tensor& w_ih,
@@ -427,6 +473,20 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
                 "isonet_layer: partner must match h");
     p = partner->contiguous();
   }
+  at::Tensor P, other;
+  int64_t n_this = 0, n_o = 0;
+  if (P_in.has_value()) {
+    TORCH_CHECK(!p.defined() && other_in.has_value(), "isonet_layer: P needs other and excludes partner");
+    P = P_in->contiguous();
+    other = other_in->contiguous();
+    TORCH_CHECK(P.dim() == 3 && P.scalar_type() == h.scalar_type() && other.scalar_type() == h.scalar_type(),
+                "isonet_layer: P must be [B, N, M] in h's dtype");
+    n_this = transpose ? P.size(2) : P.size(1);
+    n_o = transpose ? P.size(1) : P.size(2);
+    TORCH_CHECK(P.size(0) * n_this == d.N && other.dim() == 2 && other.size(0) == P.size(0) * n_o &&
+                    other.size(1) == d.D,
+                "isonet_layer: h must be [B * n, D] and other [B * n_o, D] for P");
+  }
   at::Tensor out = empty_cached({d.N, d.D}, h.options());
   if (d.N == 0 || d.D == 0) return out;
   const int64_t* rp = rowptr.const_data_ptr<int64_t>();
@@ -443,7 +503,9 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
   // the output pool's minimum, and a fresh block each call comes back from mmap and page-faults in every layer.
   static thread_local std::vector<double> scratch;
   const size_t a_bytes = size_t(d.N) * size_t(d.AP) * h.element_size();
-  if (scratch.size() * sizeof(double) < a_bytes) scratch.resize((a_bytes + sizeof(double) - 1) / sizeof(double));
+  const size_t q_bytes = P.defined() ? size_t(other.size(0)) * size_t(d.HP) * h.element_size() : 0;
+  const size_t words = (a_bytes + q_bytes + 2 * sizeof(double) - 1) / sizeof(double);
+  if (scratch.size() < words) scratch.resize(words);
   // Work per node is ~2k multiply-adds: blocks of a few hundred nodes amortise the parallel region.
   const int64_t grain = 256;
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "isonet_layer_cpu", [&] {
@@ -452,9 +514,22 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
     const scalar_t* pp = p.defined() ? p.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* ap = reinterpret_cast<scalar_t*>(scratch.data());
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    Transport<scalar_t> tr;
+    if (P.defined()) {
+      tr.P = P.const_data_ptr<scalar_t>();
+      tr.n = n_this;
+      tr.n_o = n_o;
+      tr.transpose = transpose;
+      scalar_t* Q = reinterpret_cast<scalar_t*>(scratch.data() + (a_bytes + sizeof(double) - 1) / sizeof(double));
+      tr.Q = Q;
+      const std::vector<scalar_t> zero(d.HP, scalar_t(0));
+      const scalar_t* o = other.const_data_ptr<scalar_t>();
+      at::parallel_for(0, other.size(0), grain,
+                       [&](int64_t j0, int64_t j1) { other_sweep(d, f, o, zero.data(), Q, j0, j1); });
+    }
     at::parallel_for(0, d.N, grain, [&](int64_t u0, int64_t u1) {
-      std::vector<scalar_t> rbuf(kGroup * d.HP);
-      node_sweep(d, f, hp, pp, need.data(), ap, u0, u1, rbuf.data());
+      std::vector<scalar_t> rbuf(kGroup * d.HP), coef(std::max<int64_t>(n_o, 1));
+      node_sweep(d, f, hp, pp, tr, need.data(), ap, u0, u1, rbuf.data(), coef.data());
     });
     at::parallel_for(0, d.N, grain, [&](int64_t v0, int64_t v1) {
       GateBuf<scalar_t> g(d);

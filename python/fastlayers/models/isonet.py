@@ -113,14 +113,12 @@ class IsoNetPP(nn.Module):
             hq, hc = hq0, hc0
             cur_q, cur_c = [hq], [hc]
             for k in range(self.layers):
-                pq = pc = None  # round 1: zero partners
-                if P is not None:
-                    pq, pc = self.ops.m.partner(P, prev_q[k].view(b, n, -1), prev_c[k].view(b, n, -1))
-                    pq, pc = pq.reshape(b * n, -1), pc.reshape(b * n, -1)
-                # Interaction MLP, messages, GRU and mask in one layer call (fused on fastlayers ops).
+                # Partner transport (P Hc for q, P^T Hq for c; zeros in round 1, P is None), interaction MLP,
+                # messages, GRU and mask in one layer call (fused on fastlayers ops).
+                oq, oc = (None, None) if P is None else (prev_c[k], prev_q[k])
                 w = inter + self.layer[k].weights()
-                hq = self.ops.layer(hq, pq, qg, qmv, *w)
-                hc = self.ops.layer(hc, pc, cg, cmv, *w)
+                hq = self.ops.layer(hq, None, qg, qmv, *w, P=P, other=oq)
+                hc = self.ops.layer(hc, None, cg, cmv, *w, P=P, other=oc, transpose=True)
                 cur_q.append(hq)
                 cur_c.append(hc)
             prev_q, prev_c = cur_q, cur_c

@@ -38,7 +38,8 @@ def _check_weights(h, weights):
 
 
 def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, inter_b1, inter_w2, inter_b2,
-                 msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
+                 msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh, P=None, other=None,
+                 transpose: bool = False) -> torch.Tensor:
     """One IsoNet++ node layer, fused:
     ``z = W_i2 relu(W_i1 [h, partner] + b_i1) + b_i2``; for every edge u -> v the message
     ``W_m2 relu(W_m1 [z_u, z_v] + b_m1) + b_m2``, summed at v; ``h' = GRUCell(sum, h) * mask``.
@@ -53,9 +54,13 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
         msg_w1 [M1, 2Z], msg_b1 [M1], msg_w2 [M, M1], msg_b2 [M]: the message MLP's Linears.
         w_ih [3D, M], w_hh [3D, D], b_ih [3D], b_hh [3D]: the GRU cell (nn.GRUCell's layout, gates r, z, n).
         All weights in h's dtype and on h's device.
+        P, other, transpose: the partner as an alignment transport instead (partner must then be None):
+            P [B, n, n_o] and other [B * n_o, D] (the other graph's states) with N = B * n give
+            partner = P other per pair, without the [N, D] partner tensor; with transpose, P is [B, n_o, n] and
+            partner = P^T other (the corpus side of IsoNet++).
 
     Returns:
-        [N, D] new states, h's dtype. Differentiable in h, partner and every weight.
+        [N, D] new states, h's dtype. Differentiable in h, partner (or P and other) and every weight.
     """
     V.tensor("h", h)
     if h.dim() != 2:
@@ -69,6 +74,11 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
         if partner.dtype != h.dtype:
             raise TypeError(f"partner must have h's dtype {h.dtype}, got {partner.dtype}")
         V.same_device(h=h, partner=partner)
+    transpose = V.boolean("transpose", transpose)
+    if P is not None:
+        _check_transport(h, partner, P, other, transpose)
+    elif other is not None:
+        raise ValueError("other is the transported side of P: pass P too (or pass partner)")
     V.tensor("mask", mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = real node), got {mask.dtype}")
@@ -81,39 +91,60 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
     weights = (inter_w1, inter_b1, inter_w2, inter_b2, msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh)
     _check_weights(h, weights)
     if h.device.type != "cpu":
-        return _ref.isonet_layer(h, partner, g, mask, *weights)
-    return torch.ops.fastlayers.isonet_layer(h, partner, g.rowptr, g.col, mask, *weights)
+        return _ref.isonet_layer(h, partner, g, mask, *weights, P=P, other=other, transpose=transpose)
+    return torch.ops.fastlayers.isonet_layer(h, partner, P, other, transpose, g.rowptr, g.col, mask, *weights)
+
+
+def _check_transport(h, partner, P, other, transpose):
+    if partner is not None:
+        raise ValueError("pass either partner or P (with other), not both")
+    V.tensor("P", P)
+    V.tensor("other", other)
+    if P.dim() != 3:
+        raise ValueError(f"P must be 3-D [B, N, M], got shape {tuple(P.shape)}")
+    for name, t in (("P", P), ("other", other)):
+        if t.dtype != h.dtype:
+            raise TypeError(f"{name} must have h's dtype {h.dtype}, got {t.dtype}")
+        V.same_device(h=h, **{name: t})
+    b, n, n_o = P.shape[0], P.shape[2 if transpose else 1], P.shape[1 if transpose else 2]
+    side = "columns" if transpose else "rows"
+    if b * n != h.shape[0]:
+        raise ValueError(f"h must have B * n = {b} * {n} rows (n = P's {side}), got {h.shape[0]}")
+    if tuple(other.shape) != (b * n_o, h.shape[1]):
+        raise ValueError(f"other must have shape [{b * n_o}, {h.shape[1]}] (B * P's other side, D), "
+                         f"got {tuple(other.shape)}")
 
 
 @torch.library.register_fake("fastlayers::isonet_layer")
-def _isonet_layer_fake(h, partner, rowptr, col, mask, *weights):
+def _isonet_layer_fake(h, partner, P, other, transpose, rowptr, col, mask, *weights):
     return h.new_empty(h.shape)
 
 
 def _setup(ctx, inputs, output):
-    h, partner, rowptr, col, mask, *weights = inputs
-    ctx.has_partner = partner is not None
-    ctx.save_for_backward(h, partner, rowptr, col, mask, *weights)
+    h, partner, P, other, transpose, rowptr, col, mask, *weights = inputs
+    ctx.transpose = transpose
+    ctx.save_for_backward(h, partner, P, other, rowptr, col, mask, *weights)
 
 
 def _backward(ctx, grad):
-    h, partner, rowptr, col, mask, *weights = ctx.saved_tensors
+    h, partner, P, other, rowptr, col, mask, *weights = ctx.saved_tensors
     need = ctx.needs_input_grad
     # The edges back in COO from the CSR (the sum does not depend on their order).
     dst = torch.repeat_interleave(torch.arange(h.shape[0], device=h.device), rowptr.diff(), output_size=col.numel())
     edge_index = torch.stack([col, dst])
-    leaves = [h, partner] + list(weights)
-    flags = [need[0], need[1] and ctx.has_partner] + list(need[5:])
+    leaves = [h, partner, P, other] + list(weights)
+    flags = [bool(f) and t is not None for t, f in zip(leaves, need[:4] + need[8:])]
     with torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_(f) for t, f in zip(leaves, flags)]
-        out = _ref.isonet_layer(leaves[0], leaves[1], edge_index, mask, *leaves[2:])
+        out = _ref.isonet_layer(leaves[0], leaves[1], edge_index, mask, *leaves[4:], P=leaves[2], other=leaves[3],
+                                transpose=ctx.transpose)
         wanted = [t for t, f in zip(leaves, flags) if f]
         got = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else ())
     grads = []
     for t, f in zip(leaves, flags):
         g = next(got) if f else None
         grads.append(torch.zeros_like(t) if f and g is None else g)
-    return (grads[0], grads[1], None, None, None, *grads[2:])
+    return (*grads[:4], None, None, None, None, *grads[4:])
 
 
 torch.library.register_autograd("fastlayers::isonet_layer", _backward, setup_context=_setup)
