@@ -10,8 +10,11 @@
 //   - the message's second Linear is linear, so it commutes with the sum over incoming edges:
 //     sum_e (W_m relu(.) + b_m) = W_m s_v + deg_v b_m, and it feeds only the GRU's input map:
 //     W_ih agg = (W_ih W_m) s_v + deg_v (W_ih b_m).
-// Each matrix-vector product keeps its output in whole vector registers (widths padded to 16 lanes) with the
-// weights transposed so one input scalar multiplies a contiguous weight row.
+// The partner may come as the alignment transport itself (P and the other graph's states, see Transport), which
+// saves the model its per-layer partner products. Each matrix-vector product keeps its output in whole vector
+// registers (widths padded to 16 lanes), four nodes at a time, with the weights transposed so one input scalar
+// multiplies a contiguous weight row. Three sweeps over the nodes: the other side's partner products (transport
+// only), each node's [a_u | a_v], then per target the edge sum and the GRU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
