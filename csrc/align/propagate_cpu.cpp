@@ -437,7 +437,8 @@ FL_PROPAGATE_DRIVERS(double)
 
 at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
                             const std::optional<at::Tensor>& P_in, const std::optional<at::Tensor>& other_in,
-                            bool transpose, const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& mask_in,
+                            bool transpose, const at::Tensor& rowptr_in, const at::Tensor& col_in,
+                            const at::Tensor& mask_in,
                             const at::Tensor& iw1, const at::Tensor& ib1, const at::Tensor& iw2,
                             const at::Tensor& ib2, const at::Tensor& mw1, const at::Tensor& mb1,
                             const at::Tensor& mw2, const at::Tensor& mb2, const at::Tensor& w_ih,
