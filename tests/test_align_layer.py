@@ -168,3 +168,13 @@ def test_bad_arguments():
     bad[9] = w[9].float()
     with pytest.raises(TypeError, match="w_hh must have h's dtype"):
         isonet_layer(h, p, ei, mask, *bad)
+
+
+def test_non_contiguous_inputs():
+    h, p, ei, mask, w = _case()
+    # Column-major copies: same values, strides the kernel must not assume away.
+    hn, pn = h.t().contiguous().t(), p.t().contiguous().t()
+    wn = [t.t().contiguous().t() if t.dim() == 2 else t for t in w]
+    assert not hn.is_contiguous() and not wn[0].is_contiguous()
+    torch.testing.assert_close(isonet_layer(hn, pn, ei, mask, *wn), ref.isonet_layer(h, p, ei, mask, *w),
+                               rtol=1e-10, atol=1e-10)
