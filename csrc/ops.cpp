@@ -91,4 +91,14 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "partner_bwd(Tensor grad_q_partner, Tensor grad_c_partner, Tensor P, Tensor hq, Tensor hc)"
       " -> (Tensor grad_P, Tensor grad_hq, Tensor grad_hc)");
+
+  // align: one IsoNet++ node layer (fastlayers.ops.isonet_layer): z = MLP_int([h, partner]), messages
+  // MLP_msg([z_u, z_v]) along the CSR of incoming edges (rowptr [N+1], col [E] = source per slot), summed at the
+  // target, GRUCell(sum, h), rows of mask False set to 0. h, partner [N, D]; weights as nn.Linear / nn.GRUCell.
+  // Instead of partner, P [B, n, n_o] and other [B * n_o, D] give partner = P other per pair (P^T with transpose).
+  m.def(
+      "isonet_layer(Tensor h, Tensor? partner, Tensor? P, Tensor? other, bool transpose, Tensor rowptr,"
+      " Tensor col, Tensor mask, Tensor inter_w1, Tensor inter_b1, Tensor inter_w2, Tensor inter_b2,"
+      " Tensor msg_w1, Tensor msg_b1, Tensor msg_w2, Tensor msg_b2, Tensor w_ih, Tensor w_hh, Tensor b_ih,"
+      " Tensor b_hh) -> Tensor");
 }

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from .. import ops as _fast
+from ..graph import Graph
 from ..reference import align as _eager
+from ..reference import align_layer as _eager_layer
 
 
 def _mlp(d_in, d_hidden, d_out):
@@ -24,6 +26,12 @@ class _Ops:
         if kind not in ("fastlayers", "eager"):
             raise ValueError(f"ops must be 'fastlayers' or 'eager', got {kind!r}")
         self.m = _fast if kind == "fastlayers" else _eager
+        self.layer = _fast.isonet_layer if kind == "fastlayers" else _eager_layer.isonet_layer
+        self.fast = kind == "fastlayers"
+
+    def graph(self, edge_index, num_nodes):
+        # The fused layer takes the CSR that a Graph builds once per batch; the eager layer takes the edges as is.
+        return Graph.from_edge_index(edge_index, num_nodes) if self.fast else edge_index
 
 
 class _Propagate(nn.Module):
@@ -46,6 +54,12 @@ class _Propagate(nn.Module):
         m = second(act(zu[src] + zv[dst]))
         agg = torch.zeros(h.shape[0], m.shape[1], dtype=m.dtype, device=m.device).index_add_(0, dst, m)
         return self.update(agg, h)
+
+    def weights(self):
+        """The message MLP's and GRU cell's parameters in fastlayers.ops.isonet_layer's order."""
+        first, _, second = self.message
+        u = self.update
+        return (first.weight, first.bias, second.weight, second.bias, u.weight_ih, u.weight_hh, u.bias_ih, u.bias_hh)
 
 
 _VARIANTS = ("node", "edge")
@@ -100,21 +114,22 @@ class IsoNetPP(nn.Module):
         dev = qm.device
         hq0 = self.encoder(torch.ones(b * n, 1, device=dev)) * qmf
         hc0 = self.encoder(torch.ones(b * n, 1, device=dev)) * cmf
+        qg, cg = self.ops.graph(batch.q_edges, b * n), self.ops.graph(batch.c_edges, b * n)
+        qmv, cmv = qm.reshape(-1), cm.reshape(-1)
+        inter = (self.interaction[0].weight, self.interaction[0].bias, self.interaction[2].weight,
+                 self.interaction[2].bias)
         P = None
         prev_q = prev_c = None
         for _ in range(self.rounds):
             hq, hc = hq0, hc0
             cur_q, cur_c = [hq], [hc]
             for k in range(self.layers):
-                if P is None:
-                    pq, pc = torch.zeros_like(hq), torch.zeros_like(hc)
-                else:
-                    pq, pc = self.ops.m.partner(P, prev_q[k].view(b, n, -1), prev_c[k].view(b, n, -1))
-                    pq, pc = pq.reshape(b * n, -1), pc.reshape(b * n, -1)
-                zq = self.interaction(torch.cat([hq, pq], 1))
-                zc = self.interaction(torch.cat([hc, pc], 1))
-                hq = self.layer[k](zq, hq, batch.q_edges) * qmf
-                hc = self.layer[k](zc, hc, batch.c_edges) * cmf
+                # Partner transport (P Hc for q, P^T Hq for c; zeros in round 1, P is None), interaction MLP,
+                # messages, GRU and mask in one layer call (fused on fastlayers ops).
+                oq, oc = (None, None) if P is None else (prev_c[k], prev_q[k])
+                w = inter + self.layer[k].weights()
+                hq = self.ops.layer(hq, None, qg, qmv, *w, P=P, other=oq)
+                hc = self.ops.layer(hc, None, cg, cmv, *w, P=P, other=oc, transpose=True)
                 cur_q.append(hq)
                 cur_c.append(hc)
             prev_q, prev_c = cur_q, cur_c

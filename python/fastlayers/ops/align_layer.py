@@ -1,0 +1,150 @@
+"""One fused IsoNet++ node layer (interaction MLP, node-pair messages summed at the targets, GRU update, mask).
+
+Kernel: C++ on the CPU (csrc/align/propagate_cpu.cpp). Elsewhere (CUDA) the op runs its plain-PyTorch reference
+(fastlayers.reference.align_layer); there is no GPU kernel yet. Backward: a recompute of the layer through the
+reference under autograd (the layer is cheap next to the Sinkhorn calls of a model step; there is no backward
+kernel yet), so gradients are those of the published formulation.
+"""
+
+import torch
+
+from .. import _validate as V
+from ..graph import as_graph
+from ..reference import align_layer as _ref
+
+_WEIGHTS = ("inter_w1", "inter_b1", "inter_w2", "inter_b2", "msg_w1", "msg_b1", "msg_w2", "msg_b2", "w_ih", "w_hh",
+            "b_ih", "b_hh")
+
+
+def _check_weights(h, weights):
+    for name, w in zip(_WEIGHTS, weights):
+        V.tensor(name, w)
+        if w.dtype != h.dtype:
+            raise TypeError(f"{name} must have h's dtype {h.dtype}, got {w.dtype}")
+        if w.device != h.device:
+            raise ValueError(f"{name} is on {w.device} but h is on {h.device}; move them to one device")
+    iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh = weights
+    d = h.shape[1]
+    hid = iw1.shape[0] if iw1.dim() == 2 else -1
+    z = iw2.shape[0] if iw2.dim() == 2 else -1
+    m1 = mw1.shape[0] if mw1.dim() == 2 else -1
+    m = mw2.shape[0] if mw2.dim() == 2 else -1
+    want = {"inter_w1": (hid, 2 * d), "inter_b1": (hid,), "inter_w2": (z, hid), "inter_b2": (z,),
+            "msg_w1": (m1, 2 * z), "msg_b1": (m1,), "msg_w2": (m, m1), "msg_b2": (m,), "w_ih": (3 * d, m),
+            "w_hh": (3 * d, d), "b_ih": (3 * d,), "b_hh": (3 * d,)}
+    for name, w in zip(_WEIGHTS, weights):
+        if w.dim() != len(want[name]) or min(want[name]) < 0 or tuple(w.shape) != want[name]:
+            raise ValueError(f"{name} must have shape {list(want[name])} (D = {d} from h), got {tuple(w.shape)}")
+
+
+def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, inter_b1, inter_w2, inter_b2,
+                 msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh, P=None, other=None,
+                 transpose: bool = False) -> torch.Tensor:
+    """One IsoNet++ node layer, fused:
+    ``z = W_i2 relu(W_i1 [h, partner] + b_i1) + b_i2``; for every edge u -> v the message
+    ``W_m2 relu(W_m1 [z_u, z_v] + b_m1) + b_m2``, summed at v; ``h' = GRUCell(sum, h) * mask``.
+
+    Args:
+        h: [N, D] float32/float64 node states.
+        partner: [N, D] partner features (P H of the other graph), or None for zeros (round 1).
+        graph: fastlayers.Graph over the N nodes, or an int64 edge_index [2, E] (row 0 source, row 1 target;
+            built into a Graph each call: pass a Graph when the layer runs several times on one batch).
+        mask: bool [N], False for padding nodes (their output rows are 0).
+        inter_w1 [H, 2D], inter_b1 [H], inter_w2 [Z, H], inter_b2 [Z]: the interaction MLP's Linears.
+        msg_w1 [M1, 2Z], msg_b1 [M1], msg_w2 [M, M1], msg_b2 [M]: the message MLP's Linears.
+        w_ih [3D, M], w_hh [3D, D], b_ih [3D], b_hh [3D]: the GRU cell (nn.GRUCell's layout, gates r, z, n).
+        All weights in h's dtype and on h's device.
+        P, other, transpose: the partner as an alignment transport instead (partner must then be None):
+            P [B, n, n_o] and other [B * n_o, D] (the other graph's states) with N = B * n give
+            partner = P other per pair, without the [N, D] partner tensor; with transpose, P is [B, n_o, n] and
+            partner = P^T other (the corpus side of IsoNet++).
+
+    Returns:
+        [N, D] new states, h's dtype. Differentiable in h, partner (or P and other) and every weight.
+    """
+    V.tensor("h", h)
+    if h.dim() != 2:
+        raise ValueError(f"h must be 2-D [N, D], got shape {tuple(h.shape)}")
+    V.floating("h", h)
+    n = h.shape[0]
+    if partner is not None:
+        V.tensor("partner", partner)
+        if partner.shape != h.shape:
+            raise ValueError(f"partner must have h's shape {tuple(h.shape)}, got {tuple(partner.shape)}")
+        if partner.dtype != h.dtype:
+            raise TypeError(f"partner must have h's dtype {h.dtype}, got {partner.dtype}")
+        V.same_device(h=h, partner=partner)
+    transpose = V.boolean("transpose", transpose)
+    if P is not None:
+        _check_transport(h, partner, P, other, transpose)
+    elif other is not None:
+        raise ValueError("other is the transported side of P: pass P too (or pass partner)")
+    V.tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real node), got {mask.dtype}")
+    if tuple(mask.shape) != (n,):
+        raise ValueError(f"mask must have shape [{n}], got {tuple(mask.shape)}")
+    V.same_device(h=h, mask=mask)
+    g = as_graph(graph, num_nodes=n, name="graph")
+    if g.device != h.device:
+        raise ValueError(f"graph is on {g.device} but h is on {h.device}; move them to one device")
+    weights = (inter_w1, inter_b1, inter_w2, inter_b2, msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh)
+    _check_weights(h, weights)
+    if h.device.type != "cpu":
+        return _ref.isonet_layer(h, partner, g, mask, *weights, P=P, other=other, transpose=transpose)
+    return torch.ops.fastlayers.isonet_layer(h, partner, P, other, transpose, g.rowptr, g.col, mask, *weights)
+
+
+def _check_transport(h, partner, P, other, transpose):
+    if partner is not None:
+        raise ValueError("pass either partner or P (with other), not both")
+    V.tensor("P", P)
+    V.tensor("other", other)
+    if P.dim() != 3:
+        raise ValueError(f"P must be 3-D [B, N, M], got shape {tuple(P.shape)}")
+    for name, t in (("P", P), ("other", other)):
+        if t.dtype != h.dtype:
+            raise TypeError(f"{name} must have h's dtype {h.dtype}, got {t.dtype}")
+        V.same_device(h=h, **{name: t})
+    b, n, n_o = P.shape[0], P.shape[2 if transpose else 1], P.shape[1 if transpose else 2]
+    side = "columns" if transpose else "rows"
+    if b * n != h.shape[0]:
+        raise ValueError(f"h must have B * n = {b} * {n} rows (n = P's {side}), got {h.shape[0]}")
+    if tuple(other.shape) != (b * n_o, h.shape[1]):
+        raise ValueError(f"other must have shape [{b * n_o}, {h.shape[1]}] (B * P's other side, D), "
+                         f"got {tuple(other.shape)}")
+
+
+@torch.library.register_fake("fastlayers::isonet_layer")
+def _isonet_layer_fake(h, partner, P, other, transpose, rowptr, col, mask, *weights):
+    return h.new_empty(h.shape)
+
+
+def _setup(ctx, inputs, output):
+    h, partner, P, other, transpose, rowptr, col, mask, *weights = inputs
+    ctx.transpose = transpose
+    ctx.save_for_backward(h, partner, P, other, rowptr, col, mask, *weights)
+
+
+def _backward(ctx, grad):
+    h, partner, P, other, rowptr, col, mask, *weights = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    # The edges back in COO from the CSR (the sum does not depend on their order).
+    dst = torch.repeat_interleave(torch.arange(h.shape[0], device=h.device), rowptr.diff(), output_size=col.numel())
+    edge_index = torch.stack([col, dst])
+    leaves = [h, partner, P, other] + list(weights)
+    flags = [bool(f) and t is not None for t, f in zip(leaves, need[:4] + need[8:])]
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_(f) for t, f in zip(leaves, flags)]
+        out = _ref.isonet_layer(leaves[0], leaves[1], edge_index, mask, *leaves[4:], P=leaves[2], other=leaves[3],
+                                transpose=ctx.transpose)
+        wanted = [t for t, f in zip(leaves, flags) if f]
+        got = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True) if wanted else ())
+    grads = []
+    for t, f in zip(leaves, flags):
+        g = next(got) if f else None
+        grads.append(torch.zeros_like(t) if f and g is None else g)
+    return (*grads[:4], None, None, None, None, *grads[4:])
+
+
+torch.library.register_autograd("fastlayers::isonet_layer", _backward, setup_context=_setup)
