@@ -47,6 +47,20 @@ def test_fastlayers_ops_match_eager_ops(cls, kw, batch):
 
 
 @pytest.mark.parametrize("cls, kw", MODELS)
+def test_deepcopy_and_pickle_round_trip(cls, kw, batch, tmp_path):
+    import copy
+
+    _, _, b = batch
+    m = cls(**kw).eval()
+    twin = copy.deepcopy(m)
+    torch.save(m, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(b), m(b), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(b), m(b), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls, kw", MODELS)
 def test_pairs_are_independent_and_padding_invariant(cls, kw, batch):
     q, c, b = batch
     model = cls(**kw)

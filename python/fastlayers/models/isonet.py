@@ -22,12 +22,19 @@ def _mlp(d_in, d_hidden, d_out):
 
 
 class _Ops:
+    # Holds only the kind: modules and functions are looked up on use, so a model can be deep-copied and pickled.
     def __init__(self, kind):
         if kind not in ("fastlayers", "eager"):
             raise ValueError(f"ops must be 'fastlayers' or 'eager', got {kind!r}")
-        self.m = _fast if kind == "fastlayers" else _eager
-        self.layer = _fast.isonet_layer if kind == "fastlayers" else _eager_layer.isonet_layer
         self.fast = kind == "fastlayers"
+
+    @property
+    def m(self):
+        return _fast if self.fast else _eager
+
+    @property
+    def layer(self):
+        return _fast.isonet_layer if self.fast else _eager_layer.isonet_layer
 
     def graph(self, edge_index, num_nodes):
         # The fused layer takes the CSR that a Graph builds once per batch; the eager layer takes the edges as is.
