@@ -216,6 +216,41 @@ def test_align_score_matches_reference(shape):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("shape", [(5, 13, 7, 1), (4, 9, 17, 17), (3, 20, 20, 33), (2, 3, 1, 8), (3, 130, 20, 10),
+                                   (2, 20, 20, 70)])
+def test_align_score_kernel_shapes(dtype, shape):
+    # Row counts off the kernel's 8/4-row blocks, D across one and several vectors (float lanes 16, double 8), and
+    # sizes past the fused kernel's limits (N > 128, D > 64), which take the GEMM path.
+    b, n, m, d = shape
+    hq = torch.randn(b, n, d, dtype=F64)
+    hc = torch.randn(b, m, d, dtype=F64)
+    P = torch.rand(b, n, m, dtype=F64)
+    g = torch.randn(b, dtype=F64)
+    rs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    ref_s = reference.align_score(*rs)
+    ref = torch.autograd.grad(ref_s, rs, g)
+    xs = [t.to(dtype).requires_grad_() for t in (hq, hc, P)]
+    s = align_score(*xs)
+    ours = torch.autograd.grad(s, xs, g.to(dtype))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s.double(), ref_s.detach(), **tol)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a.double(), r, **tol)
+
+
+def test_align_score_non_contiguous():
+    hq = torch.randn(3, 10, 6, dtype=F64).transpose(1, 2)  # [3, 6, 10]
+    hc = torch.randn(3, 10, 7, dtype=F64).transpose(1, 2)  # [3, 7, 10]
+    P = torch.rand(3, 7, 6, dtype=F64).transpose(1, 2)  # [3, 6, 7]
+    xs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    rs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    torch.testing.assert_close(align_score(*xs), reference.align_score(*rs))
+    ours = torch.autograd.grad(align_score(*xs).sum(), xs)
+    for a, r in zip(ours, torch.autograd.grad(reference.align_score(*rs).sum(), rs)):
+        torch.testing.assert_close(a, r)
+
+
 def test_align_score_relu_tie_has_zero_gradient_like_torch():
     # Padded query rows (hq = 0, P row = 0) give R = 0 exactly: torch's ReLU passes no gradient there.
     hq, hc, P = _transport_inputs()
