@@ -141,6 +141,35 @@ def test_sharp_logits_and_underflowing_columns():
     torch.testing.assert_close(P32.double(), reference.sinkhorn(x, tau=0.1), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("scale", [1, 5, 30])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("iters", [20, 100])
+def test_rebases_and_line_fallbacks_match_reference(dtype, scale, mode, iters):
+    # The CPU kernel iterates in scaling form (K = exp(x0 - alpha - beta) and per-line scales): logits / tau
+    # spanning +-30 .. +-900 with a column and a row pushed far below (and a row far above) the rest move the
+    # potentials by hundreds, so the kernel must rebase K in forward and backward and redo underflowing line sums
+    # in the log domain; 100 iterations check that nothing drifts.
+    b, n, m = 6, 11, 19
+    x = torch.randn(b, n, m, dtype=F64) * scale
+    x[:, :, 2] -= 8 * scale
+    x[:, 3, :] -= 8 * scale
+    x[:, 5, :] += 4 * scale
+    rm, cm = _masks("random", b, n, m)
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    ref = reference.sinkhorn(xr, rm, cm, tau=0.1, num_iters=iters, mode=mode)
+    (gref,) = torch.autograd.grad(ref, xr, g)
+    xs = x.to(dtype).requires_grad_()
+    P = sinkhorn(xs, rm, cm, tau=0.1, num_iters=iters, mode=mode)
+    (gx,) = torch.autograd.grad(P, xs, g.to(dtype))
+    assert torch.isfinite(P).all() and torch.isfinite(gx).all()
+    p_tol = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=0, atol=5e-4)
+    g_tol = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=0, atol=2e-3)
+    torch.testing.assert_close(P.double(), ref.detach(), **p_tol)
+    torch.testing.assert_close(gx.double(), gref, **g_tol)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_matches_float64_reference(mode):
     x = torch.randn(64, 20, 20, dtype=F64) * 2
