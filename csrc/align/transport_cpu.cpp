@@ -140,7 +140,8 @@ struct ScoreScratch {
   std::vector<T> Q, H, R, HT, C, O;
   ScoreScratch(int64_t n, int64_t m, int64_t d, int64_t dp, int64_t mp, bool backward)
       : Q(n * d + dp), H(m * d + dp), R(n * dp), HT(backward ? d * mp : 0),
-        C(backward ? std::max(n, m) * std::max(dp, mp) : 0), O(backward ? std::max(n, m) * d + dp : 0) {}
+        C(backward ? std::max(n, m) * std::max(dp, mp) : 0),
+        O(backward ? std::max(n, m) * std::max(d, m) + std::max(dp, mp) : 0) {}
 };
 
 // Lanes c.. of a row of d values that are real: 1 where c + lane < d.
@@ -175,7 +176,7 @@ FL_INLINE T score_pair(const T* hq, const T* hc, const T* P, int64_t n, int64_t 
   return align::hsum(acc);
 }
 
-// dst[r * d : r * d + d] = src[r, 0:d] (stride dp) for r < rows, through O: whole-vector stores overlap the next
+// dst[r * d : r * d + d] = sign * src[r, 0:d] (stride dp) for r < rows, through O: whole-vector stores overlap the next
 // row, which the next store overwrites, and only the last d values of the block go out by copy.
 template <typename T>
 FL_INLINE void unpad_rows(const T* __restrict src, int64_t rows, int64_t d, int64_t dp, T sign, T* __restrict O,
@@ -220,8 +221,7 @@ FL_INLINE void score_bwd_impl(const T* gs, const T* hq, const T* hc, const T* P,
       for (int64_t j = m; j < mp; ++j) w.HT[c * mp + j] = 0;
     }
     rows_times(E, dp, int64_t(1), n, d, w.HT.data(), mp, mp, w.C.data());
-    T* gPb = gP + b * n * m;
-    for (int64_t i = 0; i < n; ++i) std::copy(w.C.data() + i * mp, w.C.data() + i * mp + m, gPb + i * m);
+    unpad_rows(w.C.data(), n, m, mp, T(1), w.O.data(), gP + b * n * m);
     rows_times(Pb, int64_t(1), m, m, n, E, dp, dp, w.C.data());
     unpad_rows(w.C.data(), m, d, dp, T(1), w.O.data(), gc + b * m * d);
   }
