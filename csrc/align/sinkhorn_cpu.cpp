@@ -107,42 +107,49 @@ T exact_lse(const T* __restrict x, const T* __restrict sh, int64_t count) {
 
 // One half-step over the lines of one side (rows: X = x0, own = alpha, lu, u; other side's B = beta - lv). y holds
 // the line products (K v or K^T u). Writes the lse vector at[0:cnt], updates lg = log scale, sc = scale. Returns
-// whether a rebase is due. X: this side's lines of x0 (stride len_other); work: len_other scratch.
+// whether a rebase is due. X: this side's lines of x0 (stride len_other); work: len_other scratch, atw: cntp.
+// The line loop runs over all cntp (whole vectors, no scalar tail): padding lines get y = 1, so their log scale
+// stays 0 and their scale 1, which the zero padding lines of K turn into nothing.
 template <typename T>
-FL_INLINE bool half_step(const T* __restrict y, int64_t cnt, const T* __restrict X, int64_t len_other,
+FL_INLINE bool half_step(T* __restrict y, int64_t cnt, int64_t cntp, const T* __restrict X, int64_t len_other,
                          int64_t cnt_other, const T* __restrict own, const T* __restrict other,
                          const T* __restrict lg_other, T* __restrict lg, T* __restrict sc, T* __restrict at,
-                         T* __restrict work) {
+                         T* __restrict work, T* __restrict atw) {
+  for (int64_t i = cnt; i < cntp; ++i) y[i] = 1;
   T ymin = std::numeric_limits<T>::infinity(), lmax = 0;
   FL_PRAGMA(omp simd reduction(min : ymin) reduction(max : lmax))
-  for (int64_t i = 0; i < cnt; ++i) {
+  for (int64_t i = 0; i < cntp; ++i) {
     const T yi = y[i];
     const T l = fast_log(yi);
     // The lse increment as a difference of the potentials as floats (not lg + l): the backward sums these
     // increments back into potentials, and differences of stored floats telescope there without drift.
-    at[i] = (own[i] + l) - (own[i] - lg[i]);
+    atw[i] = (own[i] + l) - (own[i] - lg[i]);
     lg[i] = -l;
     sc[i] = T(1) / yi;
     ymin = std::min(ymin, yi);
     lmax = std::max(lmax, std::abs(l));
   }
-  if (ymin >= kTinyLine<T>) return !(lmax <= kLogRange<T>);  // NaN-safe: NaN input rebases, never loops
+  if (ymin >= kTinyLine<T>) {
+    std::copy(atw, atw + cnt, at);
+    return !(lmax <= kLogRange<T>);  // NaN-safe: NaN input rebases, never loops
+  }
   // Some line sums lost their mass to flushed entries of K: those lines get their lse from x0 directly.
   // other potential = base - log scale
   for (int64_t j = 0; j < cnt_other; ++j) work[j] = other[j] - lg_other[j];
   for (int64_t i = 0; i < cnt; ++i) {
     if (y[i] >= kTinyLine<T>) continue;
     const T lse = exact_lse(X + i * len_other, work, cnt_other);  // the new potential of line i
-    const T old = own[i] - (at[i] + lg[i]);                       // at + lg = the old log scale
-    at[i] = lse - old;
+    const T old = own[i] - (atw[i] + lg[i]);                      // atw + lg = the old log scale
+    atw[i] = lse - old;
     lg[i] = own[i] - lse;
     sc[i] = 1;  // unused: the rebase below resets it
   }
+  std::copy(atw, atw + cnt, at);
   return true;
 }
 
 // x0: [n, ms], x0T: [m, ns] (gathered logits / tau, kPad in the padding lanes); K: [n4, ms], KT: [m4, ns]
-// scratch, K holds P on return; a: [iters, n], b: [iters, m] out; w: scratch of 5 (ns + ms).
+// scratch, K holds P on return; a: [iters, n], b: [iters, m] out; w: scratch of 6 (ns + ms).
 template <typename T>
 FL_INLINE void forward_dense_impl(const T* __restrict x0, const T* __restrict x0T, T* __restrict K,
                                   T* __restrict KT, int64_t n, int64_t m, int64_t ns, int64_t ms, int64_t iters,
@@ -159,6 +166,7 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, const T* __restrict x0
   T* v = lv + ms;        // [ms]
   T* c = v + ms;         // [ms] column products K^T u
   T* work = c + ms;      // [max(ns, ms)]
+  T* atw = work + std::max(ns, ms);  // [max(ns, ms)]
   std::fill(w, w + 4 * (ns + ms), T(0));
   std::fill(K + n * ms, K + n4 * ms, T(0));
   std::fill(KT + m * ns, KT + m4 * ns, T(0));
@@ -188,9 +196,9 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, const T* __restrict x0
   };
   for (int64_t t = 0; t < iters; ++t) {
     vertical_matvec(KT, v, m4, ns, r);
-    if (half_step(r, n, x0, ms, m, alpha, beta, lv, lu, u, a + t * n, work)) rebase();
+    if (half_step(r, n, ns, x0, ms, m, alpha, beta, lv, lu, u, a + t * n, work, atw)) rebase();
     vertical_matvec(K, u, n4, ms, c);
-    if (half_step(c, m, x0T, ns, n, beta, alpha, lu, lv, v, b + t * m, work)) rebase();
+    if (half_step(c, m, ms, x0T, ns, n, beta, alpha, lu, lv, v, b + t * m, work, atw)) rebase();
   }
   for (int64_t i = 0; i < n; ++i) {
     const T ui = u[i];
@@ -438,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
       Index ix;
       const int64_t MS = padded<scalar_t>(z.M), NS = padded<scalar_t>(z.N);
       std::vector<scalar_t> x(z.N * MS), xt(z.M * NS), K(round_up<scalar_t>(z.N, 4) * MS),
-          KT(round_up<scalar_t>(z.M, 4) * NS), a(iters * z.N), bb(iters * z.M), w(5 * (NS + MS));
+          KT(round_up<scalar_t>(z.M, 4) * NS), a(iters * z.N), bb(iters * z.M), w(6 * (NS + MS));
       for (int64_t p = b0; p < b1; ++p) {
         const bool* rm = RM + p * z.N;
         const bool* cm = CM + p * z.M;
