@@ -464,12 +464,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
         const int64_t ms = padded<scalar_t>(m), ns = padded<scalar_t>(n);
         gather_x0(L + p * z.N * z.M, rm, cm, z.M, ix, reference, tau, ms, x.data());
         transpose_x0(x.data(), n, m, ns, ms, xt.data());
-        forward_dense(x.data(), xt.data(), K.data(), KT.data(), n, m, ns, ms, iters, a.data(), bb.data(),
-                      w.data());
+        // A block covering the whole pair has the outputs' lse layout: the kernel writes them in place.
+        forward_dense(x.data(), xt.data(), K.data(), KT.data(), n, m, ns, ms, iters, ix.full ? rl : a.data(),
+                      ix.full ? cl : bb.data(), w.data());
         scatter_block(K.data(), ms, ix, z.M, out);  // K holds P on return
-        for (int64_t t = 0; t < iters; ++t) {
-          for (int64_t i = 0; i < n; ++i) rl[t * z.N + ix.rows[i]] = a[t * n + i];
-          for (int64_t j = 0; j < m; ++j) cl[t * z.M + ix.cols[j]] = bb[t * m + j];
+        if (!ix.full) {
+          for (int64_t t = 0; t < iters; ++t) {
+            for (int64_t i = 0; i < n; ++i) rl[t * z.N + ix.rows[i]] = a[t * n + i];
+            for (int64_t j = 0; j < m; ++j) cl[t * z.M + ix.cols[j]] = bb[t * m + j];
+          }
         }
       }
     });
@@ -530,12 +533,26 @@ at::Tensor sinkhorn_bwd_cpu(const at::Tensor& grad_P_in, const at::Tensor& logit
           }
           std::fill(dst + m, dst + ms, scalar_t(0));
         }
-        for (int64_t t = 0; t < iters; ++t) {
-          for (int64_t i = 0; i < n; ++i) a[t * n + i] = RL[(p * iters + t) * z.N + ix.rows[i]];
-          for (int64_t j = 0; j < m; ++j) bb[t * m + j] = CL[(p * iters + t) * z.M + ix.cols[j]];
+        const scalar_t* ap = RL + p * iters * z.N;
+        const scalar_t* bp = CL + p * iters * z.M;
+        if (!ix.full) {
+          for (int64_t t = 0; t < iters; ++t) {
+            for (int64_t i = 0; i < n; ++i) a[t * n + i] = ap[t * z.N + ix.rows[i]];
+            for (int64_t j = 0; j < m; ++j) bb[t * m + j] = bp[t * z.M + ix.cols[j]];
+          }
+          ap = a.data();
+          bp = bb.data();
         }
-        backward_dense(x0.data(), g.data(), n, m, ns, ms, iters, a.data(), bb.data(), K.data(), w.data());
+        backward_dense(x0.data(), g.data(), n, m, ns, ms, iters, ap, bp, K.data(), w.data());
         const scalar_t inv_tau = scalar_t(1) / scalar_t(tau);
+        if (ix.full && ix.all_real) {
+          for (int64_t i = 0; i < n; ++i) {
+            const scalar_t* gi = g.data() + i * ms;
+            scalar_t* oi = out + i * z.M;
+            FL_SIMD for (int64_t j = 0; j < m; ++j) oi[j] = gi[j] * inv_tau;
+          }
+          continue;
+        }
         for (int64_t i = 0; i < n; ++i) {
           const int64_t r = ix.rows[i];
           for (int64_t j = 0; j < m; ++j) {
