@@ -72,6 +72,17 @@ def test_gradcheck(mode, tau):
     assert torch.autograd.gradcheck(lambda a: sinkhorn(a, rm, cm, tau=tau, num_iters=5, mode=mode), (x,))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_through_rebases(mode):
+    # A column 30 below the rest is 300 below after tau: its log-scale passes the float64 rebase bound (100) in
+    # the forward, and the backward's scales against the final potentials pass it on the way back.
+    x = torch.randn(2, 4, 5, dtype=F64)
+    x[:, :, 1] -= 30
+    x.requires_grad_()
+    rm, cm = _masks("none", 2, 4, 5)
+    assert torch.autograd.gradcheck(lambda a: sinkhorn(a, rm, cm, tau=0.1, num_iters=6, mode=mode), (x,))
+
+
 def test_masked_equals_unpadded_problem():
     # mode="masked" must solve each pair's real sub-problem as if it had never been padded.
     x = torch.randn(3, 8, 10, dtype=F64)
