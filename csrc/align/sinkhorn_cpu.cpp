@@ -41,8 +41,8 @@ using align::fast_log;
 // recomputed (one exp pass; K <= 1 again, as a normalised state's entries are). Between rebases u, v <= e^range,
 // so an entry of exp(state) above ~1e-12 (float) never sits in K below the normal range: what FTZ / vexp flush to
 // zero is negligible. A line sum below kTinyLine (all of its entries near the flush threshold) is instead redone
-// in the log domain from x0, followed by a rebase. Such lines only arise when a whole row (column) sits ~70
-// (float) below every column (row) maximum.
+// in the log domain from x0, followed by a rebase. Such lines only arise when a whole row (column) sits ~35
+// (float) / ~570 (double) below the rest of its columns (rows) in the current scaling.
 //
 // Layout: K [n4, ms] row-major for the column products and KT [m4, ns] for the row products, so both are vertical
 // multiply-adds of whole vectors with no horizontal sums; n4, m4 round the line counts up to 4 (zero lines) for
