@@ -72,6 +72,17 @@ def test_gradcheck(mode, tau):
     assert torch.autograd.gradcheck(lambda a: sinkhorn(a, rm, cm, tau=tau, num_iters=5, mode=mode), (x,))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_through_rebases(mode):
+    # A column 30 below the rest is 300 below after tau: its log-scale passes the float64 rebase bound (100) in
+    # the forward, and the backward's scales against the final potentials pass it on the way back.
+    x = torch.randn(2, 4, 5, dtype=F64)
+    x[:, :, 1] -= 30
+    x.requires_grad_()
+    rm, cm = _masks("none", 2, 4, 5)
+    assert torch.autograd.gradcheck(lambda a: sinkhorn(a, rm, cm, tau=0.1, num_iters=6, mode=mode), (x,))
+
+
 def test_masked_equals_unpadded_problem():
     # mode="masked" must solve each pair's real sub-problem as if it had never been padded.
     x = torch.randn(3, 8, 10, dtype=F64)
@@ -139,6 +150,35 @@ def test_sharp_logits_and_underflowing_columns():
     P32 = sinkhorn(x.float(), tau=0.1)
     assert torch.isfinite(P32).all()
     torch.testing.assert_close(P32.double(), reference.sinkhorn(x, tau=0.1), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("scale", [1, 5, 30])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("iters", [20, 100])
+def test_rebases_and_line_fallbacks_match_reference(dtype, scale, mode, iters):
+    # The CPU kernel iterates in scaling form (K = exp(x0 - alpha - beta) and per-line scales): logits / tau
+    # spanning +-30 .. +-900 with a column and a row pushed far below (and a row far above) the rest move the
+    # potentials by hundreds, so the kernel must rebase K in forward and backward and redo underflowing line sums
+    # in the log domain; 100 iterations check that nothing drifts.
+    b, n, m = 6, 11, 19
+    x = torch.randn(b, n, m, dtype=F64) * scale
+    x[:, :, 2] -= 8 * scale
+    x[:, 3, :] -= 8 * scale
+    x[:, 5, :] += 4 * scale
+    rm, cm = _masks("random", b, n, m)
+    g = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    ref = reference.sinkhorn(xr, rm, cm, tau=0.1, num_iters=iters, mode=mode)
+    (gref,) = torch.autograd.grad(ref, xr, g)
+    xs = x.to(dtype).requires_grad_()
+    P = sinkhorn(xs, rm, cm, tau=0.1, num_iters=iters, mode=mode)
+    (gx,) = torch.autograd.grad(P, xs, g.to(dtype))
+    assert torch.isfinite(P).all() and torch.isfinite(gx).all()
+    p_tol = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=0, atol=5e-4)
+    g_tol = dict(rtol=1e-9, atol=1e-10) if dtype == F64 else dict(rtol=0, atol=2e-3)
+    torch.testing.assert_close(P.double(), ref.detach(), **p_tol)
+    torch.testing.assert_close(gx.double(), gref, **g_tol)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -214,6 +254,41 @@ def test_align_score_matches_reference(shape):
     ref = torch.autograd.grad(reference.align_score(*rs), rs, g)
     for a, r in zip(ours, ref):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("shape", [(5, 13, 7, 1), (4, 9, 17, 17), (3, 20, 20, 33), (2, 3, 1, 8), (3, 130, 20, 10),
+                                   (2, 20, 20, 70)])
+def test_align_score_kernel_shapes(dtype, shape):
+    # Row counts off the kernel's 8/4-row blocks, D across one and several vectors (float lanes 16, double 8), and
+    # sizes past the fused kernel's limits (N > 128, D > 64), which take the GEMM path.
+    b, n, m, d = shape
+    hq = torch.randn(b, n, d, dtype=F64)
+    hc = torch.randn(b, m, d, dtype=F64)
+    P = torch.rand(b, n, m, dtype=F64)
+    g = torch.randn(b, dtype=F64)
+    rs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    ref_s = reference.align_score(*rs)
+    ref = torch.autograd.grad(ref_s, rs, g)
+    xs = [t.to(dtype).requires_grad_() for t in (hq, hc, P)]
+    s = align_score(*xs)
+    ours = torch.autograd.grad(s, xs, g.to(dtype))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == F64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s.double(), ref_s.detach(), **tol)
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a.double(), r, **tol)
+
+
+def test_align_score_non_contiguous():
+    hq = torch.randn(3, 10, 6, dtype=F64).transpose(1, 2)  # [3, 6, 10]
+    hc = torch.randn(3, 10, 7, dtype=F64).transpose(1, 2)  # [3, 7, 10]
+    P = torch.rand(3, 7, 6, dtype=F64).transpose(1, 2)  # [3, 6, 7]
+    xs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    rs = [t.clone().requires_grad_() for t in (hq, hc, P)]
+    torch.testing.assert_close(align_score(*xs), reference.align_score(*rs))
+    ours = torch.autograd.grad(align_score(*xs).sum(), xs)
+    for a, r in zip(ours, torch.autograd.grad(reference.align_score(*rs).sum(), rs)):
+        torch.testing.assert_close(a, r)
 
 
 def test_align_score_relu_tie_has_zero_gradient_like_torch():

@@ -1,11 +1,12 @@
 // Batched log-domain Sinkhorn on the CPU: forward and its reverse sweep.
 //
 // One task per pair. The pair's real rows and columns (mode "masked") or all of them with padded logits 0 (mode
-// "reference") are gathered into a dense n x m buffer that stays in L1 for all 2 * num_iters half-steps, which
-// run on explicit vectors (vec.h) with a vectorised exp and log. The forward keeps every half-step's
-// logsumexp vector (row_lse [B, T, N], col_lse [B, T, M]); the backward never materialises the intermediate
-// matrices: the state after any half-step is x0 - A_i - B_j with A, B running sums of those vectors, so it
-// recomputes exp(state) on the fly while it walks the half-steps in reverse
+// "reference") are gathered into a dense n x m buffer that stays in L1 for all 2 * num_iters half-steps. The
+// iteration is the published log-domain loop, computed in scaling form (see "dense half-steps" below): matrix-
+// vector products and per-line logs instead of an exp per entry and half-step. The forward keeps every
+// half-step's logsumexp vector (row_lse [B, T, N], col_lse [B, T, M]); the backward never materialises the
+// intermediate matrices: the state after any half-step is x0 - A_i - B_j with A, B running sums of those vectors,
+// and it walks the half-steps in reverse with that state in the same scaling form
 // (row step y = x - lse_row(x): dx = dy - exp(y) * rowsum(dy); columns alike).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -29,177 +30,277 @@ namespace {
 using align::fast_log;
 
 // ---- dense half-steps on the gathered n x m block -------------------------------------------------------------
-// Rows have stride ms, a multiple of kLanes (one vector of vec.h), so inner loops are whole vectors with no
-// scalar tail; padding columns hold kPad, whose exp is negligible in row sums, and get
-// column shift 0.
+// The state after any half-step is x0_ij - A_i - B_j, with A, B the running sums of the row and column lse vectors
+// (a_t, b_t: what the published loop subtracts at half-step t). The kernels keep it in scaling form instead:
+// exp(state)_ij = K_ij * u_i * v_j with K = exp(x0 - alpha - beta) for base potentials alpha, beta fixed between
+// rebases, u = exp(alpha - A), v = exp(beta - B). A row step is then r = K v (one multiply-add per entry, no exp),
+// a_t = log(u_i r_i) and u = 1 / r; columns alike with c = K^T u. An iteration costs two matrix-vector products
+// and n + m logs, against the log domain's exp of every entry.
 //
-// The state after any half-step is x0 - A_i - B_j, with A, B the running sums of the row and column lse vectors
-// (a_t, b_t: what the published loop subtracts at half-step t). Row step: with y = x0 - B, e = exp(y - max_j y)
-// and s = sum_j e, the new A is max y + log s (the old A cancels) and the row-normalised matrix is p = e / s
-// (<= 1). Column step: b = log sum_i p. So an iteration costs one exp per entry (the log-domain loop costs two)
-// and one vectorised log per row and per column. p can lose entries to underflow only where a whole column is
-// below ~1e-30 (float) / 1e-300 (double) of its row maxima; such a column step is redone in the log domain.
+// Rebase: once some |log u_i| or |log v_j| exceeds kLogRange the current potentials become the base and K is
+// recomputed (one exp pass; K <= 1 again, as a normalised state's entries are). Between rebases u, v <= e^range,
+// so an entry of exp(state) above ~1e-12 (float) never sits in K below the normal range: what FTZ / vexp flush to
+// zero is negligible. A line sum below kTinyLine (all of its entries near the flush threshold) is instead redone
+// in the log domain from x0, followed by a rebase. Such lines only arise when a whole row (column) sits ~35
+// (float) / ~570 (double) below the rest of its columns (rows) in the current scaling.
+//
+// Layout: K [n4, ms] row-major for the column products and KT [m4, ns] for the row products, so both are vertical
+// multiply-adds of whole vectors with no horizontal sums; n4, m4 round the line counts up to 4 (zero lines) for
+// four independent accumulator chains, ns, ms round them up to whole vectors (padding lanes hold kPad in x0,
+// i.e. 0 in K).
 
 template <typename T>
 constexpr int64_t kLanes = 64 / sizeof(T);  // one align::Vec<T>
 template <typename T>
 constexpr T kPad = sizeof(T) == 4 ? T(-1e30) : T(-1e300);
 template <typename T>
-constexpr T kTinySum = sizeof(T) == 4 ? T(1e-30) : T(1e-290);
-
-// Log-domain column step for the rare underflow case: b_j = lse_i(x0_ij - A_i) - B_j.
+constexpr T kLogRange = sizeof(T) == 4 ? T(30) : T(100);
+// kTiny * e^kLogRange: a line sum below this may have lost a relevant share of its mass to flushed entries of K.
 template <typename T>
-FL_INLINE void exact_col_lse(const T* __restrict x0, int64_t n, int64_t m, int64_t ms, const T* __restrict A,
-                             const T* __restrict B, T* __restrict bt) {
-  for (int64_t j = 0; j < m; ++j) {
-    T mx = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x0[i * ms + j] - A[i]);
-    T sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += std::exp(x0[i * ms + j] - A[i] - mx);
-    bt[j] = mx + std::log(sum) - B[j];
-  }
+constexpr T kTinyLine = sizeof(T) == 4 ? T(1e-28 * 1.0686474581524463e13) : T(1e-290 * 2.6881171418161356e43);
+
+template <typename T>
+int64_t round_up(int64_t x, int64_t k) {
+  return (x + k - 1) / k * k;
 }
 
-// x0: [n, ms]; a: [iters, n], b: [iters, m]; P: [n, ms] out; w: scratch of 2n + 2ms.
+// y[0:len] = sum_{j < lines} M[j, 0:len] * s[j]; lines is a multiple of 4, len of kLanes, row stride len.
 template <typename T>
-FL_INLINE void forward_dense_impl(const T* __restrict x0, T* __restrict P, int64_t n, int64_t m, int64_t ms,
-                                  int64_t iters, T* __restrict a, T* __restrict b, T* __restrict w) {
+FL_INLINE void vertical_matvec(const T* __restrict M, const T* __restrict s, int64_t lines, int64_t len,
+                               T* __restrict y) {
   using V = typename align::Vec<T>::type;
   constexpr int64_t L = kLanes<T>;
-  const int64_t nv = ms / L;
-  T* A = w;          // [n]
-  T* inv_s = A + n;  // [n]
-  T* B = inv_s + n;  // [ms]
-  T* cs = B + ms;    // [ms]
-  T* E = P;          // row exps live in P's buffer until the final exp
-  for (int64_t i = 0; i < n; ++i) A[i] = 0;
-  for (int64_t j = 0; j < ms; ++j) B[j] = 0;
-  for (int64_t t = 0; t < iters; ++t) {
-    T* at = a + t * n;
-    T* bt = b + t * m;
-    for (int64_t i = 0; i < n; ++i) {
-      const T* x0i = x0 + i * ms;
-      T* ei = E + i * ms;
-      // After a column step every entry of the state x0 - A - B is <= 0, so A_i is a safe shift (no overflow)
-      // and saves the max pass; the row's exp-sum then only underflows if the whole row is below ~1e-30, in
-      // which case the row is redone with its true max.
-      T mx = A[i], sum = 0;
-      for (int pass = t == 0 ? 1 : 0; pass < 2; ++pass) {
-        if (pass == 1) {
-          V vm = align::vload<V>(x0i) - align::vload<V>(B);
-          for (int64_t k = 1; k < nv; ++k)
-            vm = align::vmax(vm, align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L));
-          mx = align::hmax(vm);
-        }
-        V acc{};
-        for (int64_t k = 0; k < nv; ++k) {
-          const V e = align::vexp(align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L) - mx);
-          align::vstore(ei + k * L, e);
-          acc += e;
-        }
-        sum = align::hsum(acc);
-        if (sum >= kTinySum<T>) break;
-      }
-      at[i] = mx;  // finished to max + log(sum) - A_old below, in a vector pass
-      inv_s[i] = sum;
+  for (int64_t k = 0; k < len; k += L) {
+    const T* p = M + k;
+    V a0{}, a1{}, a2{}, a3{};
+    for (int64_t j = 0; j < lines; j += 4) {
+      a0 += align::vload<V>(p + j * len) * s[j];
+      a1 += align::vload<V>(p + (j + 1) * len) * s[j + 1];
+      a2 += align::vload<V>(p + (j + 2) * len) * s[j + 2];
+      a3 += align::vload<V>(p + (j + 3) * len) * s[j + 3];
     }
-    FL_SIMD for (int64_t i = 0; i < n; ++i) {
-      const T lse = at[i] + fast_log(inv_s[i]);
-      at[i] = lse - A[i];
-      A[i] = lse;
-      inv_s[i] = T(1) / inv_s[i];
-    }
-    for (int64_t k = 0; k < nv; ++k) {
-      V acc{};
-      for (int64_t i = 0; i < n; ++i) acc += align::vload<V>(E + i * ms + k * L) * inv_s[i];
-      align::vstore(cs + k * L, acc);
-    }
-    bool tiny = false;
-    for (int64_t j = 0; j < m; ++j) tiny |= !(cs[j] >= kTinySum<T>);
-    if (tiny) {
-      exact_col_lse(x0, n, m, ms, A, B, bt);
-    } else {
-      FL_SIMD for (int64_t j = 0; j < m; ++j) bt[j] = fast_log(cs[j]);
-    }
-    for (int64_t j = 0; j < m; ++j) B[j] += bt[j];
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const T* x0i = x0 + i * ms;
-    T* pi = P + i * ms;
-    const T Ai = A[i];
-    for (int64_t k = 0; k < nv; ++k)
-      align::vstore(pi + k * L, align::vexp(align::vload<V>(x0i + k * L) - align::vload<V>(B + k * L) - Ai));
+    align::vstore(y + k, (a0 + a1) + (a2 + a3));
   }
 }
 
-// g holds dL/dP on entry and dL/dx0 on exit (stride ms, padding columns 0). Walking the half-steps back: column
-// step t's output is E = exp(x0 - A(t) - B(t)), one exp per entry; row step t's output is E * exp(b_t) (a factor
-// <= n per column, so entries flushed to 0 in E stay negligible). Each pass also accumulates the line sums of g
-// the next (earlier) half-step needs. w: scratch of 2n + 3ms; E: [n, ms].
+// out[j, 0:len] = exp(X[j, 0:len] - p[0:len] - q[j]) for j < lines.
 template <typename T>
-FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int64_t n, int64_t m, int64_t ms,
-                                   int64_t iters, const T* __restrict a, const T* __restrict b, T* __restrict E,
-                                   T* __restrict w) {
+FL_INLINE void exp_block(const T* __restrict X, const T* __restrict p, const T* __restrict q, int64_t lines,
+                         int64_t len, T* __restrict out) {
+  using V = typename align::Vec<T>::type;
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t j = 0; j < lines; ++j)
+    for (int64_t k = 0; k < len; k += L)
+      align::vstore(out + j * len + k,
+                    align::vexp(align::vload<V>(X + j * len + k) - align::vload<V>(p + k) - q[j]));
+}
+
+// log sum_k exp(x[k] - sh[k]) over k < count (lanes count.. hold kPad / 0).
+template <typename T>
+T exact_lse(const T* __restrict x, const T* __restrict sh, int64_t count) {
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < count; ++k) mx = std::max(mx, x[k] - sh[k]);
+  T sum = 0;
+  for (int64_t k = 0; k < count; ++k) sum += std::exp(x[k] - sh[k] - mx);
+  return mx + std::log(sum);
+}
+
+// One half-step over the lines of one side (rows: X = x0, own = alpha, lu, u; other side's B = beta - lv). y holds
+// the line products (K v or K^T u). Writes the lse vector at[0:cnt], updates lg = log scale, sc = scale. Returns
+// whether a rebase is due. X: this side's lines of x0 (stride len_other); work: len_other scratch, atw: cntp.
+// The line loop runs over all cntp (whole vectors, no scalar tail): padding lines get y = 1, so their log scale
+// stays 0 and their scale 1, which the zero padding lines of K turn into nothing.
+template <typename T>
+FL_INLINE bool half_step(T* __restrict y, int64_t cnt, int64_t cntp, const T* __restrict X, int64_t len_other,
+                         int64_t cnt_other, const T* __restrict own, const T* __restrict other,
+                         const T* __restrict lg_other, T* __restrict lg, T* __restrict sc, T* __restrict at,
+                         T* __restrict work, T* __restrict atw) {
+  for (int64_t i = cnt; i < cntp; ++i) y[i] = 1;
+  T ymin = std::numeric_limits<T>::infinity(), lmax = 0;
+  FL_PRAGMA(omp simd reduction(min : ymin) reduction(max : lmax))
+  for (int64_t i = 0; i < cntp; ++i) {
+    const T yi = y[i];
+    const T l = fast_log(yi);
+    // The lse increment as a difference of the potentials as floats (not lg + l): the backward sums these
+    // increments back into potentials, and differences of stored floats telescope there without drift.
+    atw[i] = (own[i] + l) - (own[i] - lg[i]);
+    lg[i] = -l;
+    sc[i] = T(1) / yi;
+    ymin = std::min(ymin, yi);
+    lmax = std::max(lmax, std::abs(l));
+  }
+  if (ymin >= kTinyLine<T>) {
+    std::copy(atw, atw + cnt, at);
+    return !(lmax <= kLogRange<T>);  // NaN-safe: NaN input rebases, never loops
+  }
+  // Some line sums lost their mass to flushed entries of K: those lines get their lse from x0 directly.
+  // other potential = base - log scale
+  for (int64_t j = 0; j < cnt_other; ++j) work[j] = other[j] - lg_other[j];
+  for (int64_t i = 0; i < cnt; ++i) {
+    if (y[i] >= kTinyLine<T>) continue;
+    const T lse = exact_lse(X + i * len_other, work, cnt_other);  // the new potential of line i
+    const T old = own[i] - (atw[i] + lg[i]);                      // atw + lg = the old log scale
+    atw[i] = lse - old;
+    lg[i] = own[i] - lse;
+    sc[i] = 1;  // unused: the rebase below resets it
+  }
+  std::copy(atw, atw + cnt, at);
+  return true;
+}
+
+// x0: [n, ms], x0T: [m, ns] (gathered logits / tau, kPad in the padding lanes); K: [n4, ms], KT: [m4, ns]
+// scratch, K holds P on return; a: [iters, n], b: [iters, m] out; w: scratch of 6 (ns + ms).
+template <typename T>
+FL_INLINE void forward_dense_impl(const T* __restrict x0, const T* __restrict x0T, T* __restrict K,
+                                  T* __restrict KT, int64_t n, int64_t m, int64_t ns, int64_t ms, int64_t iters,
+                                  T* __restrict a, T* __restrict b, T* __restrict w) {
+  using V = typename align::Vec<T>::type;
+  constexpr int64_t L = kLanes<T>;
+  const int64_t n4 = round_up<T>(n, 4), m4 = round_up<T>(m, 4);
+  T* alpha = w;          // [ns] row base potentials
+  T* lu = alpha + ns;    // [ns] log u
+  T* u = lu + ns;        // [ns]
+  T* r = u + ns;         // [ns] row products K v
+  T* beta = r + ns;      // [ms]
+  T* lv = beta + ms;     // [ms]
+  T* v = lv + ms;        // [ms]
+  T* c = v + ms;         // [ms] column products K^T u
+  T* work = c + ms;      // [max(ns, ms)]
+  T* atw = work + std::max(ns, ms);  // [max(ns, ms)]
+  std::fill(w, w + 4 * (ns + ms), T(0));
+  std::fill(K + n * ms, K + n4 * ms, T(0));
+  std::fill(KT + m * ns, KT + m4 * ns, T(0));
+  // Base alpha = row maxima, beta = 0, A = B = 0: log u = alpha, v = 1.
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = x0 + i * ms;
+    V vm = align::vload<V>(xi);
+    for (int64_t k = L; k < ms; k += L) vm = align::vmax(vm, align::vload<V>(xi + k));
+    alpha[i] = lu[i] = align::hmax(vm);
+  }
+  for (int64_t j = 0; j < m; ++j) v[j] = 1;
+  exp_block(x0, beta, alpha, n, ms, K);
+  exp_block(x0T, alpha, beta, m, ns, KT);
+  auto rebase = [&] {
+    for (int64_t i = 0; i < n; ++i) {
+      alpha[i] -= lu[i];
+      lu[i] = 0;
+      u[i] = 1;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      beta[j] -= lv[j];
+      lv[j] = 0;
+      v[j] = 1;
+    }
+    exp_block(x0, beta, alpha, n, ms, K);
+    exp_block(x0T, alpha, beta, m, ns, KT);
+  };
+  for (int64_t t = 0; t < iters; ++t) {
+    vertical_matvec(KT, v, m4, ns, r);
+    if (half_step(r, n, ns, x0, ms, m, alpha, beta, lv, lu, u, a + t * n, work, atw)) rebase();
+    vertical_matvec(K, u, n4, ms, c);
+    if (half_step(c, m, ms, x0T, ns, n, beta, alpha, lu, lv, v, b + t * m, work, atw)) rebase();
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T ui = u[i];
+    for (int64_t k = 0; k < ms; k += L)
+      align::vstore(K + i * ms + k, align::vload<V>(K + i * ms + k) * align::vload<V>(v + k) * ui);
+  }
+}
+
+// g holds dL/dP on entry and dL/dx0 on exit (stride ms, padding lanes 0). Walks the half-steps back with the
+// state in the same scaling form: base potentials alpha, beta (start: the final A, B), K = exp(x0 - alpha - beta)
+// and per half-step the scales u = exp(alpha - A(t)), v = exp(beta - B(t)) (n + m exps), rebasing when they leave
+// e^+-kLogRange. Column step: dx = dy - E * colsum(dy), row step: dx = dy - E * rowsum(dy), E = K u v.
+// w: scratch of 4 ns + 5 ms; K: [n, ms].
+template <typename T>
+FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int64_t n, int64_t m, int64_t ns,
+                                   int64_t ms, int64_t iters, const T* __restrict a, const T* __restrict b,
+                                   T* __restrict K, T* __restrict w) {
   using V = typename align::Vec<T>::type;
   using align::vload;
   using align::vstore;
   constexpr int64_t L = kLanes<T>;
-  const int64_t nv = ms / L;
-  T* A = w;        // [n]
-  T* r = A + n;    // [n] row sums of g
-  T* B = r + n;    // [ms]
-  T* s = B + ms;   // [ms] column sums of g
-  T* eb = s + ms;  // [ms] exp(b_t)
-  for (int64_t i = 0; i < n; ++i) A[i] = 0;
-  for (int64_t j = 0; j < ms; ++j) B[j] = 0;
+  T* A = w;             // [ns]
+  T* alpha = A + ns;    // [ns]
+  T* u = alpha + ns;    // [ns]
+  T* rs = u + ns;       // [ns] row sums of g
+  T* B = rs + ns;       // [ms]
+  T* beta = B + ms;     // [ms]
+  T* v = beta + ms;     // [ms]
+  T* s = v + ms;        // [ms] column sums of g
+  T* sw = s + ms;       // [ms] v_j * s_j
+  std::fill(w, w + 4 * ns + 5 * ms, T(0));
   for (int64_t t = 0; t < iters; ++t) {
     for (int64_t i = 0; i < n; ++i) A[i] += a[t * n + i];
     for (int64_t j = 0; j < m; ++j) B[j] += b[t * m + j];
   }
-  for (int64_t j = 0; j < ms; ++j) s[j] = 0;
-  for (int64_t i = 0; i < n; ++i) {  // through P = exp(x_final)
-    const T* x0i = x0 + i * ms;
+  std::copy(A, A + ns, alpha);
+  std::copy(B, B + ms, beta);
+  auto rebase = [&] {
+    std::copy(A, A + ns, alpha);
+    std::copy(B, B + ms, beta);
+    exp_block(x0, beta, alpha, n, ms, K);
+  };
+  // Scales of the current A, B against the base; false when some leaves the range (the caller rebases).
+  auto scales = [&]() -> bool {
+    T worst = 0;
+    for (int64_t k = 0; k < ns; k += L) {
+      const V d = vload<V>(alpha + k) - vload<V>(A + k);
+      vstore(u + k, align::vexp(d));
+      worst = std::max(worst, align::hmax(align::vmax(d, -d)));
+    }
+    for (int64_t k = 0; k < ms; k += L) {
+      const V d = vload<V>(beta + k) - vload<V>(B + k);
+      vstore(v + k, align::vexp(d));
+      worst = std::max(worst, align::hmax(align::vmax(d, -d)));
+    }
+    return worst <= kLogRange<T>;
+  };
+  exp_block(x0, beta, alpha, n, ms, K);
+  for (int64_t i = 0; i < n; ++i) {  // through P = exp(x_final) = K
     T* gi = g + i * ms;
-    const T Ai = A[i];
-    for (int64_t k = 0; k < nv; ++k) {
-      const V gv = vload<V>(gi + k * L) * align::vexp(vload<V>(x0i + k * L) - vload<V>(B + k * L) - Ai);
-      vstore(gi + k * L, gv);
-      vstore(s + k * L, vload<V>(s + k * L) + gv);
+    for (int64_t k = 0; k < ms; k += L) {
+      const V gv = vload<V>(gi + k) * vload<V>(K + i * ms + k);
+      vstore(gi + k, gv);
+      vstore(s + k, vload<V>(s + k) + gv);
     }
   }
   for (int64_t t = iters - 1; t >= 0; --t) {
-    // Column step t, then the row sums for row step t.
+    // Column step t (its output state is A(t+1), B(t+1)), then the row sums for row step t.
+    if (!scales()) {
+      rebase();
+      scales();
+    }
+    for (int64_t k = 0; k < ms; k += L) vstore(sw + k, vload<V>(v + k) * vload<V>(s + k));
     for (int64_t i = 0; i < n; ++i) {
-      const T* x0i = x0 + i * ms;
       T* gi = g + i * ms;
-      T* ei = E + i * ms;
-      const T Ai = A[i];
+      const T* Ki = K + i * ms;
+      const T ui = u[i];
       V acc{};
-      for (int64_t k = 0; k < nv; ++k) {
-        const V e = align::vexp(vload<V>(x0i + k * L) - vload<V>(B + k * L) - Ai);
-        vstore(ei + k * L, e);
-        const V gv = vload<V>(gi + k * L) - e * vload<V>(s + k * L);
-        vstore(gi + k * L, gv);
+      for (int64_t k = 0; k < ms; k += L) {
+        const V gv = vload<V>(gi + k) - vload<V>(Ki + k) * vload<V>(sw + k) * ui;
+        vstore(gi + k, gv);
         acc += gv;
       }
-      r[i] = align::hsum(acc);
+      rs[i] = align::hsum(acc);
     }
-    for (int64_t j = 0; j < m; ++j) {
-      B[j] -= b[t * m + j];
-      eb[j] = std::exp(b[t * m + j]);
+    // Row step t: output state A(t+1), B(t).
+    for (int64_t j = 0; j < m; ++j) B[j] -= b[t * m + j];
+    if (!scales()) {
+      rebase();
+      scales();
     }
-    for (int64_t j = m; j < ms; ++j) eb[j] = 0;
-    // Row step t, then the column sums for column step t - 1.
-    for (int64_t k = 0; k < nv; ++k) {
-      const V ebv = vload<V>(eb + k * L);
+    for (int64_t i = 0; i < n; ++i) rs[i] *= u[i];
+    for (int64_t k = 0; k < ms; k += L) {
+      const V vk = vload<V>(v + k);
       V acc{};
       for (int64_t i = 0; i < n; ++i) {
-        T* gik = g + i * ms + k * L;
-        const V gv = vload<V>(gik) - vload<V>(E + i * ms + k * L) * ebv * r[i];
+        T* gik = g + i * ms + k;
+        const V gv = vload<V>(gik) - vload<V>(K + i * ms + k) * vk * rs[i];
         vstore(gik, gv);
         acc += gv;
       }
-      vstore(s + k * L, acc);
+      vstore(s + k, acc);
     }
     for (int64_t i = 0; i < n; ++i) A[i] -= a[t * n + i];
   }
@@ -207,13 +308,13 @@ FL_INLINE void backward_dense_impl(const T* __restrict x0, T* __restrict g, int6
 
 // Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
 #define FL_SINKHORN_DRIVERS(T)                                                                                  \
-  FL_MULTIVERSION void forward_dense(const T* x0, T* P, int64_t n, int64_t m, int64_t ms, int64_t iters, T* a,   \
-                                     T* b, T* w) {                                                              \
-    forward_dense_impl<T>(x0, P, n, m, ms, iters, a, b, w);                                                     \
+  FL_MULTIVERSION void forward_dense(const T* x0, const T* x0T, T* K, T* KT, int64_t n, int64_t m, int64_t ns,  \
+                                     int64_t ms, int64_t iters, T* a, T* b, T* w) {                             \
+    forward_dense_impl<T>(x0, x0T, K, KT, n, m, ns, ms, iters, a, b, w);                                        \
   }                                                                                                             \
-  FL_MULTIVERSION void backward_dense(const T* x0, T* g, int64_t n, int64_t m, int64_t ms, int64_t iters,       \
-                                      const T* a, const T* b, T* E, T* w) {                                     \
-    backward_dense_impl<T>(x0, g, n, m, ms, iters, a, b, E, w);                                                 \
+  FL_MULTIVERSION void backward_dense(const T* x0, T* g, int64_t n, int64_t m, int64_t ns, int64_t ms,          \
+                                      int64_t iters, const T* a, const T* b, T* K, T* w) {                      \
+    backward_dense_impl<T>(x0, g, n, m, ns, ms, iters, a, b, K, w);                                             \
   }
 FL_SINKHORN_DRIVERS(float)
 FL_SINKHORN_DRIVERS(double)
@@ -223,20 +324,32 @@ FL_SINKHORN_DRIVERS(double)
 
 struct Index {
   std::vector<int64_t> rows, cols;
+  bool plain_cols;  // cols are 0..m-1: rows copy as contiguous runs
+  bool all_real;    // reference mode: every selected entry is real (no logit to overwrite with 0)
+  bool full;        // every row and column selected: the block covers the whole pair
 };
 
 // Rows and columns the iteration runs over: the real ones (masked) or all of them (reference).
 void select(const bool* rm, const bool* cm, int64_t N, int64_t M, bool reference, Index& ix) {
   ix.rows.clear();
   ix.cols.clear();
-  for (int64_t i = 0; i < N; ++i)
+  bool rows_real = true, cols_real = true;
+  for (int64_t i = 0; i < N; ++i) {
     if (reference || rm[i]) ix.rows.push_back(i);
-  for (int64_t j = 0; j < M; ++j)
+    rows_real &= rm[i];
+  }
+  for (int64_t j = 0; j < M; ++j) {
     if (reference || cm[j]) ix.cols.push_back(j);
+    cols_real &= cm[j];
+  }
+  const int64_t m = ix.cols.size();
+  ix.plain_cols = m == 0 || ix.cols[m - 1] == m - 1;
+  ix.all_real = !reference || (rows_real && cols_real);
+  ix.full = static_cast<int64_t>(ix.rows.size()) == N && m == M;
 }
 
 // x0 = logits / tau on the selected block, rows of stride ms with kPad beyond column m; reference mode zeroes
-// padded entries (the published padding).
+// padded entries (the published padding). Division, not a reciprocal multiply: the reference divides.
 template <typename T>
 void gather_x0(const T* L, const bool* rm, const bool* cm, int64_t M, const Index& ix, bool reference, double tau,
                int64_t ms, T* x0) {
@@ -244,18 +357,50 @@ void gather_x0(const T* L, const bool* rm, const bool* cm, int64_t M, const Inde
   const T t = T(tau);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = ix.rows[i];
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t c = ix.cols[j];
-      const bool real = !reference || (rm[r] && cm[c]);
-      x0[i * ms + j] = real ? L[r * M + c] / t : T(0);
+    const T* src = L + r * M;
+    T* dst = x0 + i * ms;
+    if (ix.plain_cols && ix.all_real) {
+      FL_SIMD for (int64_t j = 0; j < m; ++j) dst[j] = src[j] / t;
+    } else {
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t c = ix.cols[j];
+        const bool real = !reference || (rm[r] && cm[c]);
+        dst[j] = real ? src[c] / t : T(0);
+      }
     }
-    for (int64_t j = m; j < ms; ++j) x0[i * ms + j] = kPad<T>;
+    for (int64_t j = m; j < ms; ++j) dst[j] = kPad<T>;
+  }
+}
+
+// x0T [m, ns] from x0 [n, ms], kPad in the padding lanes. Blocks of 8 x 8 keep both sides in cache lines.
+template <typename T>
+void transpose_x0(const T* __restrict x0, int64_t n, int64_t m, int64_t ns, int64_t ms, T* __restrict x0T) {
+  for (int64_t i0 = 0; i0 < n; i0 += 8)
+    for (int64_t j0 = 0; j0 < m; j0 += 8)
+      for (int64_t j = j0; j < std::min(m, j0 + 8); ++j)
+        for (int64_t i = i0; i < std::min(n, i0 + 8); ++i) x0T[j * ns + i] = x0[i * ms + j];
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t i = n; i < ns; ++i) x0T[j * ns + i] = kPad<T>;
+}
+
+// out[rows[i], cols[j]] = blk[i, j] (stride ms).
+template <typename T>
+void scatter_block(const T* blk, int64_t ms, const Index& ix, int64_t M, T* out) {
+  const int64_t n = ix.rows.size(), m = ix.cols.size();
+  for (int64_t i = 0; i < n; ++i) {
+    T* o = out + ix.rows[i] * M;
+    const T* src = blk + i * ms;
+    if (ix.plain_cols) {
+      std::copy(src, src + m, o);
+    } else {
+      for (int64_t j = 0; j < m; ++j) o[ix.cols[j]] = src[j];
+    }
   }
 }
 
 template <typename T>
 int64_t padded(int64_t m) {
-  return (m + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+  return round_up<T>(m, kLanes<T>);
 }
 
 struct Sizes {
@@ -299,8 +444,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
     at::parallel_for(0, z.B, 1, [&](int64_t b0, int64_t b1) {
       align::FlushDenormals ftz;
       Index ix;
-      const int64_t MS = padded<scalar_t>(z.M);
-      std::vector<scalar_t> x(z.N * MS), pd(z.N * MS), a(iters * z.N), bb(iters * z.M), w(2 * z.N + 2 * MS);
+      const int64_t MS = padded<scalar_t>(z.M), NS = padded<scalar_t>(z.N);
+      std::vector<scalar_t> x(z.N * MS), xt(z.M * NS), K(round_up<scalar_t>(z.N, 4) * MS),
+          KT(round_up<scalar_t>(z.M, 4) * NS), a(iters * z.N), bb(iters * z.M), w(6 * (NS + MS));
       for (int64_t p = b0; p < b1; ++p) {
         const bool* rm = RM + p * z.N;
         const bool* cm = CM + p * z.M;
@@ -309,18 +455,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
         scalar_t* out = Pp + p * z.N * z.M;
         scalar_t* rl = RL + p * iters * z.N;
         scalar_t* cl = CL + p * iters * z.M;
-        std::fill(out, out + z.N * z.M, scalar_t(0));
-        std::fill(rl, rl + iters * z.N, scalar_t(0));
-        std::fill(cl, cl + iters * z.M, scalar_t(0));
+        if (!ix.full) {
+          std::fill(out, out + z.N * z.M, scalar_t(0));
+          std::fill(rl, rl + iters * z.N, scalar_t(0));
+          std::fill(cl, cl + iters * z.M, scalar_t(0));
+        }
         if (n == 0 || m == 0) continue;  // nothing real to normalise: P stays 0
-        const int64_t ms = padded<scalar_t>(m);
+        const int64_t ms = padded<scalar_t>(m), ns = padded<scalar_t>(n);
         gather_x0(L + p * z.N * z.M, rm, cm, z.M, ix, reference, tau, ms, x.data());
-        forward_dense(x.data(), pd.data(), n, m, ms, iters, a.data(), bb.data(), w.data());
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < m; ++j) out[ix.rows[i] * z.M + ix.cols[j]] = pd[i * ms + j];
-        for (int64_t t = 0; t < iters; ++t) {
-          for (int64_t i = 0; i < n; ++i) rl[t * z.N + ix.rows[i]] = a[t * n + i];
-          for (int64_t j = 0; j < m; ++j) cl[t * z.M + ix.cols[j]] = bb[t * m + j];
+        transpose_x0(x.data(), n, m, ns, ms, xt.data());
+        // A block covering the whole pair has the outputs' lse layout: the kernel writes them in place.
+        forward_dense(x.data(), xt.data(), K.data(), KT.data(), n, m, ns, ms, iters, ix.full ? rl : a.data(),
+                      ix.full ? cl : bb.data(), w.data());
+        scatter_block(K.data(), ms, ix, z.M, out);  // K holds P on return
+        if (!ix.full) {
+          for (int64_t t = 0; t < iters; ++t) {
+            for (int64_t i = 0; i < n; ++i) rl[t * z.N + ix.rows[i]] = a[t * n + i];
+            for (int64_t j = 0; j < m; ++j) cl[t * z.M + ix.cols[j]] = bb[t * m + j];
+          }
         }
       }
     });
@@ -357,30 +509,50 @@ at::Tensor sinkhorn_bwd_cpu(const at::Tensor& grad_P_in, const at::Tensor& logit
       align::FlushDenormals ftz;
       Index ix;
       const int64_t NM = z.N * z.M;
-      const int64_t MS = padded<scalar_t>(z.M);
-      std::vector<scalar_t> x0(z.N * MS), g(z.N * MS), e(z.N * MS), a(iters * z.N), bb(iters * z.M),
-          w(2 * z.N + 3 * MS);
+      const int64_t MS = padded<scalar_t>(z.M), NS = padded<scalar_t>(z.N);
+      std::vector<scalar_t> x0(z.N * MS), g(z.N * MS), K(z.N * MS), a(iters * z.N), bb(iters * z.M),
+          w(4 * NS + 5 * MS);
       for (int64_t p = b0; p < b1; ++p) {
         const bool* rm = RM + p * z.N;
         const bool* cm = CM + p * z.M;
         select(rm, cm, z.N, z.M, reference, ix);
         const int64_t n = ix.rows.size(), m = ix.cols.size();
         scalar_t* out = out_all + p * NM;
-        std::fill(out, out + NM, scalar_t(0));
+        if (!ix.full) std::fill(out, out + NM, scalar_t(0));
         if (n == 0 || m == 0) continue;
-        const int64_t ms = padded<scalar_t>(m);
+        const int64_t ms = padded<scalar_t>(m), ns = padded<scalar_t>(n);
         gather_x0(L + p * NM, rm, cm, z.M, ix, reference, tau, ms, x0.data());
         const scalar_t* gp = G + p * NM;
         for (int64_t i = 0; i < n; ++i) {
-          for (int64_t j = 0; j < m; ++j) g[i * ms + j] = gp[ix.rows[i] * z.M + ix.cols[j]];
-          for (int64_t j = m; j < ms; ++j) g[i * ms + j] = 0;
+          const scalar_t* src = gp + ix.rows[i] * z.M;
+          scalar_t* dst = g.data() + i * ms;
+          if (ix.plain_cols) {
+            std::copy(src, src + m, dst);
+          } else {
+            for (int64_t j = 0; j < m; ++j) dst[j] = src[ix.cols[j]];
+          }
+          std::fill(dst + m, dst + ms, scalar_t(0));
         }
-        for (int64_t t = 0; t < iters; ++t) {
-          for (int64_t i = 0; i < n; ++i) a[t * n + i] = RL[(p * iters + t) * z.N + ix.rows[i]];
-          for (int64_t j = 0; j < m; ++j) bb[t * m + j] = CL[(p * iters + t) * z.M + ix.cols[j]];
+        const scalar_t* ap = RL + p * iters * z.N;
+        const scalar_t* bp = CL + p * iters * z.M;
+        if (!ix.full) {
+          for (int64_t t = 0; t < iters; ++t) {
+            for (int64_t i = 0; i < n; ++i) a[t * n + i] = ap[t * z.N + ix.rows[i]];
+            for (int64_t j = 0; j < m; ++j) bb[t * m + j] = bp[t * z.M + ix.cols[j]];
+          }
+          ap = a.data();
+          bp = bb.data();
         }
-        backward_dense(x0.data(), g.data(), n, m, ms, iters, a.data(), bb.data(), e.data(), w.data());
+        backward_dense(x0.data(), g.data(), n, m, ns, ms, iters, ap, bp, K.data(), w.data());
         const scalar_t inv_tau = scalar_t(1) / scalar_t(tau);
+        if (ix.full && ix.all_real) {
+          for (int64_t i = 0; i < n; ++i) {
+            const scalar_t* gi = g.data() + i * ms;
+            scalar_t* oi = out + i * z.M;
+            FL_SIMD for (int64_t j = 0; j < m; ++j) oi[j] = gi[j] * inv_tau;
+          }
+          continue;
+        }
         for (int64_t i = 0; i < n; ++i) {
           const int64_t r = ix.rows[i];
           for (int64_t j = 0; j < m; ++j) {
