@@ -9,6 +9,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -112,9 +116,10 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   float* V = values.mutable_data_ptr<float>();
   const uint64_t sm = seed_mix_of(seed);
 
-  for (int64_t h = L.hops - 1; h >= 0; --h) {
+  // One pass per hop over the owners g0 .. g1 - 1 (a contiguous share of one thread).
+  auto pass = [&](int64_t h, int64_t g0, int64_t g1) {
     const int64_t M = L.m[h], off = L.off[h];
-    at::parallel_for(0, U, kOwnerGrain, [&](int64_t g0, int64_t g1) {
+    {
       std::vector<Best> best(M);
       for (auto& x : best) x.rank = -1;
       // Slots offered a candidate for the current owner: an owner usually gets a few candidates for a table of
@@ -196,7 +201,28 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
           }
         }
       }
-    });
+    }
+  };
+  // The passes run in one parallel region with a barrier between hops, not one region per hop: waking the
+  // worker threads three times per batch cost more than the work of a small batch.
+  const int64_t nt = at::in_parallel_region()
+                         ? 1
+                         : std::min<int64_t>(at::get_num_threads(), (U + kOwnerGrain - 1) / kOwnerGrain);
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t tid = omp_get_thread_num(), n = omp_get_num_threads();
+      const int64_t g0 = U * tid / n, g1 = U * (tid + 1) / n;
+      for (int64_t h = L.hops - 1; h >= 0; --h) {
+        pass(h, g0, g1);
+#pragma omp barrier
+      }
+    }
+  } else
+#endif
+  {
+    for (int64_t h = L.hops - 1; h >= 0; --h) pass(h, 0, U);
   }
   *last = std::max(*last, tp[B - 1]);
 }
