@@ -42,7 +42,10 @@ def build(spec, device):
     for i in range(WARM_BATCHES):  # a cache with content: every batch node gets its hop-1/hop-2 entries
         src, dst, _, eid, v = _batch(B, n, gen, device)
         ours.update(src, dst, torch.full((B,), float(i), dtype=torch.float64, device=device), eid, v)
-    peer = {k: getattr(ours, k).clone() for k in ("keys", "eids", "times", "values")}
+    # The peer's tables are an NCache's too (same memory layout and page advice), holding the same state.
+    twin = NCache(n, SIZES, D, device=device)
+    twin.load_state_dict(ours.state_dict())
+    peer = {k: getattr(twin, k) for k in ("keys", "eids", "times", "values")}
     src, dst, neg, eid, vals = _batch(B, n, gen, device)
     # Every timed call inserts the same batch at one time >= all earlier ones: valid and repeatable.
     t = torch.full((B,), float(WARM_BATCHES), dtype=torch.float64, device=device)

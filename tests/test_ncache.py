@@ -387,6 +387,36 @@ def test_constructor_arguments():
         NCache(4, value_dim=0)
 
 
+def test_huge_page_tables_hold_the_same_state():
+    # 30k nodes: each key/eid/time table is about 12 MB, over the 8 MiB advice threshold.
+    gen = torch.Generator().manual_seed(5)
+    a, b = NCache(30_000, huge_pages=True), NCache(30_000, huge_pages=False)
+    for s, d, t, e, v in _stream(30_000, 6, 300, 4, gen):
+        a.update(s, d, t, e, v)
+        b.update(s, d, t, e, v)
+    _assert_same_tables(a, _ref_tables(b))
+    u = torch.randint(0, 30_000, (500,), generator=gen)
+    for x, y in zip(a.pair_features(u, u.flip(0)), b.pair_features(u, u.flip(0))):
+        assert torch.equal(x, y)
+
+
+def test_advise_huge_pages_edges():
+    import os
+
+    from fastlayers import _C
+
+    big = torch.empty(16 << 20, dtype=torch.uint8)
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    took = _C.advise_huge_pages(big.data_ptr(), big.numel())
+    if os.path.exists(thp) and "[never]" not in open(thp).read():
+        assert took is True
+    # No whole 2 MiB page inside: nothing to advise, and no error.
+    assert _C.advise_huge_pages(big.data_ptr() + 1, 4096) is False
+    assert _C.advise_huge_pages(big.data_ptr(), 0) is False
+    with pytest.raises(TypeError):
+        _C.advise_huge_pages("x", 1)
+
+
 # ---- op registration --------------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import _C
 from .ops import ncache as _ops
 
 
@@ -45,10 +46,13 @@ class NCache(torch.nn.Module):
         replace_prob: probability that an insert overwrites a slot held by another key (NAT's alpha).
         seed: seeds the slot hash and the counter-based replacement draws.
         device: where the tables live (CPU and CUDA have kernels; other devices run fastlayers.reference).
+        huge_pages: back CPU tables of 8 MiB and more with transparent huge pages (Linux, madvise). Random rows
+            of a large cache then stop missing the TLB: on the development machine a B=2000 batch on a 1M-node
+            cache took 0.9 ms instead of 2.4 ms, for about 1 s more to build the cache.
     """
 
     def __init__(self, num_nodes: int, sizes=(32, 16), value_dim: int = 4, replace_prob: float = 0.9,
-                 seed: int = 0, device=None):
+                 seed: int = 0, device=None, huge_pages: bool = True):
         super().__init__()
         if not isinstance(num_nodes, int) or num_nodes < 0:
             raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
@@ -61,6 +65,7 @@ class NCache(torch.nn.Module):
             raise ValueError(f"replace_prob must be in [0, 1], got {replace_prob!r}")
         self.num_nodes, self.sizes, self.value_dim = num_nodes, sizes, value_dim
         self.replace_prob, self.seed = float(replace_prob), int(seed)
+        self.huge_pages = bool(huge_pages)
         self.offsets = [0, 1]
         for m in sizes:
             self.offsets.append(self.offsets[-1] + m)
@@ -70,7 +75,19 @@ class NCache(torch.nn.Module):
         self.register_buffer("times", torch.empty(num_nodes, s, dtype=torch.float64, device=device))
         self.register_buffer("values", torch.empty(num_nodes, s, value_dim, dtype=torch.float32, device=device))
         self.register_buffer("last_time", torch.empty(1, dtype=torch.float64, device=device))
+        self._advise_huge_pages()
         self.reset()
+
+    def _advise_huge_pages(self) -> None:
+        # Rows are read and written at random: with 4 KiB pages a table of a million nodes misses the TLB on
+        # nearly every row (measured 2x slower per batch until the OS promotes the pages on its own). Advised
+        # before reset() first touches them, the tables are faulted in as 2 MiB pages where the OS allows it.
+        if not self.huge_pages:
+            return
+        for name in ("keys", "eids", "times", "values"):
+            t = getattr(self, name)
+            if t.device.type == "cpu" and t.numel() * t.element_size() >= 8 << 20:
+                _C.advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
 
     @property
     def num_slots(self) -> int:
@@ -124,6 +141,7 @@ class NCache(torch.nn.Module):
             new = getattr(self, name)
             if new.dtype != old.dtype:
                 setattr(self, name, old.to(device=new.device))
+        self._advise_huge_pages()  # tables copied to the CPU are new memory
         return self
 
     def extra_repr(self) -> str:
