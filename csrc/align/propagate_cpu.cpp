@@ -239,6 +239,17 @@ struct Transport {
   bool transpose = false;
 };
 
+// The next kGroup marked nodes from u (advanced past them) into ids; a short last group repeats its last node, so
+// a product over the group writes that node twice with the same value. Returns how many were found.
+template <typename Flag>
+FL_INLINE int next_group(const Flag* marked, int64_t& u, int64_t u1, int64_t (&ids)[kGroup]) {
+  int cnt = 0;
+  for (; u < u1 && cnt < kGroup; ++u)
+    if (marked[u]) ids[cnt++] = u;
+  for (int n = cnt; cnt > 0 && n < kGroup; ++n) ids[n] = ids[cnt - 1];
+  return cnt;
+}
+
 // a[u] for the nodes in [u0, u1) that are marked needed (real nodes and the sources of their incoming edges),
 // kGroup nodes per product; a short last group is padded by repeating its last node (written twice, same value).
 template <typename T>
@@ -247,11 +258,7 @@ FL_INLINE void node_pass(const Dims& d, const Folded<T>& f, const T* h, const T*
   int64_t u = u0;
   while (u < u1) {
     int64_t ids[kGroup];
-    int cnt = 0;
-    for (; u < u1 && cnt < kGroup; ++u)
-      if (need[u]) ids[cnt++] = u;
-    if (cnt == 0) break;
-    for (int n = cnt; n < kGroup; ++n) ids[n] = ids[cnt - 1];
+    if (next_group(need, u, u1, ids) == 0) break;
     const T *xh[kGroup], *xp[kGroup], *b1[kGroup], *rin[kGroup], *ba[kGroup];
     T *r[kGroup], *out[kGroup];
     for (int n = 0; n < kGroup; ++n) {
@@ -367,11 +374,8 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
   int64_t v = v0;
   while (v < v1) {
     int64_t ids[kGroup];
-    int cnt = 0;
-    for (; v < v1 && cnt < kGroup; ++v)
-      if (mask[v]) ids[cnt++] = v;
+    const int cnt = next_group(mask, v, v1, ids);
     if (cnt == 0) break;
-    for (int q = cnt; q < kGroup; ++q) ids[q] = ids[cnt - 1];
     const T *sx[kGroup], *bgi[kGroup], *bh[kGroup], *hx[kGroup];
     T *gi[kGroup], *gh[kGroup];
     for (int q = 0; q < kGroup; ++q) {

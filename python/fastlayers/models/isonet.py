@@ -98,15 +98,19 @@ class IsoNetPP(nn.Module):
                  msg_dim: int = 20, sinkhorn_dim: int = 16, tau: float = 0.1, sinkhorn_iters: int = 20,
                  ops: str = "fastlayers"):
         super().__init__()
+        self._setup(rounds, layers, tau, sinkhorn_iters, ops, node_dim)
+        self.interaction = _mlp(2 * node_dim, node_dim, node_dim)
+        self.layer = nn.ModuleList(_Propagate(node_dim, msg_dim) for _ in range(layers))
+        self.sinkhorn_net = _mlp(node_dim, sinkhorn_dim, sinkhorn_dim)
+
+    def _setup(self, rounds, layers, tau, sinkhorn_iters, ops, node_dim):
+        """What both variants share: round/layer counts, Sinkhorn settings, the ops and the node encoder."""
         if rounds < 1 or layers < 1:
             raise ValueError(f"rounds and layers must be >= 1, got {rounds}, {layers}")
         self.rounds, self.layers = rounds, layers
         self.tau, self.sinkhorn_iters = tau, sinkhorn_iters
         self.ops = _Ops(ops)
         self.encoder = nn.Linear(1, node_dim)
-        self.interaction = _mlp(2 * node_dim, node_dim, node_dim)
-        self.layer = nn.ModuleList(_Propagate(node_dim, msg_dim) for _ in range(layers))
-        self.sinkhorn_net = _mlp(node_dim, sinkhorn_dim, sinkhorn_dim)
 
     def alignment(self, hq, hc, qm, cm):
         fq = self.sinkhorn_net(hq) * qm[..., None]
@@ -193,12 +197,7 @@ class _IsoNetPPEdge(IsoNetPP):
                  msg_dim: int = 20, sinkhorn_dim: int = 16, tau: float = 0.1, sinkhorn_iters: int = 20,
                  ops: str = "fastlayers"):
         nn.Module.__init__(self)  # IsoNetPP.__init__ builds the node variant's layers
-        if rounds < 1 or layers < 1:
-            raise ValueError(f"rounds and layers must be >= 1, got {rounds}, {layers}")
-        self.rounds, self.layers = rounds, layers
-        self.tau, self.sinkhorn_iters = tau, sinkhorn_iters
-        self.ops = _Ops(ops)
-        self.encoder = nn.Linear(1, node_dim)
+        self._setup(rounds, layers, tau, sinkhorn_iters, ops, node_dim)
         self.interaction = _mlp(2 * msg_dim, msg_dim, msg_dim)
         self.layer = nn.ModuleList(_EdgeLayer(node_dim, msg_dim) for _ in range(layers))
         self.edge_net = _mlp(2 * node_dim, msg_dim, msg_dim)
