@@ -28,6 +28,7 @@ def specs(device, quick):
     out.append(("align_score", 128, 20, "forward+backward", "eager"))
     if _models_available():
         out.append(("isonetpp_node", 128, 20, "forward", "eager"))
+        out.append(("isonetpp_node", 128, 20, "forward+backward", "eager"))  # one training step's model work
         out.append(("isonetpp_edge", 128, 20, "forward", "eager"))
     return out
 
@@ -51,7 +52,7 @@ def build(spec, device):
     if kind == "align_score":
         return _score_case(b, n, device)
     if kind in ("isonetpp_node", "isonetpp_edge"):
-        return _isonet_case(b, device, variant=kind.split("_")[1])
+        return _isonet_case(b, device, variant=kind.split("_")[1], mode=mode)
     x = torch.randn(b, n, n, device=device)
     nbytes = x.numel() * x.element_size()
     ones = torch.ones(b, n, device=device)
@@ -99,7 +100,7 @@ def _score_case(b, n, device, d=10):
                 min_bytes=3 * nbytes)
 
 
-def _isonet_case(b, device, max_nodes=20, variant="node"):
+def _isonet_case(b, device, max_nodes=20, variant="node", mode="forward"):
     # Random pairs of the benchmark's sizes (queries 6-15 nodes, corpus 17-20), so the row runs without the data.
     import numpy as np
 
@@ -122,7 +123,11 @@ def _isonet_case(b, device, max_nodes=20, variant="node"):
     peer.load_state_dict(ours.state_dict())
 
     def run(m):
-        with torch.no_grad():
-            return m(batch)
-    return Case(name=f"IsoNet++ {variant} forward (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
+        if mode == "forward":
+            with torch.no_grad():
+                return m(batch)
+        m.zero_grad(set_to_none=True)
+        m(batch).sum().backward()
+
+    return Case(name=f"IsoNet++ {variant} {mode} (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
                 peer=lambda: run(peer), peer_name="same model, eager ops", min_bytes=0)
