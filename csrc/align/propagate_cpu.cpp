@@ -40,7 +40,7 @@ using align::vstore;
 constexpr int64_t kPad = 16;  // every padded width is a multiple of one float vector (and of two double ones)
 constexpr int64_t kBlock = 32;  // nodes per GRU gate batch: the gate buffers stay in L1
 
-inline int64_t pad(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+inline int64_t pad(int64_t n) { return align::round_up(n, kPad); }
 
 // out[0:W] = bias[0:W] + sum_k x1[k] w1[k, 0:W] + sum_k x2[k] w2[k, 0:W], W a compile-time multiple of 16, so
 // the accumulators are W / lanes whole registers. With one or two output vectors a single accumulator per vector

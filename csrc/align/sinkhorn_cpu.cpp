@@ -49,8 +49,8 @@ using align::fast_log;
 // four independent accumulator chains, ns, ms round them up to whole vectors (padding lanes hold kPad in x0,
 // i.e. 0 in K).
 
-template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);  // one align::Vec<T>
+using align::kLanes;
+using align::round_up;
 template <typename T>
 constexpr T kPad = sizeof(T) == 4 ? T(-1e30) : T(-1e300);
 template <typename T>
@@ -58,11 +58,6 @@ constexpr T kLogRange = sizeof(T) == 4 ? T(30) : T(100);
 // kTiny * e^kLogRange: a line sum below this may have lost a relevant share of its mass to flushed entries of K.
 template <typename T>
 constexpr T kTinyLine = sizeof(T) == 4 ? T(1e-28 * 1.0686474581524463e13) : T(1e-290 * 2.6881171418161356e43);
-
-template <typename T>
-int64_t round_up(int64_t x, int64_t k) {
-  return (x + k - 1) / k * k;
-}
 
 // y[0:len] = sum_{j < lines} M[j, 0:len] * s[j]; lines is a multiple of 4, len of kLanes, row stride len.
 template <typename T>
@@ -156,7 +151,7 @@ FL_INLINE void forward_dense_impl(const T* __restrict x0, const T* __restrict x0
                                   T* __restrict a, T* __restrict b, T* __restrict w) {
   using V = typename align::Vec<T>::type;
   constexpr int64_t L = kLanes<T>;
-  const int64_t n4 = round_up<T>(n, 4), m4 = round_up<T>(m, 4);
+  const int64_t n4 = round_up(n, 4), m4 = round_up(m, 4);
   T* alpha = w;          // [ns] row base potentials
   T* lu = alpha + ns;    // [ns] log u
   T* u = lu + ns;        // [ns]
@@ -400,7 +395,7 @@ void scatter_block(const T* blk, int64_t ms, const Index& ix, int64_t M, T* out)
 
 template <typename T>
 int64_t padded(int64_t m) {
-  return round_up<T>(m, kLanes<T>);
+  return round_up(m, kLanes<T>);
 }
 
 struct Sizes {
@@ -445,8 +440,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
       align::FlushDenormals ftz;
       Index ix;
       const int64_t MS = padded<scalar_t>(z.M), NS = padded<scalar_t>(z.N);
-      std::vector<scalar_t> x(z.N * MS), xt(z.M * NS), K(round_up<scalar_t>(z.N, 4) * MS),
-          KT(round_up<scalar_t>(z.M, 4) * NS), a(iters * z.N), bb(iters * z.M), w(6 * (NS + MS));
+      std::vector<scalar_t> x(z.N * MS), xt(z.M * NS), K(round_up(z.N, 4) * MS),
+          KT(round_up(z.M, 4) * NS), a(iters * z.N), bb(iters * z.M), w(6 * (NS + MS));
       for (int64_t p = b0; p < b1; ++p) {
         const bool* rm = RM + p * z.N;
         const bool* cm = CM + p * z.M;

@@ -98,10 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> align_score_bwd_bmm(const at::Ten
   return {gq, gc, gP};
 }
 
-template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);
-
-int64_t round_up(int64_t x, int64_t k) { return (x + k - 1) / k * k; }
+using align::kLanes;
+using align::round_up;
 
 // C[r, 0:len] = sum_{k < K} a[r * ars + k * aks] * Bm[k * bs : k * bs + len] for r < rows (C: row stride len, a
 // multiple of the lanes). a is read through strides, so P and P^T are both plain arguments; Bm's rows may overlap

@@ -28,6 +28,12 @@ struct Vec<double> {
   using type = vd;
 };
 
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);  // elements of one Vec<T>
+
+// x rounded up to a multiple of k: padded line widths and counts of the align kernels.
+inline int64_t round_up(int64_t x, int64_t k) { return (x + k - 1) / k * k; }
+
 template <typename V, typename T>
 FL_INLINE V vload(const T* p) {
   V v;
