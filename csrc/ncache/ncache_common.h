@@ -65,6 +65,29 @@ inline at::Tensor check_ids(const at::Tensor& x, const char* name, const at::Ten
   return x.contiguous();
 }
 
+// Where key k can sit in a pair's two rows (row[s] = node * S): only at its hash slot of each hop, or column 0
+// for hop 0. Returns the 2H-bit hop code (bit s * H + h: row s holds k there) and puts each place's flat table
+// index in at[s * H + h]. One source for the CPU and CUDA pair kernels, so both emit the same codes.
+FL_HD int64_t pair_code(const int64_t* K, const int64_t row[2], const Layout& L, int64_t k, uint64_t seed_mix,
+                        int64_t at[2 * kMaxHops]) {
+  const uint64_t kh = key_hash(k, seed_mix);
+  int64_t code = 0;
+  for (int64_t h = 0; h < L.hops; ++h) {
+    const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
+    for (int64_t s = 0; s < 2; ++s) {
+      at[s * L.hops + h] = row[s] + c;
+      code |= int64_t(K[row[s] + c] == k) << (s * L.hops + h);
+    }
+  }
+  return code;
+}
+
+// An entry found at bit own_bit of its pair code is emitted there only if that is the key's first place (lowest
+// bit); an entry off its hash slot (a foreign state: own bit clear) is never emitted.
+FL_HD bool first_place(int64_t code, int64_t own_bit) {
+  return (code >> own_bit & 1) && !(code & ((int64_t(1) << own_bit) - 1));
+}
+
 inline uint64_t threshold53(double replace_prob) {
   TORCH_CHECK_VALUE(replace_prob >= 0.0 && replace_prob <= 1.0, "ncache: replace_prob must be in [0, 1], got ",
                     replace_prob);

@@ -330,18 +330,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
       int64_t n = 0;
       auto visit = [&](int64_t side, int64_t col) {
         const int64_t k = K[row[side] + col];
-        const int64_t own_bit = side * H + hop_at(col);
-        // Where else can k be? Only at its hash slot of each hop (or column 0 when k is the node itself).
-        const uint64_t kh = key_hash(k, sm);
-        int64_t cols[kMaxHops];
-        cols[0] = 0;
-        for (int64_t h = 1; h < H; ++h) cols[h] = L.off[h] + slot_in(kh, L.m[h]);
-        int64_t code = 0;
-        for (int64_t s2 = 0; s2 < 2; ++s2)
-          for (int64_t h = 0; h < H; ++h) code |= int64_t(K[row[s2] + cols[h]] == k) << (s2 * H + h);
-        // Emit the key at its first position (lowest bit); an entry off its hash slot (a foreign state) is
-        // skipped.
-        if (!(code >> own_bit & 1) || (code & ((int64_t(1) << own_bit) - 1))) return;
+        int64_t at[2 * kMaxHops];
+        const int64_t code = pair_code(K, row, L, k, sm, at);
+        if (!first_place(code, side * H + hop_at(col))) return;
         const int64_t o = p * Kmax + n++;
         ko[o] = k;
         co[o] = code;
@@ -350,8 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
         std::fill(f, f + D, 0.0f);
         for (int64_t bit = 0; bit < 2 * H; ++bit) {
           if (!(code >> bit & 1)) continue;
-          const int64_t s2 = bit >= H;
-          const float* src = V + (row[s2] + cols[bit - s2 * H]) * D;
+          const float* src = V + at[bit] * D;
           for (int64_t d = 0; d < D; ++d) f[d] += src[d];
         }
         const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;

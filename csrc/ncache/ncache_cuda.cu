@@ -181,17 +181,8 @@ __global__ void pair_kernel(const int64_t* __restrict__ K, const float* __restri
       const int64_t side = q >= S, col = q - side * S;
       k = K[row[side] + col];
       if (k >= 0) {
-        const int64_t own_bit = side * H + hop_of_col(L, col);
-        const uint64_t kh = key_hash(k, sm);
-        for (int64_t s2 = 0; s2 < 2; ++s2)
-          for (int64_t h = 0; h < H; ++h) {
-            const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
-            if (K[row[s2] + c] == k) {
-              code |= int64_t(1) << (s2 * H + h);
-              at[s2 * H + h] = row[s2] + c;
-            }
-          }
-        first = (code & (int64_t(1) << own_bit)) && !(code & ((int64_t(1) << own_bit) - 1));
+        code = pair_code(K, row, L, k, sm, at);
+        first = first_place(code, side * H + hop_of_col(L, col));
       }
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, first);
