@@ -155,6 +155,17 @@ def ncache_lookup(keys, eids, times, values, nodes):
     return keys[nodes], eids[nodes], times[nodes], values[nodes]
 
 
+def _pair_rows(keys, values, u, v, sizes):
+    """Both rows of every pair side by side: (bit [2S]: side * H + hop of each column, keys [P, 2S],
+    values [P, 2S, D]), u's row first."""
+    off = offsets(sizes)
+    H = len(off) - 1
+    hop_of = torch.repeat_interleave(torch.arange(H, device=keys.device), torch.tensor(
+        [off[h + 1] - off[h] for h in range(H)], device=keys.device))
+    bit = torch.cat([hop_of, hop_of + H])
+    return bit, torch.cat([keys[u], keys[v]], 1), torch.cat([values[u], values[v]], 1)
+
+
 def ncache_pair_features(keys, values, u, v, sizes=(32, 16)):
     """Joint neighbourhood of each pair (u[p], v[p]) by unique + scatter_add.
 
@@ -162,18 +173,12 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16)):
     found; H = 1 + len(sizes)), feats [P, K, D] (values summed over those places), mask [P, K] bool and common
     counts [P, H, H] int64. K = 2S; distinct keys are in order of first appearance (u's row, then v's row).
     """
-    off = offsets(sizes)
-    H = len(off) - 1
-    S = off[-1]
+    H, S = len(sizes) + 1, offsets(sizes)[-1]
     P = u.numel()
     D = values.shape[2]
     dev = keys.device
     K = 2 * S
-    hop_of = torch.repeat_interleave(torch.arange(H, device=dev), torch.tensor(
-        [off[h + 1] - off[h] for h in range(H)], device=dev))
-    bit = torch.cat([hop_of, hop_of + H])  # [K]
-    allk = torch.cat([keys[u], keys[v]], 1)  # [P, K]
-    allv = torch.cat([values[u], values[v]], 1)  # [P, K, D]
+    bit, allk, allv = _pair_rows(keys, values, u, v, sizes)
     pid, q = (allk >= 0).nonzero(as_tuple=True)
     k = allk[pid, q]
     out_k = torch.full((P, K), -1, dtype=torch.int64, device=dev)
@@ -215,16 +220,11 @@ def nat_joint_features(keys, values, u, v, sizes=(32, 16)):
     (rows [G, 2] int64 (key, pair), sums [G, D + 1] float32: summed values, then the code as a float), G distinct
     keys over all pairs in unique's order: no padding, no first-appearance order, no common-neighbour counts.
     """
-    off = offsets(sizes)
-    H = len(off) - 1
-    S = off[-1]
+    S = offsets(sizes)[-1]
     D = values.shape[2]
     dev = keys.device
-    hop_of = torch.repeat_interleave(torch.arange(H, device=dev), torch.tensor(
-        [off[h + 1] - off[h] for h in range(H)], device=dev))
-    bit = torch.cat([hop_of, hop_of + H])
-    allk = torch.cat([keys[u], keys[v]], 1).view(-1)
-    allv = torch.cat([values[u], values[v]], 1).view(-1, D)
+    bit, allk, allv = _pair_rows(keys, values, u, v, sizes)
+    allk, allv = allk.view(-1), allv.view(-1, D)
     present = (allk >= 0).nonzero(as_tuple=True)[0]
     pair, q = present // (2 * S), present % (2 * S)
     rows, inv = torch.stack([allk[present], pair], 1).unique(return_inverse=True, dim=0)
