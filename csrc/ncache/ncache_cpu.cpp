@@ -119,86 +119,84 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   // One pass per hop over the owners g0 .. g1 - 1 (a contiguous share of one thread).
   auto pass = [&](int64_t h, int64_t g0, int64_t g1) {
     const int64_t M = L.m[h], off = L.off[h];
-    {
-      std::vector<Best> best(M);
-      for (auto& x : best) x.rank = -1;
-      // Slots offered a candidate for the current owner: an owner usually gets a few candidates for a table of
-      // 16 or 32 slots, so the write-out and reset visit these, not the whole table.
-      std::vector<int64_t> touched;
-      touched.reserve(64);
-      auto warm = [&](int64_t g) {
-        const int64_t o = inc[start[g]].first;
-        prefetch(K + o * S + off, M * 8);
-        if (h < 2) {
-          // The slots this owner will write are known: hop 0 is column 0, hop 1 the partners' hash slots.
-          for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-            const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
-            const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner, sm), M));
-            __builtin_prefetch(E + at, 1);
-            __builtin_prefetch(T + at, 1);
-            __builtin_prefetch(V + at * D, 1);
-          }
-          return;
-        }
+    std::vector<Best> best(M);
+    for (auto& x : best) x.rank = -1;
+    // Slots offered a candidate for the current owner: an owner usually gets a few candidates for a table of
+    // 16 or 32 slots, so the write-out and reset visit these, not the whole table.
+    std::vector<int64_t> touched;
+    touched.reserve(64);
+    auto warm = [&](int64_t g) {
+      const int64_t o = inc[start[g]].first;
+      prefetch(K + o * S + off, M * 8);
+      if (h < 2) {
+        // The slots this owner will write are known: hop 0 is column 0, hop 1 the partners' hash slots.
         for (int64_t i = start[g]; i < start[g + 1]; ++i) {
           const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
-          const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
-          prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
+          const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner, sm), M));
+          __builtin_prefetch(E + at, 1);
+          __builtin_prefetch(T + at, 1);
+          __builtin_prefetch(V + at * D, 1);
+        }
+        return;
+      }
+      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+        const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+        const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
+        prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
+      }
+    };
+    for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
+    for (int64_t g = g0; g < g1; ++g) {
+      if (g + kAhead < g1) warm(g + kAhead);
+      const int64_t o = inc[start[g]].first;
+      touched.clear();
+      auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
+        Best& x = best[slot];
+        if (x.rank < 0) {
+          touched.push_back(slot);
+          x = {ct, ce, ck, cr, csrc};
+        } else if (beats(ct, ce, ck, cr, x.t, x.eid, x.key, x.rank)) {
+          x = {ct, ce, ck, cr, csrc};
         }
       };
-      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
-      for (int64_t g = g0; g < g1; ++g) {
-        if (g + kAhead < g1) warm(g + kAhead);
-        const int64_t o = inc[start[g]].first;
-        touched.clear();
-        auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
-          Best& x = best[slot];
-          if (x.rank < 0) {
-            touched.push_back(slot);
-            x = {ct, ce, ck, cr, csrc};
-          } else if (beats(ct, ce, ck, cr, x.t, x.eid, x.key, x.rank)) {
-            x = {ct, ce, ck, cr, csrc};
-          }
-        };
-        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-          const int64_t j = inc[i].second, b = j >> 1;
-          const int64_t partner = (j & 1) ? sp[b] : dp[b];
-          if (h == 0) {
-            offer(0, tp[b], ep[b], o, j, b);
-          } else if (h == 1) {
-            offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
-          } else {
-            const int64_t pm = L.m[h - 1], poff = partner * S + L.off[h - 1];
-            // Occupied columns as bitmask words built without branches (a sparse row mispredicts a
-            // test-and-branch on each occupied slot), then visited by their set bits.
-            for (int64_t c0 = 0; c0 < pm; c0 += 64) {
-              const int64_t cn = std::min<int64_t>(64, pm - c0);
-              uint64_t bits = 0;
-              for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(K[poff + c0 + c] >= 0) << c;
-              for (; bits; bits &= bits - 1) {
-                const int64_t c = c0 + __builtin_ctzll(bits), k = K[poff + c];
-                offer(slot_in(key_hash(k, sm), M), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
-              }
+      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+        const int64_t j = inc[i].second, b = j >> 1;
+        const int64_t partner = (j & 1) ? sp[b] : dp[b];
+        if (h == 0) {
+          offer(0, tp[b], ep[b], o, j, b);
+        } else if (h == 1) {
+          offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
+        } else {
+          const int64_t pm = L.m[h - 1], poff = partner * S + L.off[h - 1];
+          // Occupied columns as bitmask words built without branches (a sparse row mispredicts a
+          // test-and-branch on each occupied slot), then visited by their set bits.
+          for (int64_t c0 = 0; c0 < pm; c0 += 64) {
+            const int64_t cn = std::min<int64_t>(64, pm - c0);
+            uint64_t bits = 0;
+            for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(K[poff + c0 + c] >= 0) << c;
+            for (; bits; bits &= bits - 1) {
+              const int64_t c = c0 + __builtin_ctzll(bits), k = K[poff + c];
+              offer(slot_in(key_hash(k, sm), M), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
             }
           }
         }
-        for (const int64_t slot : touched) {
-          Best& x = best[slot];
-          x.rank = -1;  // reset for the next owner; the fields stay readable below
-          const int64_t at = o * S + off + slot;
-          const int64_t cur = K[at];
-          if (cur >= 0 && cur != x.key && replace_draw(sm, o, h, x.key, x.t) >= thr) continue;
-          K[at] = x.key;
-          E[at] = x.eid;
-          T[at] = x.t;
-          float* dstv = V + at * D;
-          if (h >= 2) {
-            std::memcpy(dstv, V + x.src * D, sizeof(float) * D);
-          } else if (evp) {
-            std::memcpy(dstv, evp + x.src * D, sizeof(float) * D);
-          } else {
-            std::fill(dstv, dstv + D, 0.0f);
-          }
+      }
+      for (const int64_t slot : touched) {
+        Best& x = best[slot];
+        x.rank = -1;  // reset for the next owner; the fields stay readable below
+        const int64_t at = o * S + off + slot;
+        const int64_t cur = K[at];
+        if (cur >= 0 && cur != x.key && replace_draw(sm, o, h, x.key, x.t) >= thr) continue;
+        K[at] = x.key;
+        E[at] = x.eid;
+        T[at] = x.t;
+        float* dstv = V + at * D;
+        if (h >= 2) {
+          std::memcpy(dstv, V + x.src * D, sizeof(float) * D);
+        } else if (evp) {
+          std::memcpy(dstv, evp + x.src * D, sizeof(float) * D);
+        } else {
+          std::fill(dstv, dstv + D, 0.0f);
         }
       }
     }
