@@ -70,14 +70,35 @@ def test_gradcheck(partner):
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_gradients_match_reference():
-    h, p, ei, mask, w = _case(dtype=torch.float64)
-    leaves = [t.requires_grad_() for t in [h, p] + w]
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("partner", [True, False])
+def test_gradients_match_reference(sizes, partner):
+    # The CPU backward kernel (folded form, per-node factors + GEMMs) against autograd through the reference.
+    h, p, ei, mask, w = _case(dtype=torch.float64, partner=partner, **sizes)
+    leaves = [t.requires_grad_() for t in [h] + ([p] if partner else []) + w]
     g = torch.randn(h.shape, dtype=torch.float64)
-    got = torch.autograd.grad(isonet_layer(leaves[0], leaves[1], ei, mask, *leaves[2:]), leaves, g)
-    want = torch.autograd.grad(ref.isonet_layer(leaves[0], leaves[1], ei, mask, *leaves[2:]), leaves, g)
-    for a, b in zip(got, want):
+
+    def run(layer):
+        pp = leaves[1] if partner else None
+        return torch.autograd.grad(layer(leaves[0], pp, ei, mask, *leaves[-12:]), leaves, g)
+
+    for a, b in zip(run(isonet_layer), run(ref.isonet_layer)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert b.abs().sum() > 0
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_transport_gradients_match_reference_float32(transpose):
+    h, ei, mask, w, P, other = _transport_case(transpose=transpose, dtype=torch.float32)
+    leaves = [t.requires_grad_() for t in [h, P, other] + w]
+    g = torch.randn(h.shape)
+
+    def run(layer):
+        out = layer(leaves[0], None, ei, mask, *leaves[3:], P=leaves[1], other=leaves[2], transpose=transpose)
+        return torch.autograd.grad(out, leaves, g)
+
+    for a, b in zip(run(isonet_layer), run(ref.isonet_layer)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         assert b.abs().sum() > 0
 
 
@@ -178,3 +199,32 @@ def test_non_contiguous_inputs():
     assert not hn.is_contiguous() and not wn[0].is_contiguous()
     torch.testing.assert_close(isonet_layer(hn, pn, ei, mask, *wn), ref.isonet_layer(h, p, ei, mask, *w),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("transpose", [None, False, True])
+def test_folded_formulation_matches_reference(transpose):
+    # _folded_layer is the backward's recompute on devices without the C++ kernel (CUDA): checked here on the CPU,
+    # values and gradients, for an explicit partner and for the transport in both directions.
+    from fastlayers.ops.align_layer import _folded_layer
+
+    h, ei, mask, w, P, other = _transport_case(transpose=bool(transpose))
+    p = torch.randn(h.shape, dtype=h.dtype) if transpose is None else None
+    P, other = (None, None) if transpose is None else (P, other)
+    g = Graph.from_edge_index(ei, h.shape[0])
+    deg = g.rowptr.diff()
+    dst = torch.repeat_interleave(torch.arange(h.shape[0]), deg)
+    leaves = [t.requires_grad_() for t in [h] + [x for x in (p, P, other) if x is not None] + w]
+
+    def args():
+        it = iter(leaves[1:-12])
+        pp = next(it) if p is not None else None
+        PP, oo = (next(it), next(it)) if P is not None else (None, None)
+        return leaves[0], pp, PP, oo
+
+    hh, pp, PP, oo = args()
+    got = _folded_layer(hh, pp, PP, oo, bool(transpose), g.col, dst, deg.to(h.dtype), mask, *leaves[-12:])
+    want = ref.isonet_layer(hh, pp, ei, mask, *leaves[-12:], P=PP, other=oo, transpose=bool(transpose))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    gr = torch.randn(h.shape, dtype=h.dtype)
+    for a, b in zip(torch.autograd.grad(got, leaves, gr), torch.autograd.grad(want, leaves, gr)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

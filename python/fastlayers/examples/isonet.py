@@ -4,7 +4,7 @@
 
 Each epoch draws, for every training query, up to --pairs-per-query positive and as many negative corpus graphs;
 batches of --batch pairs are trained with the pairwise hinge (margin 0.5) between every positive and negative
-pair of the batch (Adam, lr 1e-3, weight decay 5e-4). Early stopping on validation MAP (patience in epochs); the
+pair of the batch (Adam, lr 1e-3, weight decay 5e-4 by default). Early stopping on validation MAP (patience in epochs); the
 best checkpoint is scored on the full test split (every query against all 800 corpus graphs).
 """
 
@@ -78,11 +78,13 @@ def main(argv=None):
     ap.add_argument("--pairs-per-query", type=int, default=16, help="positives drawn per query and epoch")
     ap.add_argument("--negatives-per-query", type=int, default=None, help="default: --pairs-per-query")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=5e-4, help="Adam's L2 weight decay (published: 5e-4)")
     ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
     ap.add_argument("--val-negatives", type=int, default=200, help="negatives per val query (None: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="optional path for the best state_dict")
+    ap.add_argument("--out", default=None, help="optional path for the best state_dict (written at every "
+                    "validation improvement)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +94,7 @@ def main(argv=None):
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     best, best_state, bad, epoch_times = -1.0, None, 0, []
     start = time.time()
     bar = tqdm(range(args.epochs), desc=f"{args.model} {args.dataset}")
@@ -116,6 +118,8 @@ def main(argv=None):
                    f"({epoch_times[-1]:.1f} s)")
         if vmap > best:
             best, best_state, bad = vmap, copy.deepcopy(model.state_dict()), 0
+            if args.out:  # saved at every improvement, so a stopped run keeps its best model
+                torch.save(best_state, args.out)
         else:
             bad += 1
         if bad >= args.patience:
