@@ -61,6 +61,27 @@ def test_generate_pairs_labels_every_corpus_graph():
             assert (c in p) == is_subgraph(q, corpus[c])
 
 
+def test_generate_pairs_filters():
+    import networkx as nx
+
+    from fastlayers.data.subgraph import _nx
+
+    corpus = [_ring(8), _g(6, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 2)]), _g(4, [(0, 1), (0, 2), (0, 3)])]
+    # Only queries found in exactly one or two of the three corpus graphs.
+    s = generate_pairs(corpus, num_queries=4, min_nodes=3, max_nodes=5, seed=1, pos_fraction=(0.3, 0.7))
+    assert s.queries and all(1 <= len(p) <= 2 for p in s.pos)
+    # No query isomorphic to an excluded graph or to another generated one.
+    path3 = _g(3, [(0, 1), (1, 2)])
+    s = generate_pairs(corpus, num_queries=6, min_nodes=3, max_nodes=4, seed=2, exclude=[path3], max_tries=300)
+    graphs = [_nx(q) for q in s.queries]
+    assert graphs and not any(nx.is_isomorphic(g, _nx(path3)) for g in graphs)
+    assert not any(nx.is_isomorphic(a, b) for i, a in enumerate(graphs) for b in graphs[i + 1:])
+    # max_tries bounds the work when too few candidates pass.
+    s = generate_pairs(corpus, num_queries=50, min_nodes=3, max_nodes=3, seed=0, pos_fraction=(1.0, 1.0),
+                       max_tries=40)
+    assert len(s.queries) < 50
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="dataset"):
         load_subgraph_split(ROOT, "cora")
@@ -68,6 +89,8 @@ def test_bad_arguments():
         load_subgraph_split(ROOT, "aids", "dev")
     with pytest.raises(ValueError, match="min_nodes"):
         generate_pairs([_ring(5)], 1, min_nodes=4, max_nodes=3)
+    with pytest.raises(ValueError, match="pos_fraction"):
+        generate_pairs([_ring(5)], 1, pos_fraction=(0.5, 0.2))
     with pytest.raises(ValueError, match="exceeds max_nodes"):
         make_batch([_ring(25)], [_ring(5)], [(0, 0)])
 

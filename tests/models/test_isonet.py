@@ -1,5 +1,7 @@
 """IsoNet++ (node, edge) and IsoNet on fastlayers ops: parity with the same model on eager ops, masking, training."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,27 @@ def test_edge_variant_is_invariant_to_node_labels_and_edge_order(batch):
         s = model(b)
         s2 = model(make_batch(q2, c2, [(i, i) for i in range(6)], max_nodes=10, max_edges=14))
     torch.testing.assert_close(s2, s, rtol=1e-4, atol=1e-4)
+
+
+def test_example_extra_queries_generate_filter_and_cache(tmp_path):
+    # The example's generated training queries: labelled on the split's corpus, none isomorphic to a held-out
+    # query, cached as JSON and read back identically.
+    import networkx as nx
+
+    from fastlayers.data import SubgraphSplit
+    from fastlayers.data.subgraph import _nx
+    from fastlayers.examples.isonet import extra_queries
+
+    rng = np.random.default_rng(3)
+    corpus = _graphs(rng, 40, 9, 14)
+    train = SubgraphSplit([], corpus, [], [])
+    held = _graphs(rng, 5, 7, 8)
+    cache = str(tmp_path / "extra.json")
+    got = extra_queries(train, held, 3, cache, seed=1)
+    assert 1 <= len(got.queries) <= 3 and os.path.exists(cache)
+    for q, p, n in zip(got.queries, got.pos, got.neg):
+        assert 7 <= q[0] <= 15 and sorted(p + n) == list(range(len(corpus)))
+        assert 0.09 <= len(p) / len(corpus) <= 0.29
+        assert not any(nx.is_isomorphic(_nx(q), _nx(h)) for h in held)
+    again = extra_queries(train, held, len(got.queries), cache, seed=99)  # from the cache, not regenerated
+    assert again.pos == got.pos and all(np.array_equal(a[1], b[1]) for a, b in zip(again.queries, got.queries))

@@ -87,44 +87,92 @@ def is_subgraph(query, corpus_graph) -> bool:
     return isomorphism.GraphMatcher(_nx(corpus_graph), _nx(query)).subgraph_is_isomorphic()
 
 
-def generate_pairs(corpus: list, num_queries: int, min_nodes: int = 6, max_nodes: int = 15,
-                   seed: int = 0) -> SubgraphSplit:
+def generate_pairs(corpus: list, num_queries: int, min_nodes: int = 6, max_nodes: int = 15, seed: int = 0,
+                   pos_fraction: tuple | None = None, exclude: list | None = None, max_tries: int | None = None,
+                   progress: bool = False) -> SubgraphSplit:
     """New labelled pairs from any graphs: each query is a connected node-induced subgraph grown by BFS from a
     random node of a random corpus graph (so at least one positive exists), then labelled against every corpus
-    graph with :func:`is_subgraph`."""
+    graph with :func:`is_subgraph`.
+
+    pos_fraction: optional (lo, hi); keep only queries whose fraction of positive corpus graphs lies in [lo, hi]
+        (the benchmark's queries were chosen that way: AIDS train queries hold 9-28% positives).
+    exclude: optional list of graphs; a query isomorphic to one of them, or to an earlier generated query, is
+        dropped (to keep generated training queries disjoint from validation and test queries).
+    max_tries: stop after this many candidate queries even if fewer than num_queries were kept (default
+        50 * num_queries); progress: show a tqdm bar. Returns the kept queries (possibly fewer than asked)."""
     if not corpus:
         raise ValueError("corpus must hold at least one graph")
     if not 1 <= min_nodes <= max_nodes:
         raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
+    if pos_fraction is not None and not (len(pos_fraction) == 2 and 0 <= pos_fraction[0] <= pos_fraction[1] <= 1):
+        raise ValueError(f"pos_fraction must be (lo, hi) with 0 <= lo <= hi <= 1, got {pos_fraction}")
+    import networkx as nx
+    from tqdm import tqdm
+
     rng = random.Random(seed)
-    queries = []
-    while len(queries) < num_queries:
-        n, e = corpus[rng.randrange(len(corpus))]
-        adj = [[] for _ in range(n)]
-        for u, v in e.tolist():
-            adj[u].append(v)
-            adj[v].append(u)
-        want = rng.randint(min_nodes, max_nodes)
-        order, seen = [rng.randrange(n)], None
-        seen = set(order)
-        for u in order:
-            nb = adj[u][:]
-            rng.shuffle(nb)
-            for v in nb:
-                if v not in seen and len(order) < want:
-                    seen.add(v)
-                    order.append(v)
-        if len(order) < min_nodes:
+    seen = {}  # WL hash -> graphs, for the isomorphism filter
+    for g in exclude or ():
+        G = _nx(g)
+        seen.setdefault(nx.weisfeiler_lehman_graph_hash(G), []).append(G)
+    max_tries = 50 * num_queries if max_tries is None else max_tries
+    queries, pos, neg = [], [], []
+    bar = tqdm(total=num_queries, desc="generate queries", disable=not progress)
+    tries = 0
+    while len(queries) < num_queries and tries < max_tries:
+        tries += 1
+        q = _grow_query(corpus, rng, min_nodes, max_nodes)
+        if q is None:
             continue
-        index = {u: i for i, u in enumerate(order)}
-        sub = [(index[u], index[v]) for u, v in e.tolist() if u in index and v in index]
-        queries.append((len(order), np.asarray(sub, dtype=np.int64).reshape(-1, 2)))
-    pos, neg = [], []
-    for q in queries:
+        if pos_fraction is not None and len(corpus) > 4 * _SCREEN:
+            # Screen on a random sample first: a candidate clearly outside the range (by three binomial standard
+            # deviations of the sample, at most 0.15) is dropped before the full labelling.
+            sample = rng.sample(range(len(corpus)), _SCREEN)
+            f = sum(is_subgraph(q, corpus[i]) for i in sample) / _SCREEN
+            if f + 0.15 < pos_fraction[0] or f - 0.15 > pos_fraction[1]:
+                continue
         labels = [is_subgraph(q, c) for c in corpus]
+        frac = sum(labels) / len(corpus)
+        if pos_fraction is not None and not pos_fraction[0] <= frac <= pos_fraction[1]:
+            continue
+        if exclude is not None:
+            G = _nx(q)
+            h = nx.weisfeiler_lehman_graph_hash(G)
+            if any(nx.is_isomorphic(G, H) for H in seen.get(h, ())):
+                continue
+            seen.setdefault(h, []).append(G)
+        queries.append(q)
         pos.append([i for i, y in enumerate(labels) if y])
         neg.append([i for i, y in enumerate(labels) if not y])
+        bar.update()
+    bar.close()
     return SubgraphSplit(queries, list(corpus), pos, neg)
+
+
+_SCREEN = 100  # corpus graphs labelled to screen a candidate against pos_fraction
+
+
+def _grow_query(corpus, rng, min_nodes, max_nodes):
+    """A connected node-induced subgraph of a random corpus graph, grown by BFS (None when it stays too small)."""
+    n, e = corpus[rng.randrange(len(corpus))]
+    adj = [[] for _ in range(n)]
+    for u, v in e.tolist():
+        adj[u].append(v)
+        adj[v].append(u)
+    want = rng.randint(min_nodes, max_nodes)
+    order = [rng.randrange(n)]
+    seen = set(order)
+    for u in order:
+        nb = adj[u][:]
+        rng.shuffle(nb)
+        for v in nb:
+            if v not in seen and len(order) < want:
+                seen.add(v)
+                order.append(v)
+    if len(order) < min_nodes:
+        return None
+    index = {u: i for i, u in enumerate(order)}
+    sub = [(index[u], index[v]) for u, v in e.tolist() if u in index and v in index]
+    return len(order), np.asarray(sub, dtype=np.int64).reshape(-1, 2)
 
 
 @dataclasses.dataclass

@@ -16,11 +16,14 @@ import os
 import random
 import time
 
+import json
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastlayers.data import hits_at_k, load_subgraph_split, make_batch, mean_average_precision
+from fastlayers.data import (SubgraphSplit, generate_pairs, hits_at_k, load_subgraph_split, make_batch,
+                             mean_average_precision)
 from fastlayers.models import IsoNet, IsoNetPP
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "subgraph")
@@ -42,6 +45,26 @@ def epoch_pairs(split, per_query, rng, neg_per_query=None):
         out += [(q, c, 0) for c in rng.sample(n, min(neg_per_query, len(n)))]
     rng.shuffle(out)
     return out
+
+
+def extra_queries(train, held_out, num, cache, seed=0):
+    """``num`` generated training queries (fastlayers.data.generate_pairs on the corpus): 7-15 nodes, 9-29%
+    positives like the benchmark's train queries, none isomorphic to a train, validation or test query (so no
+    held-out query's labels are trained on). Cached as JSON at ``cache``; a cache with enough queries is reused.
+    Returns a SubgraphSplit over the same corpus."""
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            doc = json.load(f)
+        if len(doc["queries"]) >= num:
+            qs = [(q["num_nodes"], np.asarray(q["edges"], dtype=np.int64).reshape(-1, 2)) for q in doc["queries"]]
+            return SubgraphSplit(qs[:num], train.corpus, doc["pos"][:num], doc["neg"][:num])
+    extra = generate_pairs(train.corpus, num, min_nodes=7, max_nodes=15, seed=seed, pos_fraction=(0.09, 0.29),
+                           exclude=held_out, progress=True)
+    if cache:
+        with open(cache, "w") as f:
+            json.dump({"queries": [{"num_nodes": n, "edges": e.tolist()} for n, e in extra.queries],
+                       "pos": extra.pos, "neg": extra.neg}, f)
+    return extra
 
 
 @torch.no_grad()
@@ -81,6 +104,9 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=5e-4, help="Adam's L2 weight decay (published: 5e-4)")
     ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
     ap.add_argument("--val-negatives", type=int, default=200, help="negatives per val query (None: all)")
+    ap.add_argument("--extra-queries", type=int, default=0,
+                    help="add this many generated training queries (see extra_queries; not in published training)")
+    ap.add_argument("--extra-cache", default=None, help="JSON cache of the generated queries")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="optional path for the best state_dict (written at every "
@@ -91,6 +117,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     train, val, test = (load_subgraph_split(args.root, args.dataset, s) for s in ("train", "val", "test"))
+    if args.extra_queries:
+        extra = extra_queries(train, train.queries + val.queries + test.queries, args.extra_queries,
+                              args.extra_cache, args.seed)
+        train = SubgraphSplit(train.queries + extra.queries, train.corpus, train.pos + extra.pos,
+                              train.neg + extra.neg)
+        tqdm.write(f"training on {len(train.queries)} queries ({len(extra.queries)} generated)")
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))
@@ -132,7 +164,8 @@ def main(argv=None):
     if args.out:
         torch.save(best_state, args.out)
     tmap, thits = evaluate(model, test, 512, desc="test")
-    print(f"{args.model} ({args.variant}) on {args.dataset}: best val MAP {best:.4f}; test MAP {tmap:.4f}, "
+    name = f"{args.model} ({args.variant})" if args.model == "isonetpp" else args.model
+    print(f"{name} on {args.dataset}: best val MAP {best:.4f}; test MAP {tmap:.4f}, "
           f"HITS@20 {thits:.4f}; {np.mean(epoch_times):.1f} s/epoch over {len(epoch_times)} epochs, "
           f"{(time.time() - start) / 60:.1f} min, {torch.get_num_threads()} threads")
     return tmap, thits
