@@ -370,8 +370,6 @@ FL_INLINE void edge_sum(T* s, int64_t w, const T* a, int64_t ap, const T* av, co
 }
 
 // Scratch of one block of kBlock target nodes: the GRU pre-activations, one [kBlock * D] (+ slack) run each, so
-// the sigmoid/tanh sweeps are whole vectors.
-// Scratch of one block of kBlock target nodes: the GRU pre-activations, one [kBlock * D] (+ slack) run each, so
 // the sigmoid/tanh sweeps are whole vectors; and the per-group edge sums and products.
 template <typename T>
 struct GateBuf {
@@ -391,13 +389,15 @@ struct GateBuf {
   }
 };
 
+// Targets [v0, v1) (at most kBlock): edge sums s_v, GRU pre-activations, and the gates r, z, n (and W_hn h + b_hn)
+// in g's runs, node u at (u - v0) * D. s_keep, when given, receives s_v at row u (stride M1P) for the backward.
 template <typename T>
-FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
-                           const int64_t* col, const bool* mask, T* out, int64_t v0, int64_t v1, GateBuf<T>& g) {
+FL_INLINE void gate_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
+                         const int64_t* col, const bool* mask, int64_t v0, int64_t v1, GateBuf<T>& g, T* s_keep) {
   using V = typename align::Vec<T>::type;
   constexpr int64_t L = 64 / sizeof(T);
   const int64_t D = d.D, run = pad((v1 - v0) * D);
-  // Padding rows get finite placeholders (their output is overwritten with 0 below).
+  // Padding rows get finite placeholders (their outputs are overwritten with 0, their gradients skipped).
   std::fill_n(g.r.data(), run, T(0));
   std::fill_n(g.z.data(), run, T(0));
   std::fill_n(g.n.data(), run, T(0));
@@ -411,7 +411,7 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
     T *gi[kGroup], *gh[kGroup];
     for (int q = 0; q < kGroup; ++q) {
       const int64_t u = ids[q], e0 = rowptr[u], e1 = rowptr[u + 1];
-      T* s = g.s.data() + q * d.M1P;
+      T* s = s_keep ? s_keep + u * d.M1P : g.s.data() + q * d.M1P;
       edge_sum(s, d.M1P, a, d.AP, a + u * d.AP + d.M1P, col, e0, e1);
       T* gb = g.gb.data() + q * d.GP;
       const T deg = T(e1 - e0);
@@ -442,6 +442,14 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
   sigmoid_inplace(g.z.data(), run, false);
   for (int64_t i = 0; i < run; ++i) g.n[i] += g.r[i] * g.nh[i];
   sigmoid_inplace(g.n.data(), run, true);
+}
+
+// Targets [v0, v1): the GRU gates (gate_pass), then h' = (1 - z) n + z h, padding rows 0.
+template <typename T>
+FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const T* a, const int64_t* rowptr,
+                           const int64_t* col, const bool* mask, T* out, int64_t v0, int64_t v1, GateBuf<T>& g) {
+  gate_pass(d, f, h, a, rowptr, col, mask, v0, v1, g, (T*)nullptr);
+  const int64_t D = d.D;
   const T* hb = h + v0 * D;
   T* ob = out + v0 * D;
   for (int64_t i = 0; i < (v1 - v0) * D; ++i) ob[i] = (T(1) - g.z[i]) * g.n[i] + g.z[i] * hb[i];

@@ -68,51 +68,8 @@ FL_INLINE void grad_target_pass(const Dims& d, const Folded<T>& f, const BackWei
                                 const T* g, const T* a, const int64_t* rowptr, const int64_t* col, const bool* mask,
                                 const BackOut<T>& o, int64_t v0, int64_t v1, GateBuf<T>& gb, T* ds,
                                 const T* zero) {
-  using V = typename align::Vec<T>::type;
-  constexpr int64_t L = 64 / sizeof(T);
-  const int64_t D = d.D, DP = bw.DP, run = pad((v1 - v0) * D);
-  std::fill_n(gb.r.data(), run, T(0));
-  std::fill_n(gb.z.data(), run, T(0));
-  std::fill_n(gb.n.data(), run, T(0));
-  std::fill_n(gb.nh.data(), run, T(0));
-  int64_t v = v0;
-  while (v < v1) {
-    int64_t ids[kGroup];
-    const int cnt = next_group(mask, v, v1, ids);
-    if (cnt == 0) break;
-    const T *sx[kGroup], *bgi[kGroup], *bh[kGroup], *hx[kGroup];
-    T *gi[kGroup], *gh[kGroup];
-    for (int q = 0; q < kGroup; ++q) {
-      const int64_t u = ids[q], e0 = rowptr[u], e1 = rowptr[u + 1];
-      T* s = o.s + u * d.M1P;
-      edge_sum(s, d.M1P, a, d.AP, a + u * d.AP + d.M1P, col, e0, e1);
-      T* b = gb.gb.data() + q * d.GP;
-      const T deg = T(e1 - e0);
-      for (int64_t c = 0; c < d.GP; ++c) b[c] = f.bg[c] + deg * f.bdeg[c];
-      sx[q] = s;
-      bgi[q] = b;
-      bh[q] = f.bh.data();
-      hx[q] = h + u * D;
-      gi[q] = gb.gi.data() + q * d.GP;
-      gh[q] = gb.gh.data() + q * d.GP;
-    }
-    matvec_group(gi, d.GP, bgi, f.wg.data(), sx, d.M1, (const T*)nullptr, (const T* const*)nullptr, 0);
-    matvec_group(gh, d.GP, bh, f.wh.data(), hx, D, (const T*)nullptr, (const T* const*)nullptr, 0);
-    for (int q = 0; q < cnt; ++q) {
-      const int64_t i = (ids[q] - v0) * D;
-      const T *x = gi[q], *y = gh[q];
-      for (int64_t c = 0; c < D; c += L) {
-        vstore(gb.r.data() + i + c, vload<V>(x + c) + vload<V>(y + c));
-        vstore(gb.z.data() + i + c, vload<V>(x + D + c) + vload<V>(y + D + c));
-        vstore(gb.n.data() + i + c, vload<V>(x + 2 * D + c));
-        vstore(gb.nh.data() + i + c, vload<V>(y + 2 * D + c));
-      }
-    }
-  }
-  sigmoid_inplace(gb.r.data(), run, false);
-  sigmoid_inplace(gb.z.data(), run, false);
-  for (int64_t i = 0; i < run; ++i) gb.n[i] += gb.r[i] * gb.nh[i];
-  sigmoid_inplace(gb.n.data(), run, true);
+  const int64_t D = d.D, DP = bw.DP;
+  gate_pass(d, f, h, a, rowptr, col, mask, v0, v1, gb, o.s);
   // The GRU's backward per real target: h' = n + z (h - n), n = tanh(i_n + r h_n).
   for (int64_t u = v0; u < v1; ++u) {
     if (!mask[u]) continue;
@@ -134,7 +91,7 @@ FL_INLINE void grad_target_pass(const Dims& d, const Folded<T>& f, const BackWei
     }
   }
   // ds = W_g^T dgi and dh += W_hh^T dgh, a group at a time; then the edges of each real target.
-  v = v0;
+  int64_t v = v0;
   while (v < v1) {
     int64_t ids[kGroup];
     const int cnt = next_group(mask, v, v1, ids);
