@@ -2,10 +2,12 @@
 
     python -m fastlayers.examples.isonet --dataset aids --variant node|edge [--model isonet] [--budget-min 30]
 
-Each epoch draws, for every training query, up to --pairs-per-query positive and as many negative corpus graphs;
-batches of --batch pairs are trained with the pairwise hinge (margin 0.5) between every positive and negative
-pair of the batch (Adam, lr 1e-3, weight decay 5e-4 by default). Early stopping on validation MAP (patience in epochs); the
-best checkpoint is scored on the full test split (every query against all 800 corpus graphs).
+Each epoch draws, for every training query, up to --pairs-per-query positive and --negatives-per-query negative
+corpus graphs; batches of --batch pairs are trained with the pairwise hinge (margin 0.5) between every positive
+and negative pair of the batch (Adam, lr 1e-3 and weight decay 5e-4 by default, as published). Early stopping on
+validation MAP (patience in epochs; the best model is saved to --out at every gain); the best checkpoint is
+scored on the full test split (every query against all 800 corpus graphs). --extra-queries adds generated
+training queries (not part of the published training; see extra_queries).
 """
 
 from __future__ import annotations
@@ -96,14 +98,16 @@ def main(argv=None):
     ap.add_argument("--root", default=DEFAULT_ROOT, help="folder holding splits/ (default ../shared/data/subgraph)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--budget-min", type=float, default=30.0, help="stop training after this many minutes")
-    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=20, help="epochs without a val MAP gain before stopping")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--pairs-per-query", type=int, default=16, help="positives drawn per query and epoch")
-    ap.add_argument("--negatives-per-query", type=int, default=None, help="default: --pairs-per-query")
+    ap.add_argument("--negatives-per-query", type=int, default=80,
+                    help="negatives drawn per query and epoch (5x the positives, as in the benchmark's ~17%% positives)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4, help="Adam's L2 weight decay (published: 5e-4)")
     ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
-    ap.add_argument("--val-negatives", type=int, default=200, help="negatives per val query (None: all)")
+    ap.add_argument("--val-negatives", type=int, default=400,
+                    help="negatives sampled per val query for early stopping (0: all corpus graphs)")
     ap.add_argument("--extra-queries", type=int, default=0,
                     help="add this many generated training queries (see extra_queries; not in published training)")
     ap.add_argument("--extra-cache", default=None, help="JSON cache of the generated queries")
@@ -144,7 +148,7 @@ def main(argv=None):
             opt.step()
             losses.append(loss.item())
         epoch_times.append(time.time() - t0)
-        vmap, vhits = evaluate(model, val, 512, args.val_negatives, random.Random(1), desc="val")
+        vmap, vhits = evaluate(model, val, 512, args.val_negatives or None, random.Random(1), desc="val")
         bar.set_postfix(loss=f"{np.mean(losses):.4f}", val_map=f"{vmap:.4f}", s_per_epoch=f"{epoch_times[-1]:.1f}")
         tqdm.write(f"epoch {epoch}: loss {np.mean(losses):.4f} val MAP {vmap:.4f} HITS@20 {vhits:.4f} "
                    f"({epoch_times[-1]:.1f} s)")
