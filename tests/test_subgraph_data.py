@@ -129,3 +129,33 @@ def test_hits_at_k():
     # The 20th negative scores 8: two positives beat it.
     assert hits_at_k([s], [y], k=20) == pytest.approx(2 / 3)
     assert hits_at_k([s[:5]], [y[:5]], k=20) == 1.0
+
+
+@needs_data
+def test_committed_extra_training_queries_are_disjoint_and_labelled():
+    # benchmarks/results/isonet-aids-extra-queries.json trained the reported IsoNet++ model: no query may be
+    # isomorphic to a validation or test query, and its labels must be node-induced subgraph isomorphism.
+    import random
+
+    import networkx as nx
+
+    from fastlayers.data.subgraph import _nx
+    from fastlayers.examples.isonet import extra_queries
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "isonet-aids-extra-queries.json")
+    train = load_subgraph_split(ROOT, "aids", "train")
+    extra = extra_queries(train, [], 100, path)
+    assert len(extra.queries) == 100
+    held = {}
+    for split in ("val", "test"):
+        for q in load_subgraph_split(ROOT, "aids", split).queries:
+            G = _nx(q)
+            held.setdefault(nx.weisfeiler_lehman_graph_hash(G), []).append(G)
+    for q in extra.queries:
+        G = _nx(q)
+        assert not any(nx.is_isomorphic(G, H) for H in held.get(nx.weisfeiler_lehman_graph_hash(G), ()))
+    rng = random.Random(0)
+    for _ in range(40):
+        k = rng.randrange(100)
+        c = rng.randrange(800)
+        assert is_subgraph(extra.queries[k], train.corpus[c]) == (c in extra.pos[k])

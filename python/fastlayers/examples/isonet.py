@@ -59,13 +59,16 @@ def extra_queries(train, held_out, num, cache, seed=0):
             doc = json.load(f)
         if len(doc["queries"]) >= num:
             qs = [(q["num_nodes"], np.asarray(q["edges"], dtype=np.int64).reshape(-1, 2)) for q in doc["queries"]]
-            return SubgraphSplit(qs[:num], train.corpus, doc["pos"][:num], doc["neg"][:num])
+            pos = doc["pos"][:num]
+            neg = [sorted(set(range(len(train.corpus))) - set(p)) for p in pos]
+            return SubgraphSplit(qs[:num], train.corpus, pos, neg)
     extra = generate_pairs(train.corpus, num, min_nodes=7, max_nodes=15, seed=seed, pos_fraction=(0.09, 0.29),
                            exclude=held_out, progress=True)
     if cache:
         with open(cache, "w") as f:
+            # The negatives are the rest of the corpus: only the positives are stored.
             json.dump({"queries": [{"num_nodes": n, "edges": e.tolist()} for n, e in extra.queries],
-                       "pos": extra.pos, "neg": extra.neg}, f)
+                       "pos": extra.pos}, f)
     return extra
 
 
@@ -106,6 +109,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4, help="Adam's L2 weight decay (published: 5e-4)")
     ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
+    ap.add_argument("--eval-only", action="store_true", help="score --init on the validation and test splits")
     ap.add_argument("--val-negatives", type=int, default=400,
                     help="negatives sampled per val query for early stopping (0: all corpus graphs)")
     ap.add_argument("--extra-queries", type=int, default=0,
@@ -130,6 +134,14 @@ def main(argv=None):
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))
+    if args.eval_only:
+        if not args.init:
+            ap.error("--eval-only needs --init")
+        vmap, vhits = evaluate(model, val, 512, desc="val")
+        tmap, thits = evaluate(model, test, 512, desc="test")
+        print(f"{args.init}: val MAP {vmap:.4f}, HITS@20 {vhits:.4f}; test MAP {tmap:.4f}, HITS@20 {thits:.4f} "
+              f"(all corpus graphs per query)")
+        return tmap, thits
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     best, best_state, bad, epoch_times = -1.0, None, 0, []
     start = time.time()
