@@ -133,7 +133,7 @@ def test_hits_at_k():
 
 @needs_data
 def test_committed_extra_training_queries_are_disjoint_and_labelled():
-    # benchmarks/results/isonet-aids-extra-queries.json trained the reported IsoNet++ model: no query may be
+    # benchmarks/results/isonet/aids-extra-queries.json trained the reported IsoNet++ model: no query may be
     # isomorphic to a validation or test query, and its labels must be node-induced subgraph isomorphism.
     import random
 
@@ -142,10 +142,10 @@ def test_committed_extra_training_queries_are_disjoint_and_labelled():
     from fastlayers.data.subgraph import _nx
     from fastlayers.examples.isonet import extra_queries
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "isonet-aids-extra-queries.json")
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "isonet", "aids-extra-queries.json")
     train = load_subgraph_split(ROOT, "aids", "train")
-    extra = extra_queries(train, [], 100, path)
-    assert len(extra.queries) == 100
+    extra = extra_queries(train, [], 170, path)
+    assert len(extra.queries) == 170
     held = {}
     for split in ("val", "test"):
         for q in load_subgraph_split(ROOT, "aids", split).queries:
@@ -156,6 +156,6 @@ def test_committed_extra_training_queries_are_disjoint_and_labelled():
         assert not any(nx.is_isomorphic(G, H) for H in held.get(nx.weisfeiler_lehman_graph_hash(G), ()))
     rng = random.Random(0)
     for _ in range(40):
-        k = rng.randrange(100)
+        k = rng.randrange(170)
         c = rng.randrange(800)
         assert is_subgraph(extra.queries[k], train.corpus[c]) == (c in extra.pos[k])

@@ -105,7 +105,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--pairs-per-query", type=int, default=16, help="positives drawn per query and epoch")
     ap.add_argument("--negatives-per-query", type=int, default=80,
-                    help="negatives drawn per query and epoch (5x the positives, as in the benchmark's ~17%% positives)")
+                    help="negatives drawn per query and epoch (5x the positives, as in the benchmark's ~17%% "
+                         "positives)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4, help="Adam's L2 weight decay (published: 5e-4)")
     ap.add_argument("--init", default=None, help="state_dict to start from (e.g. an earlier --out)")
