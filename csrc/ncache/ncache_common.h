@@ -88,6 +88,27 @@ FL_HD bool first_place(int64_t code, int64_t own_bit) {
   return (code >> own_bit & 1) && !(code & ((int64_t(1) << own_bit) - 1));
 }
 
+// The winning offer for one slot of an owner's row (rank < 0: none yet).
+struct Best {
+  double t;
+  int64_t eid, key, rank, src;  // src: edge index b (hops 0, 1) or flat table index of the copied entry
+};
+
+// Writes winner x into table entry at, unless a different resident key survives its replacement draw. The value
+// is the copied entry's (hops >= 2), the edge's (hops 0, 1, with edge values) or zeros. One source for the CPU
+// and CUDA update kernels.
+FL_HD void commit_slot(int64_t* K, int64_t* E, double* T, float* V, int64_t at, const Best& x, int64_t hop,
+                       int64_t owner, uint64_t seed_mix, uint64_t thr, const float* evp, int64_t D) {
+  const int64_t cur = K[at];
+  if (cur >= 0 && cur != x.key && replace_draw(seed_mix, owner, hop, x.key, x.t) >= thr) return;
+  K[at] = x.key;
+  E[at] = x.eid;
+  T[at] = x.t;
+  const float* from = hop >= 2 ? V + x.src * D : (evp ? evp + x.src * D : nullptr);
+  float* to = V + at * D;
+  for (int64_t d = 0; d < D; ++d) to[d] = from ? from[d] : 0.0f;
+}
+
 inline uint64_t threshold53(double replace_prob) {
   TORCH_CHECK_VALUE(replace_prob >= 0.0 && replace_prob <= 1.0, "ncache: replace_prob must be in [0, 1], got ",
                     replace_prob);

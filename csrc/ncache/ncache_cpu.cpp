@@ -37,11 +37,6 @@ inline void prefetch(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
 }
 
-struct Best {
-  double t;
-  int64_t eid, key, rank, src;  // src: edge index b (hops 0, 1) or flat table index of the copied entry
-};
-
 void check_batch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& t, const at::Tensor& eid,
                  const c10::optional<at::Tensor>& edge_values, const Layout& L) {
   const int64_t B = src.size(0);
@@ -184,20 +179,7 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       for (const int64_t slot : touched) {
         Best& x = best[slot];
         x.rank = -1;  // reset for the next owner; the fields stay readable below
-        const int64_t at = o * S + off + slot;
-        const int64_t cur = K[at];
-        if (cur >= 0 && cur != x.key && replace_draw(sm, o, h, x.key, x.t) >= thr) continue;
-        K[at] = x.key;
-        E[at] = x.eid;
-        T[at] = x.t;
-        float* dstv = V + at * D;
-        if (h >= 2) {
-          std::memcpy(dstv, V + x.src * D, sizeof(float) * D);
-        } else if (evp) {
-          std::memcpy(dstv, evp + x.src * D, sizeof(float) * D);
-        } else {
-          std::fill(dstv, dstv + D, 0.0f);
-        }
+        commit_slot(K, E, T, V, o * S + off + slot, x, h, o, sm, thr, evp, D);
       }
     }
   };

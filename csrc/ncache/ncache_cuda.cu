@@ -21,11 +21,6 @@ constexpr int kUpdateThreads = 128;
 constexpr int kPairThreads = 128;
 constexpr int64_t kMaxSlotsCuda = 1024;  // per hop: the block keeps one candidate per slot in shared memory
 
-struct Best {
-  double t;
-  int64_t eid, key, rank, src;
-};
-
 __device__ __forceinline__ int64_t hop_of_col(const Layout& L, int64_t c) {
   int64_t h = 0;
   while (c >= L.off[h + 1]) ++h;
@@ -92,14 +87,7 @@ __global__ void update_hop_kernel(int64_t* __restrict__ K, int64_t* __restrict__
   for (int64_t s = tid; s < M; s += blockDim.x) {
     const Best x = best[s];
     if (x.rank < 0) continue;
-    const int64_t at = o * S + off + s;
-    const int64_t cur = K[at];
-    if (cur >= 0 && cur != x.key && replace_draw(sm, o, h, x.key, x.t) >= thr) continue;
-    K[at] = x.key;
-    E[at] = x.eid;
-    T[at] = x.t;
-    float* dv = V + at * D;
-    for (int64_t d = 0; d < D; ++d) dv[d] = h >= 2 ? V[x.src * D + d] : (evp ? evp[x.src * D + d] : 0.0f);
+    commit_slot(K, E, T, V, o * S + off + s, x, h, o, sm, thr, evp, D);
   }
 }
 
