@@ -373,7 +373,7 @@ FL_INLINE void edge_sum(T* s, int64_t w, const T* a, int64_t ap, const T* av, co
 // the sigmoid/tanh sweeps are whole vectors; and the per-group edge sums and products.
 template <typename T>
 struct GateBuf {
-  std::vector<T> s, gb, gi, gh, r, z, n, nh, rbuf;
+  std::vector<T> s, gb, gi, gh, r, z, n, nh;
   explicit GateBuf(const Dims& d) {
     // One vector of slack past every run and product row: the gate copies move whole vectors.
     const int64_t run = pad(kBlock * d.D) + kPad;
@@ -385,7 +385,6 @@ struct GateBuf {
     z.assign(run, T(0));
     n.assign(run, T(0));
     nh.assign(run, T(0));
-    rbuf.assign(kGroup * d.HP, T(0));
   }
 };
 

@@ -40,7 +40,7 @@ using namespace propagate;
   FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p,                     \
                                   const Transport<T>& tr, const uint8_t* need, T* a, int64_t u0, int64_t u1,     \
                                   T* rbuf, T* coef) {                                                            \
-    node_pass<T>(d, f, h, p, tr, need, a, u0, u1, rbuf, coef, nullptr);                                                   \
+    node_pass<T>(d, f, h, p, tr, need, a, u0, u1, rbuf, coef, nullptr);                                          \
   }                                                                                                              \
   FL_MULTIVERSION void other_sweep(const Dims& d, const Folded<T>& f, const T* o, const T* zero, T* Q, int64_t j0, \
                                    int64_t j1) {                                                                 \

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import random
 import time
-
-import json
 
 import numpy as np
 import torch
@@ -126,12 +125,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     train, val, test = (load_subgraph_split(args.root, args.dataset, s) for s in ("train", "val", "test"))
-    if args.extra_queries:
-        extra = extra_queries(train, train.queries + val.queries + test.queries, args.extra_queries,
-                              args.extra_cache, args.seed)
-        train = SubgraphSplit(train.queries + extra.queries, train.corpus, train.pos + extra.pos,
-                              train.neg + extra.neg)
-        tqdm.write(f"training on {len(train.queries)} queries ({len(extra.queries)} generated)")
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))
@@ -143,6 +136,12 @@ def main(argv=None):
         print(f"{args.init}: val MAP {vmap:.4f}, HITS@20 {vhits:.4f}; test MAP {tmap:.4f}, HITS@20 {thits:.4f} "
               f"(all corpus graphs per query)")
         return tmap, thits
+    if args.extra_queries:
+        extra = extra_queries(train, train.queries + val.queries + test.queries, args.extra_queries,
+                              args.extra_cache, args.seed)
+        train = SubgraphSplit(train.queries + extra.queries, train.corpus, train.pos + extra.pos,
+                              train.neg + extra.neg)
+        tqdm.write(f"training on {len(train.queries)} queries ({len(extra.queries)} generated)")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     best, best_state, bad, epoch_times = -1.0, None, 0, []
     start = time.time()
@@ -177,9 +176,7 @@ def main(argv=None):
         if (time.time() - start) / 60 > args.budget_min:
             tqdm.write(f"training budget of {args.budget_min} min reached")
             break
-    model.load_state_dict(best_state)
-    if args.out:
-        torch.save(best_state, args.out)
+    model.load_state_dict(best_state)  # --out already holds it (saved at every gain)
     tmap, thits = evaluate(model, test, 512, desc="test")
     name = f"{args.model} ({args.variant})" if args.model == "isonetpp" else args.model
     print(f"{name} on {args.dataset}: best val MAP {best:.4f}; test MAP {tmap:.4f}, "
