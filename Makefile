@@ -1,6 +1,8 @@
 # make test   - create .venv if missing, install pinned deps, build fastlayers, run the test suite
 # make bench  - the same set-up, then every benchmark (benchmarks/run.py), writing benchmarks/results/
 # make build  - set-up and build only
+# make gpu-check - compile every Triton and CUDA kernel for sm_80 and sm_90 (no GPU needed) and check the
+#                  resource report: no compile error, no spill, shared memory within the limit
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ WHEELS := $(HOME)/.cache/fastlayers/wheels/torch-$(TORCH_VERSION)-cpu
 DEPS_STAMP := $(VENV)/.deps-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all build test bench bench-quick info clean
+.PHONY: all build test bench bench-quick info gpu-check device-check-dry clean
 
 all: test
 
@@ -39,6 +41,13 @@ bench: build
 
 bench-quick: build
 	$(BIN)/python benchmarks/run.py --quick
+
+gpu-check: build
+	$(BIN)/python benchmarks/gpu_check.py
+
+# What benchmarks/device_check.sh does on a GPU machine, minus the GPU steps (CI runs it so the script cannot rot).
+device-check-dry: build
+	DRY_RUN=1 PYTHON=$(BIN)/python benchmarks/device_check.sh /tmp/fastlayers-device-check-dry
 
 info: build
 	$(BIN)/python -m fastlayers info

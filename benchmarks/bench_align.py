@@ -20,7 +20,8 @@ QUICK_SHAPES = [(128, 20)]
 
 def specs(device, quick):
     out = []
-    for b, n in QUICK_SHAPES if quick else SHAPES:
+    gpu_short = quick and device != "cpu"  # the device check: real sizes, fewer cases
+    for b, n in [(1024, 20), (1024, 64)] if gpu_short else QUICK_SHAPES if quick else SHAPES:
         for mode in ("forward", "forward+backward"):
             out.append(("sinkhorn", b, n, mode, "eager"))
             if ot_batch is not None:
@@ -29,7 +30,8 @@ def specs(device, quick):
     if _models_available():
         out.append(("isonetpp_node", 128, 20, "forward", "eager"))
         out.append(("isonetpp_node", 128, 20, "forward+backward", "eager"))  # one training step's model work
-        out.append(("isonetpp_edge", 128, 20, "forward", "eager"))
+        if not gpu_short:
+            out.append(("isonetpp_edge", 128, 20, "forward", "eager"))
     return out
 
 
@@ -53,51 +55,48 @@ def build(spec, device):
         return _score_case(b, n, device)
     if kind in ("isonetpp_node", "isonetpp_edge"):
         return _isonet_case(b, device, variant=kind.split("_")[1], mode=mode)
-    x = torch.randn(b, n, n, device=device)
-    nbytes = x.numel() * x.element_size()
+    nbytes = b * n * n * 4
     ones = torch.ones(b, n, device=device)
+    forward = mode == "forward"
 
-    def ours_fwd():
+    def make_inputs(i):
+        x = torch.randn(b, n, n, device=device)
+        return (x,) if forward else (x.requires_grad_(), torch.randn_like(x))
+
+    def ours_fwd(x):
         return sinkhorn(x, tau=TAU, num_iters=ITERS, mode="reference")
 
-    def eager_fwd():
+    def eager_fwd(x):
         return eager.sinkhorn(x, tau=TAU, num_iters=ITERS, mode="reference")
 
-    if mode == "forward":
-        with_grad = False
-
-        def run(f):
+    if forward:
+        def run(f, x):
             with torch.no_grad():
-                return f()
-        peer_fn = (lambda: _pot_plan(x, ones, "detach")) if peer == "pot" else eager_fwd
+                return f(x)
+        peer_fn = (lambda x: _pot_plan(x, ones, "detach")) if peer == "pot" else eager_fwd
         min_bytes = 2 * nbytes
     else:
-        with_grad = True
-        x.requires_grad_()
-        g = torch.randn_like(x)
-
-        def run(f):
-            return torch.autograd.grad(f(), x, g)
-        peer_fn = (lambda: _pot_plan(x, ones, "autodiff")) if peer == "pot" else eager_fwd
+        def run(f, x, g):
+            return torch.autograd.grad(f(x), x, g)
+        peer_fn = (lambda x: _pot_plan(x, ones, "autodiff")) if peer == "pot" else eager_fwd
         min_bytes = 5 * nbytes  # forward 2|x|; backward reads g and x, writes dx
-    del with_grad
-    return Case(name=f"sinkhorn {mode}", shape=f"B={b} N=M={n}", ours=lambda: run(ours_fwd),
-                peer=lambda: run(peer_fn), peer_name="POT ot.batch log_sinkhorn" if peer == "pot" else "eager loop",
-                min_bytes=min_bytes)
+    return Case(name=f"sinkhorn {mode}", shape=f"B={b} N=M={n}", ours=lambda *a: run(ours_fwd, *a),
+                peer=lambda *a: run(peer_fn, *a), peer_name="POT ot.batch log_sinkhorn" if peer == "pot" else "eager loop",
+                min_bytes=min_bytes, make_inputs=make_inputs, input_bytes=nbytes * (1 if forward else 2))
 
 
 def _score_case(b, n, device, d=10):
-    hq = torch.randn(b, n, d, device=device, requires_grad=True)
-    hc = torch.randn(b, n, d, device=device, requires_grad=True)
-    P = torch.rand(b, n, n, device=device, requires_grad=True)
-    g = torch.randn(b, device=device)
+    def make_inputs(i):
+        return (torch.randn(b, n, d, device=device, requires_grad=True),
+                torch.randn(b, n, d, device=device, requires_grad=True),
+                torch.rand(b, n, n, device=device, requires_grad=True), torch.randn(b, device=device))
 
-    def run(f):
+    def run(f, hq, hc, P, g):
         return torch.autograd.grad(f(hq, hc, P), (hq, hc, P), g)
-    nbytes = 4 * (hq.numel() + hc.numel() + P.numel())
+    nbytes = 4 * (2 * b * n * d + b * n * n)
     return Case(name="align_score forward+backward", shape=f"B={b} N=M={n} D={d}",
-                ours=lambda: run(align_score), peer=lambda: run(eager.align_score), peer_name="eager",
-                min_bytes=3 * nbytes)
+                ours=lambda *a: run(align_score, *a), peer=lambda *a: run(eager.align_score, *a), peer_name="eager",
+                min_bytes=3 * nbytes, make_inputs=make_inputs, input_bytes=nbytes)
 
 
 def _isonet_case(b, device, max_nodes=20, variant="node", mode="forward"):
@@ -115,19 +114,24 @@ def _isonet_case(b, device, max_nodes=20, variant="node", mode="forward"):
         e += [(int(u), int(v)) for u, v in rng.integers(0, n, (4, 2)) if u > v and (u, v) not in e]
         return n, np.asarray(e[:24], dtype=np.int64)
 
-    queries = [graph(6, 15) for _ in range(b)]
-    corpus = [graph(17, max_nodes) for _ in range(b)]
-    batch = make_batch(queries, corpus, [(i, i) for i in range(b)]).to(device)
+    def make_inputs(i):
+        queries = [graph(6, 15) for _ in range(b)]
+        corpus = [graph(17, max_nodes) for _ in range(b)]
+        return (make_batch(queries, corpus, [(j, j) for j in range(b)]).to(device),)
+
     ours = IsoNetPP(variant=variant).to(device).eval()
     peer = IsoNetPP(variant=variant, ops="eager").to(device).eval()
     peer.load_state_dict(ours.state_dict())
 
-    def run(m):
+    def run(m, batch):
         if mode == "forward":
             with torch.no_grad():
                 return m(batch)
         m.zero_grad(set_to_none=True)
         m(batch).sum().backward()
 
-    return Case(name=f"IsoNet++ {variant} {mode} (T=3, K=5)", shape=f"{b} pairs, 20 nodes", ours=lambda: run(ours),
-                peer=lambda: run(peer), peer_name="same model, eager ops", min_bytes=0)
+    first = make_inputs(0)[0]
+    nbytes = sum(t.numel() * t.element_size() for t in vars(first).values() if isinstance(t, torch.Tensor))
+    return Case(name=f"IsoNet++ {variant} {mode} (T=3, K=5)", shape=f"{b} pairs, 20 nodes",
+                ours=lambda *a: run(ours, *a), peer=lambda *a: run(peer, *a), peer_name="same model, eager ops",
+                min_bytes=0, make_inputs=lambda i: (first,) if i == 0 else make_inputs(i), input_bytes=nbytes)

@@ -1,5 +1,7 @@
 """ECA: fastlayers.nn.ECA vs timm's EcaModule (same weights), forward and forward+backward."""
 
+import math
+
 import torch
 from harness import Case
 
@@ -26,6 +28,10 @@ QUICK_SHAPES = [(4, 64, 28, 28), (8, 512, 7, 7)]
 
 def specs(device, quick):
     dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
+    if quick and device != "cpu":  # the device check: real sizes, fewer cases
+        return [(shape, layout, mode, torch.float32) for shape in SHAPES[:2] for layout in ("contiguous", "channels_last")
+                for mode in ("forward", "forward+backward")] + \
+            [(SHAPES[0], "contiguous", mode, torch.bfloat16) for mode in ("forward", "forward+backward")]
     return [(shape, layout, mode, dtype)
             for shape in (QUICK_SHAPES if quick else SHAPES)
             for dtype in dtypes
@@ -36,23 +42,28 @@ def specs(device, quick):
 def build(spec, device):
     shape, layout, mode, dtype = spec
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
     peer = (EcaModule or _EagerECA)(channels=shape[1]).to(device=device, dtype=dtype)
     ours = ECA(channels=shape[1]).to(device=device, dtype=dtype)
     ours.load_state_dict(peer.state_dict())
-    nbytes = x.numel() * x.element_size()
+    nbytes = math.prod(shape) * torch.finfo(dtype).bits // 8
     name = f"{mode}, {layout}" + ("" if dtype == torch.float32 else f", {str(dtype)[6:]}")
-    if mode == "forward":
-        def run(m):
+    forward = mode == "forward"
+
+    def make_inputs(i):
+        x = torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        if forward:
+            return (x,)
+        return x.requires_grad_(), torch.randn_like(x)
+
+    if forward:
+        def run(m, x):
             with torch.no_grad():
                 return m(x)
         min_bytes = 2 * nbytes  # read x, write y
     else:
-        x.requires_grad_()
-        g = torch.randn_like(x)
-
-        def run(m):
+        def run(m, x, g):
             return torch.autograd.grad(m(x), (x, m.conv.weight), g)
         min_bytes = 5 * nbytes  # forward 2|x|; backward reads g and x, writes dx
-    return Case(name=name, shape="x".join(map(str, shape)), ours=lambda: run(ours), peer=lambda: run(peer),
-                peer_name="timm EcaModule" if EcaModule else "eager PyTorch", min_bytes=min_bytes)
+    return Case(name=name, shape="x".join(map(str, shape)), ours=lambda *a: run(ours, *a),
+                peer=lambda *a: run(peer, *a), peer_name="timm EcaModule" if EcaModule else "eager PyTorch",
+                min_bytes=min_bytes, make_inputs=make_inputs, input_bytes=nbytes * (1 if forward else 2))

@@ -11,6 +11,7 @@ by B*O*I*4 bytes, the float32 per-sample weights a materialising implementation 
 
 import ctypes
 import gc
+import math
 
 import torch
 from harness import Case
@@ -89,6 +90,9 @@ def peak_extra_bytes(fn, device):
 
 
 def specs(device, quick):
+    if quick and device != "cpu":  # the device check: real sizes, fewer cases
+        return [(b, n, t, "forward+backward", peer) for (b, n, t) in ((256, 128, 1), (1024, 256, 16))
+                for peer in PEERS]
     return [(b, n, t, mode, peer) for (b, n, t) in (QUICK if quick else FULL)
             for mode in ("forward", "forward+backward") for peer in PEERS]
 
@@ -97,31 +101,44 @@ def build(spec, device):
     b, n, t, mode, peer = spec
     h = 32 if b < 256 else H
     dtype = torch.float32
-    x = torch.randn((b, n) if t == 1 else (b, t, n), device=device, dtype=dtype)
-    phi = torch.randn(b, h, device=device, dtype=dtype)
+    xshape = (b, n) if t == 1 else (b, t, n)
+    # The hypernetwork's weights are the layer's parameters (one set); x and phi are each batch's (fresh).
     weight = torch.randn(n * n + n, h, device=device, dtype=dtype) / h ** 0.5
     bias = torch.randn(n * n + n, device=device, dtype=dtype)
     peer_fn = materialise_bmm if peer == "materialise+bmm" else einsum_peer
-    leaves = (x, phi, weight, bias)
     elt = 4
-    if mode == "forward":
-        def run(fn):
-            with torch.no_grad():
-                return fn(x, phi, weight, bias=bias) if fn is hyper_linear else fn(x, phi, weight, bias)
-        min_bytes = elt * (x.numel() + phi.numel() + weight.numel() + b * t * n)
-    else:
-        for leaf in leaves:
-            leaf.requires_grad_()
-        g = torch.randn((b, n) if t == 1 else (b, t, n), device=device, dtype=dtype)
+    forward = mode == "forward"
+    if not forward:
+        weight.requires_grad_()
+        bias.requires_grad_()
 
-        def run(fn):
-            y = fn(x, phi, weight, bias=bias) if fn is hyper_linear else fn(x, phi, weight, bias)
-            return (*torch.autograd.grad(y, leaves, g), y.detach())  # y counted as a result: it is alive
-        min_bytes = 2 * elt * (x.numel() + phi.numel() + weight.numel() + b * t * n)
-    ours_extra = peak_extra_bytes(lambda: run(hyper_linear), device)
-    peer_extra = peak_extra_bytes(lambda: run(peer_fn), device)
+    def make_inputs(i):
+        x = torch.randn(xshape, device=device, dtype=dtype)
+        phi = torch.randn(b, h, device=device, dtype=dtype)
+        if forward:
+            return x, phi
+        return x.requires_grad_(), phi.requires_grad_(), torch.randn(xshape, device=device, dtype=dtype)
+
+    def call(fn, x, phi):
+        return fn(x, phi, weight, bias=bias) if fn is hyper_linear else fn(x, phi, weight, bias)
+
+    if forward:
+        def run(fn, x, phi):
+            with torch.no_grad():
+                return call(fn, x, phi)
+        min_bytes = elt * (b * math.prod(xshape[1:]) + b * h + weight.numel() + b * t * n)
+    else:
+        def run(fn, x, phi, g):
+            y = call(fn, x, phi)
+            return (*torch.autograd.grad(y, (x, phi, weight, bias), g), y.detach())  # y counted: it is alive
+        min_bytes = 2 * elt * (b * math.prod(xshape[1:]) + b * h + weight.numel() + b * t * n)
+    first = make_inputs(0)
+    ours_extra = peak_extra_bytes(lambda: run(hyper_linear, *first), device)
+    peer_extra = peak_extra_bytes(lambda: run(peer_fn, *first), device)
     boi = b * n * n * elt
     extra = {"ours_extra_MiB": ours_extra / 2**20, "peer_extra_MiB": peer_extra / 2**20,
              "extra_of_BOI": ours_extra / boi}
-    return Case(name=mode, shape=f"B={b} O=I={n} h={h} T={t}", ours=lambda: run(hyper_linear),
-                peer=lambda: run(peer_fn), peer_name=peer, min_bytes=min_bytes, extra=extra)
+    in_bytes = elt * (math.prod(xshape) * (1 if forward else 2) + b * h)
+    return Case(name=mode, shape=f"B={b} O=I={n} h={h} T={t}", ours=lambda *a: run(hyper_linear, *a),
+                peer=lambda *a: run(peer_fn, *a), peer_name=peer, min_bytes=min_bytes, extra=extra,
+                make_inputs=lambda i: first if i == 0 else make_inputs(i), input_bytes=in_bytes)

@@ -38,6 +38,10 @@ def _graph(E, device):
 
 
 def specs(device, quick):
+    if quick and device != "cpu":  # the device check: real sizes, fewer cases
+        out = [(1_000_000, 64, "sum", "forward", "sparse.mm"), (1_000_000, 64, "sum", "forward+backward", "sparse.mm"),
+               (1_000_000, 64, "max", "forward", "sparse.mm"), (4_000_000, 64, "sum", "forward", "sparse.mm")]
+        return out + ([(1_000_000, 64, "gcn", "forward+backward", "pyg")] if pyg_nn is not None else [])
     if quick:
         return ([("cora", 16, "gcn", "forward+backward", "pyg")] if pyg_nn is not None else []) + [(200_000, 64, "sum", "forward", "sparse.mm"), (200_000, 64, "sum", "forward+backward", "sparse.mm"),
                 (200_000, 64, "max", "forward", "sparse.mm")]
@@ -61,18 +65,19 @@ def _gat_case(E, F, device):
     from fastlayers.nn import GATConv
 
     g, _ = _graph(E, device)
-    x = torch.randn(N, 64, device=device)
     peer = pyg_nn.GATConv(64, F, heads=4).to(device)
     ours = GATConv(64, F, heads=4).to(device)
     ours.load_state_dict(peer.state_dict())
-    ours(x, g)  # builds the graph with self loops once
+    ours(torch.randn(N, 64, device=device), g)  # builds the graph with self loops once
     ei = g.edge_index
 
-    def run(m, graph):
+    def run(m, graph, x):
         y = m(x, graph)
         return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
-    return Case(name="GATConv forward+backward", shape=f"N=100k E={E / 1e6:g}M 64->4x{F}", ours=lambda: run(ours, g),
-                peer=lambda: run(peer, ei), peer_name="PyG GATConv", min_bytes=x.numel() * 4 + 2 * ei.numel() * 8)
+    return Case(name="GATConv forward+backward", shape=f"N=100k E={E / 1e6:g}M 64->4x{F}",
+                ours=lambda x: run(ours, g, x), peer=lambda x: run(peer, ei, x), peer_name="PyG GATConv",
+                min_bytes=N * 64 * 4 + 2 * ei.numel() * 8, make_inputs=lambda i: (torch.randn(N, 64, device=device),),
+                input_bytes=N * 64 * 4)
 
 
 def _gcn_case(E, F, device):
@@ -86,22 +91,26 @@ def _gcn_case(E, F, device):
 
         path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nodeclf", "cora", "cora.npz")
         d = load_planetoid_npz(path)
-        x, g, shape = d.x.to(device), d.graph.to(device), "Cora: N=2708 E=10556 1433->16"
+        x0, g, shape = d.x.to(device), d.graph.to(device), "Cora: N=2708 E=10556 1433->16"
+        # Cora's features are one fixed matrix: fresh inputs are its rows' features permuted per call.
+        make = (lambda i: (x0,) if i == 0 else (x0[torch.randperm(x0.size(0), device=device)],))
     else:
         g, _ = _graph(E, device)
-        x, shape = torch.randn(N, F, device=device), f"N=100k E={E / 1e6:g}M {F}->{F}"
-    peer = pyg_nn.GCNConv(x.size(1), F).to(device)
-    ours = GCNConv(x.size(1), F).to(device)
+        x0, shape = torch.randn(N, F, device=device), f"N=100k E={E / 1e6:g}M {F}->{F}"
+        make = (lambda i: (x0,) if i == 0 else (torch.randn(N, F, device=device),))
+    peer = pyg_nn.GCNConv(x0.size(1), F).to(device)
+    ours = GCNConv(x0.size(1), F).to(device)
     ours.load_state_dict(peer.state_dict())
-    ours(x, g)  # builds the graph with self loops once, as PyG's cached=False recomputes its normalisation
+    ours(x0, g)  # builds the graph with self loops once, as PyG's cached=False recomputes its normalisation
     ei = g.edge_index
 
-    def run(m, graph):
+    def run(m, graph, x):
         y = m(x, graph)
         return torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
-    min_bytes = x.numel() * 4 + 2 * ei.numel() * 8
-    return Case(name="GCNConv forward+backward", shape=shape, ours=lambda: run(ours, g), peer=lambda: run(peer, ei),
-                peer_name="PyG GCNConv", min_bytes=min_bytes)
+    min_bytes = x0.numel() * 4 + 2 * ei.numel() * 8
+    return Case(name="GCNConv forward+backward", shape=shape, ours=lambda x: run(ours, g, x),
+                peer=lambda x: run(peer, ei, x), peer_name="PyG GCNConv", min_bytes=min_bytes, make_inputs=make,
+                input_bytes=x0.numel() * 4)
 
 
 def build(spec, device):
@@ -111,7 +120,6 @@ def build(spec, device):
     if reduce == "gat":
         return _gat_case(E, F, device)
     g, csr = _graph(E, device)
-    x = torch.randn(N, F, device=device)
     src, dst = g.edge_index
     if peer_name == "sparse.mm" and reduce != "sum" and device != "cpu":
         # torch.sparse.mm takes non-sum reductions on CPU CSR only: on GPUs the peer is scatter_reduce.
@@ -137,17 +145,21 @@ def build(spec, device):
 
     nbytes_x = N * F * 4
     idx_bytes = E * 8 + (N + 1) * 8
-    if mode == "forward":
-        def run(fn):
+    forward = mode == "forward"
+
+    def make_inputs(i):
+        x = torch.randn(N, F, device=device)
+        return (x,) if forward else (x.requires_grad_(), torch.randn(N, F, device=device))
+
+    if forward:
+        def run(fn, x):
             with torch.no_grad():
                 return fn(x)
         min_bytes = idx_bytes + 2 * nbytes_x
     else:
-        x.requires_grad_()
-        go = torch.randn(N, F, device=device)
-
-        def run(fn):
+        def run(fn, x, go):
             return torch.autograd.grad(fn(x), x, go)
         min_bytes = 2 * idx_bytes + 5 * nbytes_x
-    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E / 1e6:g}M F={F}", ours=lambda: run(ours_fn),
-                peer=lambda: run(peer_fn), peer_name=peer_label, min_bytes=min_bytes)
+    return Case(name=f"spmm {reduce} {mode}", shape=f"N=100k E={E / 1e6:g}M F={F}", ours=lambda *a: run(ours_fn, *a),
+                peer=lambda *a: run(peer_fn, *a), peer_name=peer_label, min_bytes=min_bytes, make_inputs=make_inputs,
+                input_bytes=nbytes_x * (1 if forward else 2))

@@ -1,21 +1,31 @@
 """Side-by-side timing of fastlayers ops and their peers, in one process, on fresh random inputs.
 
 A bench_<family>.py module defines ``specs(device, quick)`` (a list of cheap case descriptions) and
-``build(spec, device)`` (makes the inputs and returns a :class:`Case`), so only one case's tensors live at a
-time. Each case times the
+``build(spec, device)`` (returns a :class:`Case`), so only one case's tensors live at a time. Each case times the
 fastlayers callable and the peer callable with torch.utils.benchmark (median of blocked_autorange), and reports
 the speed-up, the achieved GB/s against the case's minimal byte count, and that figure as a fraction of this
 machine's copy bandwidth measured in the same run.
+
+Fresh inputs: a user never runs a layer twice on one batch, so a case does not time one input again and again
+(it would sit in the caches and flatter the kernel). A case gives ``make_inputs(i)``, the i-th input tuple, and
+``input_bytes``; the harness builds a pool of distinct inputs, together at least twice the last-level cache (the
+CPU's L3, the GPU's L2) and at least two, outside the timed region, and every timed call takes the next input of
+the pool in turn, so each call finds its input evicted by the ones in between. Both sides get the same pool.
+State an op mutates (the N-cache) is brought to steady state by the case itself before timing, and each timed
+call moves it on (new edges at later times), never back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
+import itertools
 import json
+import math
 import os
 import platform
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.utils import benchmark
@@ -27,11 +37,47 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 class Case:
     name: str  # what is timed, e.g. "forward, channels_last"
     shape: str  # the problem size as a user would say it
-    ours: Callable[[], object]
-    peer: Callable[[], object]
+    ours: Callable[..., object]  # ours(*make_inputs(i)); ours() when make_inputs is None
+    peer: Callable[..., object]
     peer_name: str
     min_bytes: int  # bytes any implementation must move (read inputs once, write outputs once)
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. peak memory figures
+    make_inputs: Optional[Callable[[int], tuple]] = None  # the i-th fresh input tuple (see the module doc)
+    input_bytes: int = 0  # bytes of one input tuple: sizes the pool
+
+
+POOL_CACHE_FACTOR = 2  # the pool holds at least this many last-level caches of inputs
+POOL_MAX = 64
+POOL_MAX_BYTES = {"cpu": 3 << 30, "cuda": 16 << 30}
+
+
+def last_level_cache_bytes(device: str) -> int:
+    """The GPU's L2, or the largest CPU cache sysfs reports for cpu0 (32 MiB where sysfs says nothing)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).L2_cache_size
+    best = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        best = max(best, int(text.rstrip("KMG")) * unit)
+    return best or 32 << 20
+
+
+def pool_size(input_bytes: int, device: str) -> int:
+    """How many distinct inputs a case rotates through: together >= POOL_CACHE_FACTOR x the last-level cache."""
+    want = math.ceil(POOL_CACHE_FACTOR * last_level_cache_bytes(device) / max(input_bytes, 1))
+    cap = POOL_MAX_BYTES["cuda" if device.startswith("cuda") else "cpu"] // max(input_bytes, 1)
+    return int(max(2, min(want, POOL_MAX, max(cap, 2))))
+
+
+def rotating(fn: Callable[..., object], pool: list) -> Callable[[], object]:
+    """fn over the pool's inputs in turn: each call gets the next input tuple."""
+    it = itertools.cycle(pool)
+    return lambda: fn(*next(it))
 
 
 def _sync(device: str) -> None:
@@ -87,8 +133,14 @@ def run_cases(family: str, module, device: str, quick: bool, min_run_time: float
     for spec in module.specs(device, quick):
         case = module.build(spec, device)
         progress.set_postfix_str(f"{family}: {case.name} {case.shape}"[:60])
-        t_ours = time_median(case.ours, device, min_run_time)
-        t_peer = time_median(case.peer, device, min_run_time)
+        if case.make_inputs is not None:
+            pool = [case.make_inputs(i) for i in range(pool_size(case.input_bytes, device))]
+            ours, peer = rotating(case.ours, pool), rotating(case.peer, pool)
+            fresh = {"inputs": len(pool), "input_MiB": case.input_bytes / 2**20}
+        else:  # a case whose every call is fresh by construction (e.g. it builds its own batch), or a whole model
+            ours, peer, fresh = case.ours, case.peer, {}
+        t_ours = time_median(ours, device, min_run_time)
+        t_peer = time_median(peer, device, min_run_time)
         gbps = case.min_bytes / t_ours / 1e9
         # extra "<unit>/call" counts become throughputs "<unit>/s" (ours) and "peer <unit>/s".
         rates = {}
@@ -106,10 +158,14 @@ def run_cases(family: str, module, device: str, quick: bool, min_run_time: float
             "speedup": t_peer / t_ours,
             "gbps": gbps,
             "copy_bw_fraction": gbps / bw,
+            **fresh,
             **{k: v for k, v in case.extra.items() if not k.endswith("/call")},
         })
         progress.update(1)
-        del case
+        del case, ours, peer
+        pool = None
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return {
         "family": family,
         "machine": machine(device),

@@ -58,9 +58,16 @@ def _lse(x, axis: tl.constexpr, has):
 
 
 @triton.jit
-def _sinkhorn_fwd_kernel(l_ptr, rm_ptr, cm_ptr, p_ptr, rl_ptr, cl_ptr, N, M, inv_tau, ITERS,
+def _join(hi, lo, ACC: tl.constexpr):
+    # A float argument reaches a compiled kernel as fp32: a float64 scalar travels as hi + lo (see _split).
+    return tl.cast(hi, ACC) + tl.cast(lo, ACC)
+
+
+@triton.jit
+def _sinkhorn_fwd_kernel(l_ptr, rm_ptr, cm_ptr, p_ptr, rl_ptr, cl_ptr, N, M, inv_tau_hi, inv_tau_lo, ITERS,
                          REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
+    inv_tau = _join(inv_tau_hi, inv_tau_lo, ACC)
     x, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE, ACC,
                                                        BN, BM)
     offs_n = tl.arange(0, BN)
@@ -78,9 +85,10 @@ def _sinkhorn_fwd_kernel(l_ptr, rm_ptr, cm_ptr, p_ptr, rl_ptr, cl_ptr, N, M, inv
 
 
 @triton.jit
-def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, N, M, inv_tau, ITERS,
-                         REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, N, M, inv_tau_hi, inv_tau_lo,
+                         ITERS, REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
+    inv_tau = _join(inv_tau_hi, inv_tau_lo, ACC)
     x0, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE,
                                                         ACC, BN, BM)
     offs_n = tl.arange(0, BN)
@@ -109,6 +117,18 @@ def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, 
     tl.store(out_ptr + off, g.to(out_ptr.dtype.element_ty), mask=inb)
 
 
+def _split(v: float):
+    """v as two float32-representable parts, hi + lo == v to about 2^-48 relative: how a float64 scalar reaches a
+    compiled kernel, whose float arguments are float32."""
+    import struct
+
+    try:
+        hi = struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:
+        raise ValueError(f"1 / tau = {v:g} is beyond float32's range: tau is too small for the Triton kernel") from None
+    return hi, v - hi
+
+
 def _acc(t):
     return (torch.float64, tl.float64) if t.dtype == torch.float64 else (torch.float32, tl.float32)
 
@@ -130,8 +150,9 @@ def sinkhorn_fwd(logits, row_mask, col_mask, tau, num_iters, reference):
     if b * n * m == 0:
         return P, rl.zero_(), cl.zero_()
     bn, bm = _blocks(n, m)
-    _sinkhorn_fwd_kernel[(b,)](logits, row_mask.contiguous(), col_mask.contiguous(), P, rl, cl, n, m, 1.0 / tau,
-                               num_iters, REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm)
+    _sinkhorn_fwd_kernel[(b,)](logits, row_mask.contiguous(), col_mask.contiguous(), P, rl, cl, n, m,
+                               *_split(1.0 / tau), num_iters, REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm,
+                               num_warps=_warps(bn * bm))
     return P, rl, cl
 
 
@@ -145,30 +166,13 @@ def sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, tau, refe
         return out
     bn, bm = _blocks(n, m)
     _sinkhorn_bwd_kernel[(b,)](grad_P.contiguous(), logits, row_mask.contiguous(), col_mask.contiguous(),
-                               row_lse.to(acc_t).contiguous(), col_lse.to(acc_t).contiguous(), out, n, m, 1.0 / tau,
-                               row_lse.shape[1], REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm)
+                               row_lse.to(acc_t).contiguous(), col_lse.to(acc_t).contiguous(), out, n, m,
+                               *_split(1.0 / tau), row_lse.shape[1], REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm,
+                               num_warps=_warps(bn * bm))
     return out
 
 
 # ---- transport: hinge score and partner features -------------------------------------------------------------
-
-
-@triton.jit
-def _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-           BD: tl.constexpr):
-    offs_n = tl.arange(0, BN)
-    offs_m = tl.arange(0, BM)
-    offs_d = tl.arange(0, BD)
-    in_n = offs_n < N
-    in_m = offs_m < M
-    in_d = offs_d < D
-    P = tl.load(p_ptr + pid * N * M + offs_n[:, None] * M + offs_m[None, :], mask=in_n[:, None] & in_m[None, :],
-                other=0.0).to(ACC)
-    q = tl.load(q_ptr + pid * N * D + offs_n[:, None] * D + offs_d[None, :], mask=in_n[:, None] & in_d[None, :],
-                other=0.0).to(ACC)
-    c = tl.load(c_ptr + pid * M * D + offs_m[:, None] * D + offs_d[None, :], mask=in_m[:, None] & in_d[None, :],
-                other=0.0).to(ACC)
-    return P, q, c
 
 
 @triton.jit
@@ -188,56 +192,94 @@ def _load(ptr, pid, R, C, ACC: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr)
 
 
 @triton.jit
-def _score_fwd_kernel(q_ptr, c_ptr, p_ptr, s_ptr, N, M, D, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                      BD: tl.constexpr):
+def _mm(a_ptr, a_rs, a_ks, b_ptr, b_ks, b_cs, R, K, C, ACC: tl.constexpr, PREC: tl.constexpr, BR: tl.constexpr,
+        BC: tl.constexpr):
+    # sum_k A[r, k] B[k, c] for A[r, k] at a_ptr + r a_rs + k a_ks and B[k, c] at b_ptr + k b_ks + c b_cs (strides
+    # give the transposes), r < R, c < C. The operands stream from memory (L1/L2: one pair's data) in K-chunks of
+    # 16: holding whole 64 x 64 operands for an FMA dot needed over 128 registers a thread and spilled.
+    offs_r = tl.arange(0, BR)
+    offs_c = tl.arange(0, BC)
+    acc = tl.zeros([BR, BC], dtype=ACC)
+    for k0 in range(0, K, 16):
+        offs_k = k0 + tl.arange(0, 16)
+        mk = offs_k < K
+        a = tl.load(a_ptr + offs_r[:, None] * a_rs + offs_k[None, :] * a_ks, mask=(offs_r < R)[:, None] & mk[None, :],
+                    other=0.0).to(ACC)
+        b = tl.load(b_ptr + offs_k[:, None] * b_ks + offs_c[None, :] * b_cs, mask=mk[:, None] & (offs_c < C)[None, :],
+                    other=0.0).to(ACC)
+        acc = tl.dot(a, b, acc, input_precision=PREC, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _score_fwd_kernel(q_ptr, c_ptr, p_ptr, s_ptr, N, M, D, ACC: tl.constexpr, PREC: tl.constexpr,
+                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
-    t = tl.sum(P[:, :, None] * c[None, :, :], axis=1)
-    r = tl.maximum(q - t, 0.0)
+    P, q, c = p_ptr + pid * N * M, q_ptr + pid * N * D, c_ptr + pid * M * D
+    t = _mm(P, M, 1, c, D, 1, N, M, D, ACC, PREC, BN, BD)  # P c
+    r = tl.maximum(_load(q_ptr, pid, N, D, ACC, BN, BD) - t, 0.0)
     tl.store(s_ptr + pid, (-tl.sum(tl.sum(r, axis=1), axis=0)).to(s_ptr.dtype.element_ty))
 
 
 @triton.jit
 def _score_bwd_kernel(gs_ptr, q_ptr, c_ptr, p_ptr, gq_ptr, gc_ptr, gp_ptr, N, M, D, ACC: tl.constexpr,
-                      BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+                      PREC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
-    t = tl.sum(P[:, :, None] * c[None, :, :], axis=1)
+    P, c = p_ptr + pid * N * M, c_ptr + pid * M * D
+    t = _mm(P, M, 1, c, D, 1, N, M, D, ACC, PREC, BN, BD)
     gs = tl.load(gs_ptr + pid).to(ACC)
-    # ReLU's gradient is 0 at 0, as in torch.
-    dR = tl.where(q - t > 0, -gs, 0.0)
+    # ReLU's gradient is 0 at 0, as in torch. dR = grad_hq is stored, then read back in chunks by both products
+    # (-gs is exact in the output dtype: grad_s has it).
+    dR = tl.where(_load(q_ptr, pid, N, D, ACC, BN, BD) - t > 0, -gs, 0.0)
     _store(gq_ptr, dR, pid, N, D, BN, BD)
-    _store(gp_ptr, -tl.sum(dR[:, None, :] * c[None, :, :], axis=2), pid, N, M, BN, BM)
-    _store(gc_ptr, -tl.sum(P[:, :, None] * dR[:, None, :], axis=0), pid, M, D, BM, BD)
+    tl.debug_barrier()  # the block's stores of dR are visible to all its threads
+    gq = gq_ptr + pid * N * D
+    _store(gp_ptr, -_mm(gq, D, 1, c, 1, D, N, D, M, ACC, PREC, BN, BM), pid, N, M, BN, BM)  # -dR c^T
+    _store(gc_ptr, -_mm(P, 1, M, gq, D, 1, M, N, D, ACC, PREC, BM, BD), pid, M, D, BM, BD)  # -P^T dR
 
 
 @triton.jit
-def _partner_fwd_kernel(p_ptr, q_ptr, c_ptr, qp_ptr, cp_ptr, N, M, D, ACC: tl.constexpr, BN: tl.constexpr,
-                        BM: tl.constexpr, BD: tl.constexpr):
+def _partner_fwd_kernel(p_ptr, q_ptr, c_ptr, qp_ptr, cp_ptr, N, M, D, ACC: tl.constexpr, PREC: tl.constexpr,
+                        BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
-    _store(qp_ptr, tl.sum(P[:, :, None] * c[None, :, :], axis=1), pid, N, D, BN, BD)
-    _store(cp_ptr, tl.sum(P[:, :, None] * q[:, None, :], axis=0), pid, M, D, BM, BD)
+    P, q, c = p_ptr + pid * N * M, q_ptr + pid * N * D, c_ptr + pid * M * D
+    _store(qp_ptr, _mm(P, M, 1, c, D, 1, N, M, D, ACC, PREC, BN, BD), pid, N, D, BN, BD)  # P c
+    _store(cp_ptr, _mm(P, 1, M, q, D, 1, M, N, D, ACC, PREC, BM, BD), pid, M, D, BM, BD)  # P^T q
 
 
 @triton.jit
 def _partner_bwd_kernel(gqp_ptr, gcp_ptr, p_ptr, q_ptr, c_ptr, gp_ptr, gq_ptr, gc_ptr, N, M, D,
-                        ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
+                        ACC: tl.constexpr, PREC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                        BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    P, q, c = _tiles(p_ptr, q_ptr, c_ptr, pid, N, M, D, ACC, BN, BM, BD)
-    a = _load(gqp_ptr, pid, N, D, ACC, BN, BD)
-    e = _load(gcp_ptr, pid, M, D, ACC, BM, BD)
-    gP = tl.sum(a[:, None, :] * c[None, :, :], axis=2) + tl.sum(q[:, None, :] * e[None, :, :], axis=2)
-    _store(gp_ptr, gP, pid, N, M, BN, BM)
-    _store(gq_ptr, tl.sum(P[:, :, None] * e[None, :, :], axis=1), pid, N, D, BN, BD)
-    _store(gc_ptr, tl.sum(P[:, :, None] * a[:, None, :], axis=0), pid, M, D, BM, BD)
+    P, q, c = p_ptr + pid * N * M, q_ptr + pid * N * D, c_ptr + pid * M * D
+    a, e = gqp_ptr + pid * N * D, gcp_ptr + pid * M * D
+    gP = _mm(a, D, 1, c, 1, D, N, D, M, ACC, PREC, BN, BM) + _mm(q, D, 1, e, 1, D, N, D, M, ACC, PREC, BN, BM)
+    _store(gp_ptr, gP, pid, N, M, BN, BM)  # a c^T + q e^T
+    _store(gq_ptr, _mm(P, M, 1, e, D, 1, N, M, D, ACC, PREC, BN, BD), pid, N, D, BN, BD)  # P e
+    _store(gc_ptr, _mm(P, 1, M, a, D, 1, M, N, D, ACC, PREC, BM, BD), pid, M, D, BM, BD)  # P^T a
 
 
 def _tblocks(P, hq):
+    # tl.dot needs every tile side >= 16; pairs are at most 64 x 64 with D <= 64 (ops/align.py sends larger
+    # ones to the reference), so the tiles are at most 64 x 64 and the products run on the tensor cores.
     _, n, m = P.shape
     d = hq.shape[2]
-    bn, bm = _blocks(n, m)
-    return bn, bm, max(triton.next_power_of_2(d), 2)
+    if max(n, m, d) > MAX_SIDE:
+        raise ValueError(f"the Triton transport kernels keep a pair on chip: N, M, D <= {MAX_SIDE}, got {n}, {m}, {d}")
+    return tuple(max(triton.next_power_of_2(v), 16) for v in (n, m, d))
+
+
+def _warps(*tile_areas):
+    # A 64 x 64 tile holds 32 registers a thread at 4 warps and a kernel keeps a few at once: pairs of 64 take 16
+    # warps, mid-sized ones 8 (fewer spilled, make gpu-check).
+    area = max(tile_areas)
+    return 16 if area >= 4096 else 8 if area >= 512 else 4
+
+
+def _prec(t):
+    # float32 products follow torch's matmul setting (TF32 only where the user allowed it for torch.matmul).
+    return "tf32" if t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def align_score_fwd(hq, hc, P):
@@ -250,7 +292,8 @@ def align_score_fwd(hq, hc, P):
     if n * m * hq.shape[2] == 0:
         return s.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _score_fwd_kernel[(b,)](hq, hc, P, s, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+    _score_fwd_kernel[(b,)](hq, hc, P, s, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm, BD=bd,
+                            num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return s
 
 
@@ -264,8 +307,9 @@ def align_score_bwd(grad_s, hq, hc, P):
     if b * n * m * hq.shape[2] == 0:
         return gq.zero_(), gc.zero_(), gp.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _score_bwd_kernel[(b,)](grad_s.contiguous(), hq, hc, P, gq, gc, gp, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn,
-                            BM=bm, BD=bd)
+    _score_bwd_kernel[(b,)](grad_s.contiguous(), hq, hc, P, gq, gc, gp, n, m, hq.shape[2], ACC=_acc(P)[1],
+                            PREC=_prec(P), BN=bn, BM=bm, BD=bd,
+                            num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return gq, gc, gp
 
 
@@ -278,7 +322,8 @@ def partner_fwd(P, hq, hc):
     if b * n * m * hq.shape[2] == 0:
         return qp.zero_(), cp.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _partner_fwd_kernel[(b,)](P, hq, hc, qp, cp, n, m, hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+    _partner_fwd_kernel[(b,)](P, hq, hc, qp, cp, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm,
+                              BD=bd, num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return qp, cp
 
 
@@ -293,5 +338,6 @@ def partner_bwd(grad_qp, grad_cp, P, hq, hc):
         return gp.zero_(), gq.zero_(), gc.zero_()
     bn, bm, bd = _tblocks(P, hq)
     _partner_bwd_kernel[(b,)](grad_qp.contiguous(), grad_cp.contiguous(), P, hq, hc, gp, gq, gc, n, m,
-                              hq.shape[2], ACC=_acc(P)[1], BN=bn, BM=bm, BD=bd)
+                              hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm, BD=bd,
+                            num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return gp, gq, gc

@@ -198,13 +198,13 @@ def _sample_grad_tile(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, offs_b, o, offs_i, 
             w = tl.load(w0_ptr + o * I + offs_i, mask=mi, other=0.0).to(ACC)[None, :] + tl.zeros([BM, BI], ACC)
         else:
             w = tl.zeros([BM, BI], dtype=ACC)
-        for j0 in range(0, H, BJ):
-            offs_j = j0 + tl.arange(0, BJ)
+        for j0 in range(0, H, 16):  # K = 16 (see K_BLOCK): a wider K spilled at BJ = 64
+            offs_j = j0 + tl.arange(0, 16)
             mj = offs_j < H
             p = tl.load(phi_ptr + rows[:, None] * H + offs_j[None, :], mask=mb[:, None] & mj[None, :], other=0.0)
-            t = tl.load(hm_ptr + (o * I + offs_i.to(tl.int64)[None, :]) * H + offs_j[:, None],
+            hm = tl.load(hm_ptr + (o * I + offs_i.to(tl.int64)[None, :]) * H + offs_j[:, None],
                         mask=mj[:, None] & mi[None, :], other=0.0)
-            w = tl.dot(p.to(ACC), t.to(ACC), w, input_precision=PREC, out_dtype=ACC)
+            w = tl.dot(p.to(ACC), hm.to(ACC), w, input_precision=PREC, out_dtype=ACC)
         dw = tl.where(w > 0, dw, tl.where(w < 0, -dw, 0.0))
     return dw
 
@@ -267,6 +267,23 @@ def _acc(dtype):
     return torch.float32, tl.float32, prec
 
 
+# The contraction (K) side of every tl.dot tile. float32 products in IEEE precision run as FMA dots, which hold a
+# thread's whole K-strip of both operands in registers: at K = 32-64 the kernels spilled hundreds of bytes to
+# 75 KB a thread (make gpu-check); at 16 they stay in registers, and 16 is the tensor cores' K as well.
+K_BLOCK = 16
+
+
+def _gen_bj(bo, bi, dtype):
+    # _gen_tile holds a [BO, BI, BJ] block of T in registers: at most 4096 float32 (2048 float64) values, about 32
+    # registers a thread at 4 warps. At BJ = 32 the tile kernels spilled tens of KB (make gpu-check).
+    return max(1, min(16, (2048 if dtype == torch.float64 else 4096) // (bo * bi)))
+
+
+def _warps(*tile_areas):
+    # 64 x 64 accumulator and operand tiles at 4 warps spill; 8 warps halve the registers each thread holds.
+    return 8 if max(tile_areas) >= 4096 else 4
+
+
 def _pow2(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
@@ -300,12 +317,13 @@ def hyper_linear_forward(x, phi, weight, w0, b0):
         bm, bo = _pow2(n_batch, 16, 64), _pow2(n_out, 16, 64)
         grid = (triton.cdiv(n_batch, bm), triton.cdiv(n_out, bo))
         _outer_fwd_kernel[grid](x, phi, weight, base, y, n_batch, n_in, n_out, h,
-                                ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=bj)
+                                ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=K_BLOCK, num_warps=_warps(bm * bo))
     else:
         bt, bo, bi = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32)
         grid = (n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))
         _tile_fwd_kernel[grid](x, phi, weight, x, base, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
-                               HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+                               HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=K_BLOCK,
+                               BJ=_gen_bj(bo, K_BLOCK, x.dtype), num_warps=_warps(bt * bo))
     return y
 
 
@@ -336,11 +354,12 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
         grad_weight[: n_out * n_in] = 0
     elif outer:
         _outer_dhm_kernel[(triton.cdiv(n_out, bo), n_in, triton.cdiv(h, bj))](
-            g, x, phi, grad_weight, n_batch, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=bj)
+            g, x, phi, grad_weight, n_batch, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=K_BLOCK, BO=bo, BJ=bj,
+            num_warps=_warps(bo * bj))
     else:
         _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
             g, x, phi, weight, x, grad_weight, x, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
-            HAS_W0=False, ABS=False, BM=bm, BI=bi, BJ=bj)
+            HAS_W0=False, ABS=False, BM=K_BLOCK, BI=bi, BJ=bj, num_warps=_warps(bi * bj))
     if not (need_input and contract):
         return dx_base, dphi, grad_weight, grad_w0, grad_b0
     dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
@@ -349,18 +368,20 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
         _outer_dinput_kernel[(triton.cdiv(n_batch, bm), n_parts)](
             g, x, phi, weight, dx_base, dx, part, n_batch, n_in, n_out, h,
-            ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BI=bi, BJ=bj)
+            ACC=acc_tl, PREC=prec, BM=bm, BO=K_BLOCK, BI=bi, BJ=min(bj, 32),
+            num_warps=_warps(2 * bm * min(bj, 32)))  # V and the dphi accumulator: two [BM, BJ] tiles
     else:
         bt = _pow2(n_tok, 16, 64)
         _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
             g, phi, weight, x, dx_base, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
-            HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+            HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=K_BLOCK, BI=bi, BJ=_gen_bj(K_BLOCK, bi, x.dtype),
+            num_warps=_warps(bt * bi))
         o_per = 16  # output rows per dphi program: partial sums of cdiv(O, 16) x B x h, added below
         n_parts = triton.cdiv(n_out, o_per)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
         _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
             g, x, phi, weight, x, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
-            HAS_W0=False, ABS=False, BM=bm, BI=bi, BJ=bj)
+            HAS_W0=False, ABS=False, BM=bm, BI=K_BLOCK, BJ=bj, num_warps=_warps(bm * bj))
     dphi = dphi + part.sum(0).to(dphi.dtype)
     return dx, dphi, grad_weight, grad_w0, grad_b0
 
@@ -379,7 +400,7 @@ def hyper_abs_linear_forward(x, phi, weight, w0):
     bt, bo, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(h, 16, 32)
     _tile_fwd_kernel[(n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))](
         x, phi, weight, w0c, x, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=w0 is not None, ABS=True,
-        HAS_BASE=False, BT=bt, BO=bo, BI=bi, BJ=bj)
+        HAS_BASE=False, BT=bt, BO=bo, BI=K_BLOCK, BJ=_gen_bj(bo, K_BLOCK, x.dtype), num_warps=_warps(bt * bo))
     return y
 
 
@@ -400,16 +421,16 @@ def hyper_abs_linear_backward(grad_y, x, phi, weight, w0):
     dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
     _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
         g, phi, weight, w0c, x, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=has_w0, ABS=True,
-        HAS_BASE=False, BT=bt, BO=bo, BI=bi, BJ=min(bj, 32))
+        HAS_BASE=False, BT=bt, BO=K_BLOCK, BI=bi, BJ=_gen_bj(K_BLOCK, bi, x.dtype), num_warps=_warps(bt * bi))
     grad_weight = _alloc.empty(tuple(weight.shape), weight.dtype, x.device)
     grad_w0 = _alloc.empty((n_out, n_in), x.dtype, x.device)
     _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
         g, x, phi, weight, w0c, grad_weight, grad_w0, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
-        HAS_W0=has_w0, ABS=True, BM=bm, BI=bi, BJ=bj)
+        HAS_W0=has_w0, ABS=True, BM=K_BLOCK, BI=bi, BJ=bj, num_warps=_warps(bi * bj))
     o_per = 16
     n_parts = triton.cdiv(n_out, o_per)
     part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
     _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
         g, x, phi, weight, w0c, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
-        HAS_W0=has_w0, ABS=True, BM=bm, BI=bi, BJ=bj)
+        HAS_W0=has_w0, ABS=True, BM=bm, BI=K_BLOCK, BJ=bj, num_warps=_warps(bm * bj))
     return dx, part.sum(0).to(phi.dtype), grad_weight, grad_w0

@@ -14,6 +14,9 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.name.startswith("test_triton_"):
+            item.add_marker(pytest.mark.triton)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/device_check.sh runs these)")
@@ -39,6 +42,38 @@ def one_thread():
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN so a kernel that skips writing an element is caught."""
     return t.fill_(float("nan"))
+
+
+# The Triton launchers are tested on the GPU where there is one, else through the interpreter on CPU tensors.
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _to_cpu(out):
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_cpu(t) for t in out)
+    return out.cpu() if isinstance(out, torch.Tensor) else out
+
+
+class _OnTritonDevice:
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+
+        def call(*args):
+            moved = [a.to(TRITON_DEVICE) if isinstance(a, torch.Tensor) else a for a in args]
+            return _to_cpu(fn(*moved))
+
+        return call
+
+
+def triton_launchers(family: str):
+    """fastlayers.kernels.<family>, its launchers taking CPU tensors, running on TRITON_DEVICE and returning CPU
+    tensors, so one test compares them with the CPU reference on either machine."""
+    import importlib
+
+    return _OnTritonDevice(importlib.import_module(f"fastlayers.kernels.{family}"))
 
 
 def triton_available() -> bool:

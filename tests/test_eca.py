@@ -10,7 +10,7 @@ from fastlayers import reference
 from fastlayers.nn import ECA, convert_timm
 from fastlayers.ops import eca
 
-from .conftest import triton_available
+from .conftest import triton_available, triton_launchers
 
 try:
     import timm
@@ -318,7 +318,7 @@ needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not ins
 @pytest.mark.parametrize("circular", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_triton_matches_reference(layout, circular, dtype):
-    from fastlayers.kernels import eca as tk
+    tk = triton_launchers("eca")
 
     x = _case(layout, dtype=dtype)
     w = torch.randn(5, dtype=dtype)
@@ -335,8 +335,49 @@ def test_triton_matches_reference(layout, circular, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("c", [3, 64, 65, 130, 200])
+@pytest.mark.parametrize("k", [1, 3, 9, 31])
+@pytest.mark.parametrize("circular", [False, True])
+@pytest.mark.parametrize("cl", [False, True])
+def test_triton_channel_blocks_and_halo(c, k, circular, cl):
+    """Channels split over programs (64 per block here): the conv's taps cross block borders (the halo), wrap
+    around (circular), reach past the edge (zero padding) and, at k=31 with C=65, overlap the block itself."""
+    tk = triton_launchers("eca")
+    x = torch.randn(2, c, 3, 2, dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(k, dtype=torch.float64)
+    y, p, s = tk.eca_forward(x, w, circular)
+    torch.testing.assert_close(y, reference.eca(x, w, circular), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p, x.mean((2, 3)), rtol=1e-12, atol=1e-12)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    g = torch.randn(x.shape, dtype=torch.float64)
+    rx, rw = torch.autograd.grad(reference.eca(xr, wr, circular), (xr, wr), g)
+    dx, dw = tk.eca_backward(g, x, w, p, s, circular)
+    torch.testing.assert_close(dx, rx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dw, rw, rtol=1e-12, atol=1e-12)
+
+
+@needs_triton
+@pytest.mark.parametrize("circular", [False, True])
+def test_triton_large_planes_take_narrow_blocks(circular):
+    """64x64 planes: 8 channels per program (the L2-sized block), so C=20 spans three blocks, the last partial."""
+    tk = triton_launchers("eca")
+    x = torch.randn(1, 20, 64, 64, dtype=torch.float64)
+    w = torch.randn(5, dtype=torch.float64)
+    y, p, s = tk.eca_forward(x, w, circular)
+    torch.testing.assert_close(y, reference.eca(x, w, circular), rtol=1e-12, atol=1e-12)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    rx, rw = torch.autograd.grad(reference.eca(xr, wr, circular), (xr, wr), g)
+    dx, dw = tk.eca_backward(g, x, w, p, s, circular)
+    torch.testing.assert_close(dx, rx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dw, rw, rtol=1e-12, atol=1e-12)
+
+
+@needs_triton
 def test_triton_agrees_with_cpu_kernel():
-    from fastlayers.kernels import eca as tk
+    tk = triton_launchers("eca")
 
     x = torch.randn(3, 40, 9, 9, dtype=torch.float64)
     w = torch.randn(7, dtype=torch.float64)
@@ -373,6 +414,25 @@ def test_cuda_matches_reference(dtype, cl, circular):
     r.backward(g)
     torch.testing.assert_close(xa.grad, xb.grad, rtol=tol, atol=tol)
     torch.testing.assert_close(wa.grad, wb.grad, rtol=10 * tol, atol=10 * tol * x.numel() ** 0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("circular", [False, True])
+def test_cuda_float64_to_the_last_digits(cl, circular):
+    """float64 on the GPU agrees with the reference to 1e-12, on planes of 13x15 (1/S is not a float32 value:
+    a scale handed to the kernel as a float32 scalar fails here) and 300 channels (several channel blocks)."""
+    x = torch.randn(3, 300, 13, 15, device="cuda", dtype=torch.float64)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(7, device="cuda", dtype=torch.float64)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    xb, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y, r = eca(xa, wa, circular), reference.eca(xb, wb, circular)
+    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, (xa, wa), g), torch.autograd.grad(r, (xb, wb), g),
+                               rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.cuda

@@ -6,7 +6,7 @@ import torch
 from fastlayers import reference
 from fastlayers.ops import hyper_linear
 
-from .conftest import triton_available
+from .conftest import triton_available, triton_launchers
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton not installed")
 
@@ -227,7 +227,7 @@ TRITON_SHAPES = [(5, 1, 4, 3, 6), (20, 1, 17, 19, 20), (7, 3, 5, 2, 4), (9, 18, 
 @pytest.mark.parametrize("shape", TRITON_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_triton_matches_reference(shape, dtype):
-    from fastlayers.kernels import hyper as tk
+    tk = triton_launchers("hyper")
 
     x, phi, w, w0, b0 = _op_args(shape, dtype)
     tol = dict(rtol=1e-11, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
@@ -246,7 +246,7 @@ def test_triton_matches_reference(shape, dtype):
 @needs_triton
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_triton_partial_and_no_static(tokens):
-    from fastlayers.kernels import hyper as tk
+    tk = triton_launchers("hyper")
 
     x, phi, w, _, _ = _op_args((6, tokens, 5, 4, 3), torch.float64)
     cpu = torch.ops.fastlayers.hyper_linear_bwd
@@ -269,7 +269,7 @@ def test_triton_partial_and_no_static(tokens):
 @needs_triton
 @pytest.mark.parametrize("shape", [(0, 1, 3, 2, 4), (0, 4, 3, 2, 4), (3, 0, 3, 2, 4)])
 def test_triton_empty(shape):
-    from fastlayers.kernels import hyper as tk
+    tk = triton_launchers("hyper")
 
     x, phi, w, w0, b0 = _op_args(shape, torch.float32)
     y = tk.hyper_linear_forward(x, phi, w, w0, b0)
@@ -422,7 +422,7 @@ def test_interval_bad_input():
 @pytest.mark.parametrize("shape", [(5, 1, 4, 3, 6), (9, 18, 17, 19, 20), (3, 20, 40, 40, 40)])
 @pytest.mark.parametrize("w0", [True, False])
 def test_triton_abs_linear_matches_reference(shape, w0):
-    from fastlayers.kernels import hyper as tk
+    tk = triton_launchers("hyper")
 
     args = _abs_args(shape, w0=w0)
     leaves = [a.clone().requires_grad_() for a in args if a is not None]

@@ -479,12 +479,18 @@ def test_benchmark_case_runs_on_a_tiny_shape():
     import bench_ncache
 
     case = bench_ncache.build((20, 300, "update + pair_features"), "cpu")
-    ours, peer = case.ours(), case.peer()
+    batch = case.make_inputs(0)
+    ours, peer = case.ours(*batch), case.peer(*batch)
     assert [tuple(x.shape) for x in ours] == [tuple(x.shape) for x in peer]
     assert ours.mask.any() and case.extra["edges/call"] == 20
+    assert case.extra["warm_edges"] >= 8 * 300 - 20 and 0 < case.extra["hop1_occupancy"] <= 1
+    # A stream: the same batch again and a new one, each at a later time than every earlier insert (the update
+    # refuses time going backwards).
+    case.ours(*batch), case.peer(*batch), case.ours(*case.make_inputs(1)), case.peer(*case.make_inputs(1))
     for part in bench_ncache.PARTS[1:]:
         case = bench_ncache.build((20, 300, part), "cpu")
-        case.ours(), case.peer()
+        batch = case.make_inputs(0)
+        case.ours(*batch), case.peer(*batch)
 
 
 @pytest.mark.parametrize("sizes", [(32, 16), (5,)])
