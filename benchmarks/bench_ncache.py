@@ -4,13 +4,16 @@ unique + scatter_add pair codes) on the same warmed-up state.
 
 Rows: the step (the issue's target), then its two halves, and pair_features against a second peer written as NAT's
 published get_joint_feature (unique over (key, pair) rows with dim=0, scatter_add of values and hop bits): that one
-returns a compact, unordered list without common-neighbour counts, so it does less than pair_features does."""
+returns a compact, unordered list without common-neighbour counts, so it does less than pair_features does. Last,
+the step against the lean peer of benchmarks/ncache_lean.py (one table per hop, same-slot common keys), fed the
+same stream."""
 
 import torch
 from harness import Case
 
 from fastlayers import NCache
 from fastlayers.reference import ncache as ref
+from ncache_lean import LeanNCache
 
 SIZES = (32, 16)
 D = 4
@@ -20,12 +23,13 @@ QUICK_SHAPES = [(200, 10_000), (2000, 100_000)]
 WARM_EDGES_PER_NODE = 8
 
 
-PARTS = ("update + pair_features", "update", "pair_features", "pair_features vs NAT's joint features")
+PARTS = ("update + pair_features", "update", "pair_features", "pair_features vs NAT's joint features",
+         "update + pair_features vs a lean peer")
 
 
 def specs(device, quick):
-    if quick and device != "cpu":  # the device check: the real sizes, the step and its halves
-        return [(b, n, part) for b, n in SHAPES for part in PARTS[:3]]
+    if quick and device != "cpu":  # the device check: the real sizes, the step, its halves, the lean peer
+        return [(b, n, part) for b, n in SHAPES for part in (*PARTS[:3], PARTS[4])]
     return [(b, n, part) for b, n in (QUICK_SHAPES if quick else SHAPES) for part in PARTS]
 
 
@@ -41,12 +45,16 @@ def build(spec, device):
     B, n, part = spec
     gen = torch.Generator().manual_seed(0)
     ours = NCache(n, SIZES, D, device=device)
+    lean = LeanNCache(n, SIZES, D, device=device) if part.endswith("lean peer") else None
     # Steady state: WARM_EDGES_PER_NODE edges per node streamed in first, as a NAT run meets the cache after
     # millions of earlier edges (hop-1 occupancy stops rising well before that).
     warm = max(1, WARM_EDGES_PER_NODE * n // B)
     for i in range(warm):
         src, dst, _, eid, v = _batch(B, n, gen, device)
-        ours.update(src, dst, torch.full((B,), float(i), dtype=torch.float64, device=device), eid, v)
+        t = torch.full((B,), float(i), dtype=torch.float64, device=device)
+        ours.update(src, dst, t, eid, v)
+        if lean is not None:  # the same stream
+            lean.update(src, dst, t, eid, v)
     # The peer's tables are an NCache's too (same memory layout and page advice), holding the same state.
     twin = NCache(n, SIZES, D, device=device)
     twin.load_state_dict(ours.state_dict())
@@ -87,6 +95,10 @@ def build(spec, device):
         peer_update(*batch)
         return peer_pairs(*batch)
 
+    def run_lean(src, dst, eid, vals, pu, pv):
+        lean.update(src, dst, now("peer"), eid, vals)
+        return lean.pair_common(pu, pv)
+
     S = ours.num_slots
     entry = 8 + 8 + 8 + 4 * D  # key, edge id, time, value
     # update: read the partners' hop-1 entries, write the owners' rows; pair_features: read both rows (keys and
@@ -100,6 +112,8 @@ def build(spec, device):
         "pair_features": (ours_pairs, peer_pairs, ref_name, pair_bytes),
         "pair_features vs NAT's joint features": (ours_pairs, nat_pairs,
                                                   "NAT's get_joint_feature (compact, no counts)", pair_bytes),
+        "update + pair_features vs a lean peer": (run_ours, run_lean, "lean PyTorch (one table per hop, "
+                                                  "same-slot common keys)", update_bytes + pair_bytes),
     }
     ours_fn, peer_fn, peer_name, min_bytes = cases[part]
     occupancy = float((ours.keys[:, :SIZES[0]] >= 0).sum()) / (n * SIZES[0])
