@@ -98,7 +98,8 @@ do_tests() {
   if [ "$DRY" = "1" ]; then
     step tests 120 "$PY" -m pytest -q --collect-only "${GPU_TESTS[@]}"
   else
-    step tests "${TESTS_MAX_S:-200}" "$PY" -m pytest -q -rfEs "${XDIST[@]}" "${GPU_TESTS[@]}"
+    # -v: each test's outcome is logged as it finishes, so a step cut by its limit still names its failures.
+    step tests "${TESTS_MAX_S:-200}" "$PY" -m pytest -v -rfEs "${XDIST[@]}" "${GPU_TESTS[@]}"
   fi
 }
 
@@ -112,9 +113,9 @@ do_sanitizer() {
     return 0
   fi
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 step memcheck $(( $(left) * 3 / 4 )) "${SAN[@]}" --tool memcheck \
-    "$PY" -m pytest -q -x "${SAN_TESTS[@]}"
+    "$PY" -m pytest -v -x "${SAN_TESTS[@]}"
   # racecheck looks at shared memory: the CUDA C++ kernels (mp, ncache) and the Triton ones.
-  step racecheck $(( $(left) - 5 )) "${SAN[@]}" --tool racecheck "$PY" -m pytest -q -x -m cuda \
+  step racecheck $(( $(left) - 5 )) "${SAN[@]}" --tool racecheck "$PY" -m pytest -v -x -m cuda \
     -k "not compile and (mp or ncache or scatter or spmm or eca)" -p no:cacheprovider tests
 }
 
