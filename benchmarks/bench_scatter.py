@@ -62,8 +62,7 @@ def build(spec, device):
 
             def peer(src):
                 with torch.no_grad():
-                    return torch.segment_reduce(src, {"max": "max", "min": "min", "mean": "mean"}.get(red, "sum"),
-                                                lengths=lengths, unsafe=True)
+                    return torch.segment_reduce(src, red, lengths=lengths, unsafe=True)
             label = "torch.segment_reduce"
         else:
             def peer(src):

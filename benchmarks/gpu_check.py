@@ -242,10 +242,11 @@ def _config(fn, args, kwargs) -> str:
     import torch
 
     parts = []
+    first_ptr = _first_ptr(fn)
     for p, a in zip(fn.params, args):
         if p.is_constexpr:
             parts.append(f"{p.name}={_short(a)}")
-        elif isinstance(a, torch.Tensor) and p.name.endswith("_ptr") and p.num == _first_ptr(fn):
+        elif isinstance(a, torch.Tensor) and p.num == first_ptr:
             parts.append(str(a.dtype).replace("torch.", ""))
     for k, v in sorted(kwargs.items()):
         parts.append(f"{k}={_short(v)}")

@@ -8,6 +8,8 @@ walks the half-steps in reverse (row step y = x - lse_row(x): dx = dy - exp(y) *
 Compute is float32 (float64 for float64 inputs); P and gradients come back in the input dtype.
 """
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -120,8 +122,6 @@ def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, 
 def _split(v: float):
     """v as two float32-representable parts, hi + lo == v to about 2^-48 relative: how a float64 scalar reaches a
     compiled kernel, whose float arguments are float32."""
-    import struct
-
     try:
         hi = struct.unpack("f", struct.pack("f", v))[0]
     except OverflowError:

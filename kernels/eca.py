@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validate import is_channels_last_dense
 from . import _alloc
 
 
@@ -195,18 +196,15 @@ def _blocks(c: int, s: int, pad: int, circular: bool, channels_last: bool):
 
 
 def _layout(x):
-    """(x in a kernel layout, N, C, S, strides (n, c, s), channels_last) from x's strides, no views."""
+    """(x in a kernel layout, N, C, S, strides (n, c, s), channels_last). Channels-last is decided by the same
+    predicate as the fake kernels' (fastlayers._validate), so the output strides they predict are the ones written."""
     n, c = x.shape[0], x.shape[1]
     s = 1
     for d in x.shape[2:]:
         s *= d
-    if not x.is_contiguous():
-        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-        cl = x.is_contiguous(memory_format=fmt) if fmt is not None else x.movedim(1, -1).is_contiguous()
-        if cl:
-            return x, n, c, s, (c * s, 1, c), True
-        x = x.contiguous()
-    return x, n, c, s, (c * s, s, 1), False
+    if is_channels_last_dense(x):
+        return x, n, c, s, (c * s, 1, c), True
+    return x.contiguous(), n, c, s, (c * s, s, 1), False
 
 
 def _acc(dtype):
