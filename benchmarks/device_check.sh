@@ -114,9 +114,12 @@ do_sanitizer() {
   fi
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 step memcheck $(( $(left) * 3 / 4 )) "${SAN[@]}" --tool memcheck \
     "$PY" -m pytest -v -x "${SAN_TESTS[@]}"
-  # racecheck looks at shared memory: the CUDA C++ kernels (mp, ncache) and the Triton ones.
+  # racecheck looks at shared memory, over the CUDA C++ kernels (mp, ncache). Not the Triton ones: every Triton
+  # reduction whose result several lanes hold is reported as a write-write hazard (the lanes' butterfly sums can
+  # differ in the last bit; triton-lang/triton#7264), which run 3 saw in the ECA forward and which would fail the
+  # step on every run without saying anything about our code.
   step racecheck $(( $(left) - 5 )) "${SAN[@]}" --tool racecheck "$PY" -m pytest -v -x -m cuda \
-    -k "not compile and (mp or ncache or scatter or spmm or eca)" -p no:cacheprovider tests
+    -k "not compile and (mp or ncache)" -p no:cacheprovider tests
 }
 
 do_bench() {
