@@ -1,6 +1,10 @@
 # make test   - create .venv if missing, install pinned deps, build fastlayers, run the test suite
 # make bench  - the same set-up, then every benchmark (benchmarks/run.py), writing benchmarks/results/
 # make build  - set-up and build only
+# make fuzz   - >= 10,000 generated valid and broken inputs per op family, each run in a child process that may crash
+#              without ending the run; writes benchmarks/results/robustness-fuzz.md (FUZZ_CASES, FUZZ_SEED)
+# make asan   - the extension built with AddressSanitizer + UBSan in build/asan-tree, the test suite and a fuzz slice
+#              run against it (fuzz/asan.sh)
 # make gpu-check - compile every Triton and CUDA kernel for sm_80 and sm_90 (no GPU needed) and check the
 #                  resource report: no compile error, no spill, shared memory within the limit
 PYTHON ?= python3
@@ -13,7 +17,10 @@ WHEELS := $(HOME)/.cache/fastlayers/wheels/torch-$(TORCH_VERSION)-cpu
 DEPS_STAMP := $(VENV)/.deps-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all build test bench bench-quick info gpu-check device-check-dry clean
+FUZZ_CASES ?= 10000
+FUZZ_SEED ?= 0
+
+.PHONY: all build test bench bench-quick info gpu-check device-check-dry fuzz asan clean
 
 all: test
 
@@ -41,6 +48,12 @@ bench: build
 
 bench-quick: build
 	$(BIN)/python benchmarks/run.py --quick
+
+fuzz: build
+	$(BIN)/python -m fuzz.run --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --report benchmarks/results/robustness-fuzz.md
+
+asan: build
+	PYTHON=$(abspath $(BIN)/python) fuzz/asan.sh
 
 gpu-check: build
 	$(BIN)/python benchmarks/gpu_check.py

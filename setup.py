@@ -50,6 +50,13 @@ def _extension():
         # torch ships libgomp.so.1, so the loader resolves ours to the copy torch already loaded.
         cxx.append("-fopenmp")
         link.append("-fopenmp")
+    if os.environ.get("FASTLAYERS_SANITIZE", "0") == "1":
+        # `make asan`: AddressSanitizer + UndefinedBehaviorSanitizer, CPU kernels only; every UB report aborts so
+        # the test or fuzz case that caused it fails. Python loads libasan first through LD_PRELOAD.
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+        cxx = [f for f in cxx if f != "-O3"] + ["-O1"] + san
+        link += san
+        with_cuda, why = False, "FASTLAYERS_SANITIZE=1"
     macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     arch_list = ""

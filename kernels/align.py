@@ -139,8 +139,34 @@ def _blocks(n, m):
     return max(triton.next_power_of_2(n), 2), max(triton.next_power_of_2(m), 2)
 
 
+def _shape_error(op, name, want, t):
+    return ValueError(f"{op}: {name} must be {want}, got shape {tuple(t.shape)}")
+
+
+def _check_sinkhorn(op, logits, row_mask, col_mask, tau, num_iters):
+    # The registered op is public (torch.compile, torch.export, direct torch.ops calls): a mask or lse vector of
+    # the wrong shape would be read out of bounds by the kernel, so the launcher checks what the kernel indexes.
+    if logits.dim() != 3:
+        raise _shape_error(op, "logits", "3-D [B, N, M]", logits)
+    if not logits.dtype.is_floating_point:
+        raise TypeError(f"{op}: logits must have a floating dtype, got {logits.dtype}")
+    b, n, m = logits.shape
+    for name, mask, k in (("row_mask", row_mask, n), ("col_mask", col_mask, m)):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{op}: {name} must be bool, got {mask.dtype}")
+        if tuple(mask.shape) != (b, k):
+            raise _shape_error(op, name, f"[{b}, {k}]", mask)
+        if mask.device != logits.device:
+            raise ValueError(f"{op}: {name} is on {mask.device} but logits is on {logits.device}")
+    if not (0 < tau < float("inf")):
+        raise ValueError(f"{op}: tau must be finite and > 0, got {tau!r}")
+    if num_iters < 1:
+        raise ValueError(f"{op}: num_iters must be >= 1, got {num_iters}")
+
+
 def sinkhorn_fwd(logits, row_mask, col_mask, tau, num_iters, reference):
     """Triton launcher of fastlayers::sinkhorn_fwd: (P [B, N, M], row_lse [B, T, N], col_lse [B, T, M])."""
+    _check_sinkhorn("sinkhorn_fwd", logits, row_mask, col_mask, tau, num_iters)
     logits = logits.contiguous()
     b, n, m = logits.shape
     acc_t, acc_tl = _acc(logits)
@@ -158,6 +184,17 @@ def sinkhorn_fwd(logits, row_mask, col_mask, tau, num_iters, reference):
 
 def sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, tau, reference):
     """Triton launcher of fastlayers::sinkhorn_bwd: grad_logits [B, N, M]."""
+    if row_lse.dim() != 3:
+        raise _shape_error("sinkhorn_bwd", "row_lse", "[B, T, N]", row_lse)
+    _check_sinkhorn("sinkhorn_bwd", logits, row_mask, col_mask, tau, row_lse.shape[1])
+    b, n, m = logits.shape
+    t = row_lse.shape[1]
+    for name, x, want in (("grad_P", grad_P, (b, n, m)), ("row_lse", row_lse, (b, t, n)),
+                          ("col_lse", col_lse, (b, t, m))):
+        if tuple(x.shape) != want:
+            raise _shape_error("sinkhorn_bwd", name, list(want), x)
+        if x.device != logits.device:
+            raise ValueError(f"sinkhorn_bwd: {name} is on {x.device} but logits is on {logits.device}")
     logits = logits.contiguous()
     b, n, m = logits.shape
     acc_t, acc_tl = _acc(logits)
@@ -217,7 +254,8 @@ def _score_fwd_kernel(q_ptr, c_ptr, p_ptr, s_ptr, N, M, D, ACC: tl.constexpr, PR
     pid = tl.program_id(0).to(tl.int64)
     P, q, c = p_ptr + pid * N * M, q_ptr + pid * N * D, c_ptr + pid * M * D
     t = _mm(P, M, 1, c, D, 1, N, M, D, ACC, PREC, BN, BD)  # P c
-    r = tl.maximum(_load(q_ptr, pid, N, D, ACC, BN, BD) - t, 0.0)
+    r = _load(q_ptr, pid, N, D, ACC, BN, BD) - t
+    r = tl.where(r < 0.0, 0.0, r)  # not tl.maximum: fmax would turn a NaN into 0, as torch.relu does not
     tl.store(s_ptr + pid, (-tl.sum(tl.sum(r, axis=1), axis=0)).to(s_ptr.dtype.element_ty))
 
 
@@ -282,8 +320,34 @@ def _prec(t):
     return "tf32" if t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def _check_transport(op, hq, hc, P):
+    # What the kernels index: hq [B, N, D], hc [B, M, D], P [B, N, M], one dtype and device.
+    for name, t in (("hq", hq), ("hc", hc), ("P", P)):
+        if t.dim() != 3:
+            raise _shape_error(op, name, "3-D", t)
+        if t.dtype != P.dtype or not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: hq, hc and P must share one floating dtype, got {hq.dtype}, {hc.dtype}, "
+                            f"{P.dtype}")
+        if t.device != P.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but P is on {P.device}")
+    b, n, m = P.shape
+    if tuple(hq.shape[:2]) != (b, n):
+        raise _shape_error(op, "hq", f"[{b}, {n}, D] to match P {tuple(P.shape)}", hq)
+    if tuple(hc.shape) != (b, m, hq.shape[2]):
+        raise _shape_error(op, "hc", f"[{b}, {m}, {hq.shape[2]}]", hc)
+
+
+def _check_grads(op, pairs):
+    for name, g, ref in pairs:
+        if tuple(g.shape) != tuple(ref.shape):
+            raise _shape_error(op, name, list(ref.shape), g)
+        if g.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {g.device}, expected {ref.device}")
+
+
 def align_score_fwd(hq, hc, P):
     """Triton launcher of fastlayers::align_score_fwd: s [B]."""
+    _check_transport("align_score_fwd", hq, hc, P)
     hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
     b, n, m = P.shape
     s = _alloc.empty((b,), P.dtype, P.device)
@@ -299,6 +363,9 @@ def align_score_fwd(hq, hc, P):
 
 def align_score_bwd(grad_s, hq, hc, P):
     """Triton launcher of fastlayers::align_score_bwd: (grad_hq, grad_hc, grad_P)."""
+    _check_transport("align_score_bwd", hq, hc, P)
+    if tuple(grad_s.shape) != (P.shape[0],):
+        raise _shape_error("align_score_bwd", "grad_s", f"[{P.shape[0]}]", grad_s)
     hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
     b, n, m = P.shape
     gq = _alloc.empty(hq.shape, hq.dtype, hq.device)
@@ -315,6 +382,7 @@ def align_score_bwd(grad_s, hq, hc, P):
 
 def partner_fwd(P, hq, hc):
     """Triton launcher of fastlayers::partner_fwd: (P hc, P^T hq)."""
+    _check_transport("partner_fwd", hq, hc, P)
     hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
     b, n, m = P.shape
     qp = _alloc.empty(hq.shape, hq.dtype, hq.device)
@@ -329,6 +397,8 @@ def partner_fwd(P, hq, hc):
 
 def partner_bwd(grad_qp, grad_cp, P, hq, hc):
     """Triton launcher of fastlayers::partner_bwd: (grad_P, grad_hq, grad_hc)."""
+    _check_transport("partner_bwd", hq, hc, P)
+    _check_grads("partner_bwd", (("grad_q_partner", grad_qp, hq), ("grad_c_partner", grad_cp, hc)))
     hq, hc, P = hq.contiguous(), hc.contiguous(), P.contiguous()
     b, n, m = P.shape
     gp = _alloc.empty(P.shape, P.dtype, P.device)

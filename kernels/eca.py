@@ -211,9 +211,26 @@ def _acc(dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+def _check(op, x, weight):
+    # The registered op is public: the kernel reads k = weight.numel() taps around each channel and assumes an
+    # odd, 1-D, floating kernel; anything else would be cast silently or read past its end.
+    if x.dim() < 3 or not x.dtype.is_floating_point:
+        raise ValueError(f"{op}: x must be a floating [N, C, *spatial] tensor, got {x.dtype} of shape "
+                         f"{tuple(x.shape)}")
+    if weight.dim() != 1:
+        raise ValueError(f"{op}: weight must be 1-D [k], got shape {tuple(weight.shape)}")
+    if weight.numel() % 2 != 1:
+        raise ValueError(f"{op}: weight length k must be odd and positive, got {weight.numel()}")
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"{op}: weight must have a floating dtype, got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
+
+
 def eca_forward(x, weight, circular):
     """Triton launcher of fastlayers::eca_fwd: returns (y like x, pooled [N, C], gate [N, C]) (float32, or
     float64 for float64 x)."""
+    _check("eca_fwd", x, weight)
     x, n, c, s, (sn, sc, ss), cl = _layout(x)
     acc_t, acc_tl = _acc(x.dtype)
     y = _alloc.empty_like(x)
@@ -234,6 +251,12 @@ def eca_forward(x, weight, circular):
 
 def eca_backward(grad_y, x, weight, pooled, gate, circular):
     """Triton launcher of fastlayers::eca_bwd: returns (grad_x like x, grad_weight [k] in weight's dtype)."""
+    _check("eca_bwd", x, weight)
+    if tuple(grad_y.shape) != tuple(x.shape):
+        raise ValueError(f"eca_bwd: grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    for name, t in (("pooled", pooled), ("gate", gate)):
+        if tuple(t.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"eca_bwd: {name} must be [N, C] = {list(x.shape[:2])}, got {tuple(t.shape)}")
     x, n, c, s, (sn, sc, ss), cl = _layout(x)
     acc_t, acc_tl = _acc(x.dtype)
     g = grad_y.to(x.dtype)

@@ -288,6 +288,34 @@ def _pow2(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
+def _check(op, x, phi, weight, per_row, w0=None, b0=None):
+    """Shapes, dtypes and devices the kernels index (the registered ops are public: direct torch.ops calls get
+    no other check). per_row: weight rows per output, I + 1 (hyper_linear) or I (hyper_abs_linear)."""
+    if x.dim() != 3 or phi.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"{op}: x must be [B, T, I], phi [B, h], weight 2-D; got shapes {tuple(x.shape)}, "
+                         f"{tuple(phi.shape)}, {tuple(weight.shape)}")
+    if phi.shape[0] != x.shape[0] or weight.shape[1] != phi.shape[1]:
+        raise ValueError(f"{op}: phi must be [B, h] with B = {x.shape[0]} and weight [rows, h]; got phi "
+                         f"{tuple(phi.shape)}, weight {tuple(weight.shape)}")
+    if per_row == 0:
+        raise ValueError(f"{op}: x must have I >= 1 input features, got shape {tuple(x.shape)}")
+    if weight.shape[0] % per_row:
+        raise ValueError(f"{op}: weight rows must be a multiple of {per_row} (I = {x.shape[2]}), got "
+                         f"{weight.shape[0]}")
+    n_out, n_in = weight.shape[0] // per_row, x.shape[2]
+    named = {"x": x, "phi": phi, "weight": weight}
+    for name, t, shape in (("w0", w0, (n_out, n_in)), ("b0", b0, (n_out,))):
+        if t is not None:
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{op}: {name} must be {list(shape)}, got {tuple(t.shape)}")
+            named[name] = t
+    for name, t in named.items():
+        if t.dtype != x.dtype or not t.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must have x's floating dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+
+
 def _dims(x, phi, weight):
     n_batch, n_tok, n_in = x.shape
     h = phi.shape[1]
@@ -297,6 +325,7 @@ def _dims(x, phi, weight):
 def hyper_linear_forward(x, phi, weight, w0, b0):
     """Triton launcher of fastlayers::hyper_linear_fwd: x [B, T, I], phi [B, h], weight [O*I + O, h],
     w0 [O, I] or None, b0 [O] or None; returns y [B, T, O] in x's dtype."""
+    _check("hyper_linear_fwd", x, phi, weight, x.shape[-1] + 1 if x.dim() == 3 else 1, w0, b0)
     n_batch, n_tok, n_in, n_out, h = _dims(x, phi, weight)
     y = _alloc.empty((n_batch, n_tok, n_out), x.dtype, x.device)
     if y.numel() == 0:
@@ -331,7 +360,11 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
     """Triton launcher of fastlayers::hyper_linear_bwd: returns (grad_x [B, T, I], grad_phi [B, h],
     grad_weight [O*I + O, h], grad_w0 [O, I], grad_b0 [O]). Gradients not asked for (need_input for x and phi,
     need_weight for the first O*I rows of weight) come back as zeros."""
+    _check("hyper_linear_bwd", x, phi, weight, x.shape[-1] + 1 if x.dim() == 3 else 1, w0)
     n_batch, n_tok, n_in, n_out, h = _dims(x, phi, weight)
+    if tuple(grad_y.shape) != (n_batch, n_tok, n_out):
+        raise ValueError(f"hyper_linear_bwd: grad_y must be [B, T, O] = {[n_batch, n_tok, n_out]}, got "
+                         f"{tuple(grad_y.shape)}")
     x, phi, weight = x.contiguous(), phi.contiguous(), weight.contiguous()
     g = grad_y.to(x.dtype).contiguous()
     acc_t, acc_tl, prec = _acc(x.dtype)
@@ -389,6 +422,7 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
 def hyper_abs_linear_forward(x, phi, weight, w0):
     """Triton launcher of fastlayers::hyper_abs_linear_fwd: y[b, t] = |reshape(weight phi_b) + w0| x[b, t];
     x [B, T, I], phi [B, h], weight [O*I, h], w0 [O, I] or None. Tiles of W_b are generated in registers."""
+    _check("hyper_abs_linear_fwd", x, phi, weight, x.shape[-1] if x.dim() == 3 else 1, w0)
     n_batch, n_tok, n_in = x.shape
     h, n_out = phi.shape[1], weight.shape[0] // max(n_in, 1)
     y = _alloc.empty((n_batch, n_tok, n_out), x.dtype, x.device)
@@ -406,6 +440,7 @@ def hyper_abs_linear_forward(x, phi, weight, w0):
 
 def hyper_abs_linear_backward(grad_y, x, phi, weight, w0):
     """Triton launcher of fastlayers::hyper_abs_linear_bwd: returns (grad_x, grad_phi, grad_weight, grad_w0)."""
+    _check("hyper_abs_linear_bwd", x, phi, weight, x.shape[-1] if x.dim() == 3 else 1, w0)
     n_batch, n_tok, n_in = x.shape
     h, n_out = phi.shape[1], weight.shape[0] // max(n_in, 1)
     x, phi, weight = x.contiguous(), phi.contiguous(), weight.contiguous()

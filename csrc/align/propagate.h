@@ -146,6 +146,9 @@ struct Folded {
   std::vector<T> w1h, w1p, b1;  // interaction first Linear: [D, HP] for h, [D, HP] for the partner, [HP]
   std::vector<T> wa, ba;        // [H, AP], [AP]: a = [a_u | a_v] from the interaction's hidden layer
   std::vector<T> wg, bg, bdeg;  // [M1, GP], [GP], [GP]: GRU input gates from the edge sum s_v (and the degree)
+  // [GP]: the input gates of a node with no incoming edge, b_ih + W_ih 0 as the reference computes them: the
+  // folded form would give NaN there for a NaN in msg_w2 / msg_b2 (0 * NaN), which never reach such a node.
+  std::vector<T> bg0;
   std::vector<T> wh, bh;        // [D, GP], [GP]: GRU hidden gates
 };
 
@@ -192,6 +195,7 @@ Folded<T> fold(const Dims& d, const at::Tensor& iw1_, const at::Tensor& ib1_, co
   f.wg.assign(M1 * d.GP, T(0));
   f.bg.assign(d.GP, T(0));
   f.bdeg.assign(d.GP, T(0));
+  f.bg0.assign(d.GP, T(0));
   f.wh.assign(D * d.GP, T(0));
   f.bh.assign(d.GP, T(0));
   for (int64_t o = 0; o < G; ++o) {
@@ -201,6 +205,9 @@ Folded<T> fold(const Dims& d, const at::Tensor& iw1_, const at::Tensor& ib1_, co
     T b = 0;
     for (int64_t j = 0; j < M; ++j) b += row[j] * mb2[j];
     f.bdeg[o] = b;
+    T z = 0;
+    for (int64_t j = 0; j < M; ++j) z += row[j] * T(0);  // not folded away: inf / NaN weights give NaN
+    f.bg0[o] = bih[o] + z;
     for (int64_t k = 0; k < M1; ++k) {
       T s = 0;
       for (int64_t j = 0; j < M; ++j) s += row[j] * mw2[j * M1 + k];
@@ -242,6 +249,30 @@ inline Dims layer_dims(const at::Tensor& h_in, const at::Tensor& iw1, const at::
   d.AP = 2 * d.M1P;
   d.GP = pad(3 * d.D);
   return d;
+}
+
+// The CSR graph is dereferenced (rowptr[v], col[e], need[col[e]]) with no other guard: torch.ops callers may pass
+// any tensors, so it is checked in full (one pass over N + E, small next to the layer's work per edge).
+inline void check_graph(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& mask, int64_t n,
+                        const char* op) {
+  TORCH_CHECK_TYPE(rowptr.scalar_type() == at::kLong && col.scalar_type() == at::kLong, op,
+                   ": rowptr and col must be int64, got ", rowptr.scalar_type(), " and ", col.scalar_type());
+  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.size(0) == n + 1, op, ": rowptr must be [N + 1] = [", n + 1,
+                    "], got shape ", rowptr.sizes());
+  TORCH_CHECK_VALUE(col.dim() == 1, op, ": col must be 1-D [E], got shape ", col.sizes());
+  TORCH_CHECK_VALUE(mask.dim() == 1 && mask.size(0) == n, op, ": mask must be [N] = [", n, "], got shape ",
+                    mask.sizes());
+  TORCH_CHECK_VALUE(rowptr.is_cpu() && col.is_cpu() && mask.is_cpu(), op, ": rowptr, col and mask must be CPU tensors");
+  const int64_t* rp = rowptr.const_data_ptr<int64_t>();
+  const int64_t* cp = col.const_data_ptr<int64_t>();
+  const int64_t E = col.size(0);
+  TORCH_CHECK_VALUE(rp[0] == 0 && rp[n] == E, op, ": rowptr must run from 0 to E = ", E, ", got rowptr[0] = ", rp[0],
+                    ", rowptr[N] = ", rp[n]);
+  for (int64_t v = 0; v < n; ++v)
+    TORCH_CHECK_VALUE(rp[v] <= rp[v + 1], op, ": rowptr must be non-decreasing, rowptr[", v + 1, "] = ", rp[v + 1],
+                      " < rowptr[", v, "] = ", rp[v]);
+  for (int64_t e = 0; e < E; ++e)
+    TORCH_CHECK_INDEX(cp[e] >= 0 && cp[e] < n, op, ": col[", e, "] = ", cp[e], " is out of range [0, ", n, ")");
 }
 
 // Real nodes and the sources of the edges into them: the nodes whose [a_u | a_v] the layer reads.
@@ -346,10 +377,9 @@ FL_INLINE void edge_sum_w(T* s, const T* a, int64_t ap, const T* av, const int64
     acc[j] = V{};
     b[j] = vload<V>(av + j * L);
   }
-  const V zero{};
   for (int64_t e = e0; e < e1; ++e) {
     const T* au = a + col[e] * ap;
-    for (int j = 0; j < NV; ++j) acc[j] += align::vmax(vload<V>(au + j * L) + b[j], zero);
+    for (int j = 0; j < NV; ++j) acc[j] += align::vrelu(vload<V>(au + j * L) + b[j]);  // keeps NaN
   }
   for (int j = 0; j < NV; ++j) vstore(s + j * L, acc[j]);
 }
@@ -423,6 +453,8 @@ FL_INLINE void gate_pass(const Dims& d, const Folded<T>& f, const T* h, const T*
       gh[q] = g.gh.data() + q * d.GP;
     }
     matvec_group(gi, d.GP, bgi, f.wg.data(), sx, d.M1, (const T*)nullptr, (const T* const*)nullptr, 0);
+    for (int q = 0; q < cnt; ++q)
+      if (rowptr[ids[q] + 1] == rowptr[ids[q]]) std::copy_n(f.bg0.data(), d.GP, gi[q]);
     matvec_group(gh, d.GP, bh, f.wh.data(), hx, D, (const T*)nullptr, (const T* const*)nullptr, 0);
     // Whole-vector copies into the gate runs: each may spill up to one vector past the node's D entries, into
     // the next node's slot (rewritten next, ids ascend), a padding node's (zeroed at the end) or the slack.

@@ -190,6 +190,7 @@ std::vector<at::Tensor> isonet_layer_backward_cpu(
               "isonet_layer_backward: grad must match h");
   const at::Tensor h = h_in.contiguous(), g = grad_in.contiguous(), rowptr = rowptr_in.contiguous(),
                    col = col_in.contiguous(), mask = mask_in.contiguous();
+  check_graph(rowptr, col, mask, d.N, "isonet_layer_backward");
   at::Tensor p;
   if (partner.has_value()) {
     TORCH_CHECK(partner->sizes() == h.sizes() && partner->scalar_type() == h.scalar_type(),

@@ -69,6 +69,7 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
   const Dims d = layer_dims(h_in, iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh, rowptr_in, mask_in);
   const at::Tensor h = h_in.contiguous(), rowptr = rowptr_in.contiguous(), col = col_in.contiguous(),
                    mask = mask_in.contiguous();
+  check_graph(rowptr, col, mask, d.N, "isonet_layer");
   at::Tensor p;
   if (partner.has_value()) {
     TORCH_CHECK(partner->sizes() == h.sizes() && partner->scalar_type() == h.scalar_type(),

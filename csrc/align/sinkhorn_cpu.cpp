@@ -344,27 +344,45 @@ void select(const bool* rm, const bool* cm, int64_t N, int64_t M, bool reference
 }
 
 // x0 = logits / tau on the selected block, rows of stride ms with kPad beyond column m; reference mode zeroes
-// padded entries (the published padding). Division, not a reciprocal multiply: the reference divides.
+// padded entries (the published padding). Division, not a reciprocal multiply: the reference divides. Returns
+// whether the block holds a NaN (checked in the same pass): the scaled iteration's maxima and clamped exps would
+// hide it, where the log-domain reference turns the whole block into NaN after one row and one column step.
 template <typename T>
-void gather_x0(const T* L, const bool* rm, const bool* cm, int64_t M, const Index& ix, bool reference, double tau,
+bool gather_x0(const T* L, const bool* rm, const bool* cm, int64_t M, const Index& ix, bool reference, double tau,
                int64_t ms, T* x0) {
   const int64_t n = ix.rows.size(), m = ix.cols.size();
   const T t = T(tau);
+  int nan = 0;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t r = ix.rows[i];
     const T* src = L + r * M;
     T* dst = x0 + i * ms;
     if (ix.plain_cols && ix.all_real) {
-      FL_SIMD for (int64_t j = 0; j < m; ++j) dst[j] = src[j] / t;
+      FL_PRAGMA(omp simd reduction(| : nan))
+      for (int64_t j = 0; j < m; ++j) {
+        const T v = src[j] / t;
+        dst[j] = v;
+        nan |= v != v;
+      }
     } else {
       for (int64_t j = 0; j < m; ++j) {
         const int64_t c = ix.cols[j];
         const bool real = !reference || (rm[r] && cm[c]);
         dst[j] = real ? src[c] / t : T(0);
+        nan |= dst[j] != dst[j];
       }
     }
     for (int64_t j = m; j < ms; ++j) dst[j] = kPad<T>;
   }
+  return nan != 0;
+}
+
+// out[rows[i], cols[j]] = v over the selected block; with gate, padded entries get 0 instead (reference mode's padding
+// in the backward, which gets no gradient).
+template <typename T>
+void fill_block(T* out, const Index& ix, int64_t M, T v, const bool* rm, const bool* cm, bool gate) {
+  for (const int64_t r : ix.rows)
+    for (const int64_t c : ix.cols) out[r * M + c] = (!gate || (rm[r] && cm[c])) ? v : T(0);
 }
 
 // x0T [m, ns] from x0 [n, ms], kPad in the padding lanes. Blocks of 8 x 8 keep both sides in cache lines.
@@ -405,17 +423,23 @@ struct Sizes {
 void check_inputs(const at::Tensor& logits, const at::Tensor& row_mask, const at::Tensor& col_mask, int64_t iters,
                   double tau) {
   FL_CHECK_CPU(logits);
-  FL_CHECK_DIM(logits, 3);
+  FL_CHECK_CPU(row_mask);
+  FL_CHECK_CPU(col_mask);
+  TORCH_CHECK_VALUE(logits.dim() == 3, "sinkhorn: logits must be 3-D [B, N, M], got shape ", logits.sizes());
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "sinkhorn: logits must be float32/float64 on CPU");
   TORCH_CHECK(row_mask.scalar_type() == at::kBool && col_mask.scalar_type() == at::kBool,
               "sinkhorn: masks must be bool");
-  TORCH_CHECK(row_mask.dim() == 2 && row_mask.size(0) == logits.size(0) && row_mask.size(1) == logits.size(1),
-              "sinkhorn: row_mask must be [B, N]");
-  TORCH_CHECK(col_mask.dim() == 2 && col_mask.size(0) == logits.size(0) && col_mask.size(1) == logits.size(2),
-              "sinkhorn: col_mask must be [B, M]");
-  TORCH_CHECK(iters >= 1, "sinkhorn: num_iters must be >= 1");
-  TORCH_CHECK(tau > 0, "sinkhorn: tau must be > 0");
+  TORCH_CHECK_VALUE(
+      row_mask.dim() == 2 && row_mask.size(0) == logits.size(0) && row_mask.size(1) == logits.size(1),
+      "sinkhorn: row_mask must be [B, N] = [", logits.size(0), ", ", logits.size(1), "], got shape ", row_mask.sizes());
+  TORCH_CHECK_VALUE(
+      col_mask.dim() == 2 && col_mask.size(0) == logits.size(0) && col_mask.size(1) == logits.size(2),
+      "sinkhorn: col_mask must be [B, M] = [", logits.size(0), ", ", logits.size(2), "], got shape ", col_mask.sizes());
+  // The lse outputs are [B, num_iters, N]: a huge count would overflow their sizes (fastlayers.ops.sinkhorn's cap).
+  TORCH_CHECK_VALUE(iters >= 1 && iters <= (int64_t(1) << 24), "sinkhorn: num_iters must be in [1, 2^24], got ",
+                    iters);
+  TORCH_CHECK_VALUE(tau > 0 && std::isfinite(tau), "sinkhorn: tau must be finite and > 0, got ", tau);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor& logits_in,
@@ -450,14 +474,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
         scalar_t* out = Pp + p * z.N * z.M;
         scalar_t* rl = RL + p * iters * z.N;
         scalar_t* cl = CL + p * iters * z.M;
-        if (!ix.full) {
+        // With no row or no column the pair has nothing to normalise, and a block covering the whole pair (an
+        // empty side in reference mode) would otherwise leave the other side's lse unwritten.
+        if (!ix.full || n == 0 || m == 0) {
           std::fill(out, out + z.N * z.M, scalar_t(0));
           std::fill(rl, rl + iters * z.N, scalar_t(0));
           std::fill(cl, cl + iters * z.M, scalar_t(0));
         }
         if (n == 0 || m == 0) continue;  // nothing real to normalise: P stays 0
         const int64_t ms = padded<scalar_t>(m), ns = padded<scalar_t>(n);
-        gather_x0(L + p * z.N * z.M, rm, cm, z.M, ix, reference, tau, ms, x.data());
+        if (gather_x0(L + p * z.N * z.M, rm, cm, z.M, ix, reference, tau, ms, x.data())) {
+          const scalar_t nan = std::numeric_limits<scalar_t>::quiet_NaN();
+          fill_block(out, ix, z.M, nan, rm, cm, false);
+          for (int64_t t = 0; t < iters; ++t) {
+            for (const int64_t r : ix.rows) rl[t * z.N + r] = nan;
+            for (const int64_t c : ix.cols) cl[t * z.M + c] = nan;
+          }
+          continue;
+        }
         transpose_x0(x.data(), n, m, ns, ms, xt.data());
         // A block covering the whole pair has the outputs' lse layout: the kernel writes them in place.
         forward_dense(x.data(), xt.data(), K.data(), KT.data(), n, m, ns, ms, iters, ix.full ? rl : a.data(),
@@ -478,9 +512,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_fwd_cpu(const at::Tensor
 at::Tensor sinkhorn_bwd_cpu(const at::Tensor& grad_P_in, const at::Tensor& logits_in, const at::Tensor& row_mask_in,
                             const at::Tensor& col_mask_in, const at::Tensor& row_lse_in,
                             const at::Tensor& col_lse_in, double tau, bool reference) {
-  const int64_t iters = row_lse_in.dim() == 3 ? row_lse_in.size(1) : 0;
+  TORCH_CHECK_VALUE(row_lse_in.dim() == 3, "sinkhorn_bwd: row_lse must be [B, T, N], got shape ", row_lse_in.sizes());
+  const int64_t iters = row_lse_in.size(1);
   check_inputs(logits_in, row_mask_in, col_mask_in, iters, tau);
-  TORCH_CHECK(grad_P_in.sizes() == logits_in.sizes(), "sinkhorn_bwd: grad_P must have logits' shape");
+  TORCH_CHECK_VALUE(grad_P_in.sizes() == logits_in.sizes(), "sinkhorn_bwd: grad_P must have logits' shape ",
+                    logits_in.sizes(), ", got ", grad_P_in.sizes());
+  FL_CHECK_CPU(grad_P_in);
+  FL_CHECK_CPU(row_lse_in);
+  FL_CHECK_CPU(col_lse_in);
   const Sizes z{logits_in.size(0), logits_in.size(1), logits_in.size(2)};
   TORCH_CHECK(row_lse_in.size(0) == z.B && row_lse_in.size(2) == z.N, "sinkhorn_bwd: row_lse must be [B, T, N]");
   TORCH_CHECK(col_lse_in.dim() == 3 && col_lse_in.size(0) == z.B && col_lse_in.size(1) == iters &&
@@ -513,10 +552,13 @@ at::Tensor sinkhorn_bwd_cpu(const at::Tensor& grad_P_in, const at::Tensor& logit
         select(rm, cm, z.N, z.M, reference, ix);
         const int64_t n = ix.rows.size(), m = ix.cols.size();
         scalar_t* out = out_all + p * NM;
-        if (!ix.full) std::fill(out, out + NM, scalar_t(0));
+        if (!ix.full || n == 0 || m == 0) std::fill(out, out + NM, scalar_t(0));
         if (n == 0 || m == 0) continue;
         const int64_t ms = padded<scalar_t>(m), ns = padded<scalar_t>(n);
-        gather_x0(L + p * NM, rm, cm, z.M, ix, reference, tau, ms, x0.data());
+        if (gather_x0(L + p * NM, rm, cm, z.M, ix, reference, tau, ms, x0.data())) {
+          fill_block(out, ix, z.M, std::numeric_limits<scalar_t>::quiet_NaN(), rm, cm, reference);
+          continue;
+        }
         const scalar_t* gp = G + p * NM;
         for (int64_t i = 0; i < n; ++i) {
           const scalar_t* src = gp + ix.rows[i] * z.M;

@@ -35,11 +35,16 @@ Dims check(const at::Tensor& hq, const at::Tensor& hc, const at::Tensor& P, cons
   FL_CHECK_DIM(hc, 3);
   FL_CHECK_DIM(P, 3);
   const Dims d{P.size(0), P.size(1), P.size(2), hq.size(2)};
-  TORCH_CHECK(hq.size(0) == d.B && hq.size(1) == d.N, op, ": hq must be [B, N, D]");
-  TORCH_CHECK(hc.size(0) == d.B && hc.size(1) == d.M && hc.size(2) == d.D, op, ": hc must be [B, M, D]");
-  TORCH_CHECK(hq.scalar_type() == P.scalar_type() && hc.scalar_type() == P.scalar_type(), op,
-              ": hq, hc and P must share a dtype");
-  TORCH_CHECK(P.scalar_type() == at::kFloat || P.scalar_type() == at::kDouble, op, ": float32/float64 on CPU");
+  TORCH_CHECK_VALUE(hq.size(0) == d.B && hq.size(1) == d.N, op, ": hq must be [B, N, D] to match P [B, N, M] = ",
+                    P.sizes(), ", got hq ", hq.sizes());
+  TORCH_CHECK_VALUE(hc.size(0) == d.B && hc.size(1) == d.M && hc.size(2) == d.D, op,
+                    ": hc must be [B, M, D] = [", d.B, ", ", d.M, ", ", d.D, "] from P ", P.sizes(), " and hq ",
+                    hq.sizes(), ", got ", hc.sizes());
+  TORCH_CHECK_TYPE(hq.scalar_type() == P.scalar_type() && hc.scalar_type() == P.scalar_type(), op,
+                   ": hq, hc and P must share a dtype, got ", hq.scalar_type(), ", ", hc.scalar_type(), ", ",
+                   P.scalar_type());
+  TORCH_CHECK_TYPE(P.scalar_type() == at::kFloat || P.scalar_type() == at::kDouble, op,
+                   ": hq, hc and P must be float32/float64 on CPU, got ", P.scalar_type());
   return d;
 }
 
@@ -168,7 +173,7 @@ FL_INLINE T score_pair(const T* hq, const T* hc, const T* P, int64_t n, int64_t 
       const V r = align::vload<V>(w.Q.data() + i * d + c) - align::vload<V>(R + i * dp + c);
       const V rm = ok > V{} ? r : V{};  // a select, not a product: the next row's lanes may hold inf
       align::vstore(R + i * dp + c, rm);
-      acc += rm > V{} ? rm : V{};
+      acc += align::vrelu(rm);  // NaN-keeping, as torch.relu
     }
   }
   return align::hsum(acc);
@@ -266,7 +271,8 @@ at::Tensor align_score_fwd_cpu(const at::Tensor& hq_in, const at::Tensor& hc_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> align_score_bwd_cpu(const at::Tensor& gs_in, const at::Tensor& hq_in,
                                                                    const at::Tensor& hc_in, const at::Tensor& P_in) {
   const Dims z = check(hq_in, hc_in, P_in, "align_score_bwd");
-  TORCH_CHECK(gs_in.dim() == 1 && gs_in.size(0) == z.B, "align_score_bwd: grad_s must be [B]");
+  TORCH_CHECK_VALUE(gs_in.dim() == 1 && gs_in.size(0) == z.B, "align_score_bwd: grad_s must be [B] = [", z.B,
+                    "], got ", gs_in.sizes());
   if (!fused_fits(z)) return align_score_bwd_bmm(gs_in, hq_in, hc_in, P_in, z);
   const at::Tensor hq = hq_in.contiguous(), hc = hc_in.contiguous(), P = P_in.contiguous();
   const at::Tensor gs = gs_in.to(P.scalar_type()).contiguous();

@@ -69,6 +69,13 @@ FL_INLINE V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
+// max(x, 0) that keeps NaN (vmax(x, 0) turns it into 0, hiding a NaN input from the caller): same one compare
+// and select, with the comparison the other way round.
+template <typename V>
+FL_INLINE V vrelu(V x) {
+  return x < V{} ? V{} : x;
+}
+
 FL_INLINE float hmax(vf v) {
   vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
   vf8 c = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);

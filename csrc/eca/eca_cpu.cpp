@@ -290,10 +290,14 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
 void check_args(const at::Tensor& x, const at::Tensor& weight) {
   FL_CHECK_CPU(x);
   FL_CHECK_CPU(weight);
-  TORCH_CHECK(x.dim() >= 3, "eca: x must be [N, C, *spatial], got ", x.dim(), " dims");
-  FL_CHECK_DIM(weight, 1);
-  TORCH_CHECK(weight.numel() % 2 == 1, "eca: weight must have odd length");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "eca: x must be float32/64 on CPU");
+  TORCH_CHECK_VALUE(x.dim() >= 3, "eca: x must be [N, C, *spatial], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 1, "eca: weight must be 1-D [k], got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.numel() % 2 == 1, "eca: weight length k must be odd and positive, got ", weight.numel());
+  // An integer weight would be cast silently (and its gradient could not be returned in its dtype).
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "eca: weight must have a floating dtype, got ",
+                   weight.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "eca: x must be float32/float64 on CPU, got ", x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight,
@@ -318,7 +322,11 @@ std::tuple<at::Tensor, at::Tensor> eca_bwd_cpu(const at::Tensor& grad_y, const a
                                                const at::Tensor& weight, const at::Tensor& pooled,
                                                const at::Tensor& gate, bool circular) {
   check_args(x_in, weight);
-  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), "eca_bwd: grad_y must have x's shape");
+  TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "eca_bwd: grad_y must have x's shape ", x_in.sizes(), ", got ",
+                    grad_y.sizes());
+  FL_CHECK_CPU(grad_y);
+  FL_CHECK_CPU(pooled);
+  FL_CHECK_CPU(gate);
   const at::Tensor x = dense_for_kernel(x_in);
   const Shape sh = shape_of(x);
   TORCH_CHECK(pooled.numel() == sh.N * sh.C && gate.numel() == sh.N * sh.C, "eca_bwd: pooled/gate must be [N, C]");

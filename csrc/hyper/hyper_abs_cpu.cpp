@@ -18,7 +18,10 @@ Dims abs_dims(const at::Tensor& x, const at::Tensor& phi, const at::Tensor& weig
               "weight [O*I, h]");
   const int64_t B = x.size(0), T = x.size(1), I = x.size(2), h = phi.size(1);
   TORCH_CHECK(phi.size(0) == B && weight.size(1) == h, "hyper_abs_linear: phi/weight shapes do not match x");
-  TORCH_CHECK(I > 0 && weight.size(0) % I == 0, "hyper_abs_linear: weight rows must be O*I");
+  // weight [O*I, h] cannot tell O when I = 0; interval_hyper_linear does not call this op then (the term is 0).
+  TORCH_CHECK_VALUE(I > 0, "hyper_abs_linear: x must have I >= 1 input features, got shape ", x.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) % I == 0, "hyper_abs_linear: weight rows must be O*I with I = ", I, ", got ",
+                    weight.size(0));
   TORCH_CHECK(x.scalar_type() == phi.scalar_type() && x.scalar_type() == weight.scalar_type() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "hyper_abs_linear: x, phi, weight must share a float32/float64 dtype");

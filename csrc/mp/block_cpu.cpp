@@ -14,17 +14,23 @@ namespace {
 
 // transpose: use B_e^T (the backward for x runs over the reversed graph with the transposed blocks).
 template <typename T>
-FL_INLINE void block_rows(const Csr& g, const T* B, bool diag, bool transpose, const T* x, T* out, int64_t r0,
-                          int64_t r1, int64_t d, int64_t F) {
+FL_INLINE int64_t block_rows(const Csr& g, const T* B, bool diag, bool transpose, const T* x, T* out, int64_t r0,
+                             int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
   const int64_t dF = d * F, bs = diag ? d : d * d;
   const int64_t kstop = g.rowptr[r1];
+  int64_t bad = -1;  // first slot with a source (col) or edge id (perm) out of range: skipped, then raised
   for (int64_t v = r0; v < r1; ++v) {
     T* o = out + v * dF;
     FL_SIMD for (int64_t i = 0; i < dF; ++i) o[i] = T(0);
     for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
       if (k + kPrefetch < kstop) prefetch_row(x + g.src(k + kPrefetch) * dF, dF * int64_t(sizeof(T)));
-      const T* xu = x + g.src(k) * dF;
-      const T* b = B + g.id(k) * bs;
+      const int64_t u = g.src(k), e = g.id(k);
+      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
+        if (bad < 0) bad = k;
+        continue;
+      }
+      const T* xu = x + u * dF;
+      const T* b = B + e * bs;
       for (int64_t i = 0; i < d; ++i) {
         T* __restrict oi = o + i * F;
         if (diag) {
@@ -41,18 +47,25 @@ FL_INLINE void block_rows(const Csr& g, const T* B, bool diag, bool transpose, c
       }
     }
   }
+  return bad;
 }
 
 // gB[perm[k]][i, j] = grad[v, i, :] . x[col[k], j, :] (diag: i == j only).
 template <typename T>
-FL_INLINE void block_grad_rows(const Csr& g, const T* grad, const T* x, T* gB, bool diag, int64_t r0, int64_t r1,
-                               int64_t d, int64_t F) {
+FL_INLINE int64_t block_grad_rows(const Csr& g, const T* grad, const T* x, T* gB, bool diag, int64_t r0,
+                                  int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
   const int64_t dF = d * F, bs = diag ? d : d * d;
+  int64_t bad = -1;  // a bad perm here would write outside gB: such slots are skipped, then raised
   for (int64_t v = r0; v < r1; ++v) {
     const T* gv = grad + v * dF;
     for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
-      const T* xu = x + g.src(k) * dF;
-      T* out = gB + g.id(k) * bs;
+      const int64_t u = g.src(k), e = g.id(k);
+      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
+        if (bad < 0) bad = k;
+        continue;
+      }
+      const T* xu = x + u * dF;
+      T* out = gB + e * bs;
       for (int64_t i = 0; i < d; ++i) {
         for (int64_t j = diag ? i : 0; j < (diag ? i + 1 : d); ++j) {
           const T* __restrict a = gv + i * F;
@@ -64,44 +77,49 @@ FL_INLINE void block_grad_rows(const Csr& g, const T* grad, const T* x, T* gB, b
       }
     }
   }
+  return bad;
 }
 
 #define FL_BLOCK(T)                                                                                             \
-  FL_MULTIVERSION void block_rows_##T(const Csr& g, const T* B, bool diag, bool tr, const T* x, T* out,        \
-                                      int64_t r0, int64_t r1, int64_t d, int64_t F) {                           \
-    block_rows<T>(g, B, diag, tr, x, out, r0, r1, d, F);                                                        \
+  FL_MULTIVERSION int64_t block_rows_##T(const Csr& g, const T* B, bool diag, bool tr, const T* x, T* out,     \
+                                         int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc,            \
+                                         int64_t nid) {                                                         \
+    return block_rows<T>(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);                                      \
   }                                                                                                             \
-  FL_MULTIVERSION void block_grad_rows_##T(const Csr& g, const T* grad, const T* x, T* gB, bool diag,          \
-                                           int64_t r0, int64_t r1, int64_t d, int64_t F) {                      \
-    block_grad_rows<T>(g, grad, x, gB, diag, r0, r1, d, F);                                                     \
+  FL_MULTIVERSION int64_t block_grad_rows_##T(const Csr& g, const T* grad, const T* x, T* gB, bool diag,       \
+                                              int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc,       \
+                                              int64_t nid) {                                                    \
+    return block_grad_rows<T>(g, grad, x, gB, diag, r0, r1, d, F, nsrc, nid);                                   \
   }
 FL_BLOCK(float)
 FL_BLOCK(double)
 #undef FL_BLOCK
 
-FL_INLINE void block_dispatch(const Csr& g, const float* B, bool diag, bool tr, const float* x, float* out,
-                              int64_t r0, int64_t r1, int64_t d, int64_t F) {
-  block_rows_float(g, B, diag, tr, x, out, r0, r1, d, F);
+FL_INLINE int64_t block_dispatch(const Csr& g, const float* B, bool diag, bool tr, const float* x, float* out,
+                                 int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
+  return block_rows_float(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
 }
-FL_INLINE void block_dispatch(const Csr& g, const double* B, bool diag, bool tr, const double* x, double* out,
-                              int64_t r0, int64_t r1, int64_t d, int64_t F) {
-  block_rows_double(g, B, diag, tr, x, out, r0, r1, d, F);
+FL_INLINE int64_t block_dispatch(const Csr& g, const double* B, bool diag, bool tr, const double* x, double* out,
+                                 int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
+  return block_rows_double(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
 }
-FL_INLINE void block_grad_dispatch(const Csr& g, const float* gr, const float* x, float* gB, bool diag, int64_t r0,
-                                   int64_t r1, int64_t d, int64_t F) {
-  block_grad_rows_float(g, gr, x, gB, diag, r0, r1, d, F);
+FL_INLINE int64_t block_grad_dispatch(const Csr& g, const float* gr, const float* x, float* gB, bool diag,
+                                      int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
+  return block_grad_rows_float(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
 }
-FL_INLINE void block_grad_dispatch(const Csr& g, const double* gr, const double* x, double* gB, bool diag,
-                                   int64_t r0, int64_t r1, int64_t d, int64_t F) {
-  block_grad_rows_double(g, gr, x, gB, diag, r0, r1, d, F);
+FL_INLINE int64_t block_grad_dispatch(const Csr& g, const double* gr, const double* x, double* gB, bool diag,
+                                      int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
+  return block_grad_rows_double(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
 }
 
-void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm) {
+void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm, const char* op) {
   for (const at::Tensor* t : {&rowptr, &col, &perm}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1,
-                "block_spmm: CSR arrays must be 1-D int64 CPU tensors");
+                op, ": rowptr, col and perm must be 1-D int64 CPU tensors");
   }
-  TORCH_CHECK(rowptr.numel() >= 1 && col.numel() == perm.numel(), "block_spmm: malformed CSR");
+  TORCH_CHECK(rowptr.numel() >= 1, op, ": rowptr must have N + 1 >= 1 entries");
+  TORCH_CHECK(col.numel() == perm.numel(), op, ": col and perm must have one length, got ", col.numel(), " and ",
+              perm.numel());
 }
 
 bool check_blocks(const at::Tensor& blocks, const at::Tensor& x, int64_t E) {
@@ -120,42 +138,51 @@ bool check_blocks(const at::Tensor& blocks, const at::Tensor& x, int64_t E) {
 at::Tensor block_spmm_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& perm_in,
                               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor& blocks_in,
                               const at::Tensor& x_in, bool transpose) {
-  check_csr(rowptr_in, col_in, perm_in);
+  check_csr(rowptr_in, col_in, perm_in, "block_spmm_fwd");
   const bool diag = check_blocks(blocks_in, x_in, col_in.numel());
   const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
   const at::Tensor x = x_in.contiguous(), B = blocks_in.contiguous();
-  const int64_t n = rowptr.numel() - 1, d = x.size(1), F = x.size(2);
+  const int64_t n = rowptr.numel() - 1, d = x.size(1), F = x.size(2), E = col.numel();
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "block_spmm_fwd", "rowptr");
   at::Tensor out = empty_cached({n, d, F}, x.options());
   if (n == 0 || d * F == 0) return out;
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "block_spmm_fwd_cpu", [&] {
     parallel_rows(g.rowptr, n, d * F * (diag ? 1 : d), [&](int64_t r0, int64_t r1) {
-      block_dispatch(g, B.const_data_ptr<scalar_t>(), diag, transpose, x.const_data_ptr<scalar_t>(),
-                     out.mutable_data_ptr<scalar_t>(), r0, r1, d, F);
+      bad.note(block_dispatch(g, B.const_data_ptr<scalar_t>(), diag, transpose, x.const_data_ptr<scalar_t>(),
+                              out.mutable_data_ptr<scalar_t>(), r0, r1, d, F, x.size(0), E));
     });
   });
+  if (bad.any()) raise_bad_slot("block_spmm_fwd", bad.pos.load(), g.col, "col", x.size(0), g.perm, "perm", E);
   return out;
 }
 
 at::Tensor block_spmm_bwd_blocks_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
                                      const at::Tensor& perm_in, const at::Tensor& grad_in, const at::Tensor& x_in,
                                      bool diag) {
-  check_csr(rowptr_in, col_in, perm_in);
-  TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() == 3 && grad_in.dim() == 3 && grad_in.size(1) == x_in.size(1) &&
+  check_csr(rowptr_in, col_in, perm_in, "block_spmm_bwd_blocks");
+  TORCH_CHECK(x_in.device().is_cpu() && (x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble) &&
+                  x_in.dim() == 3 && grad_in.dim() == 3 && grad_in.size(1) == x_in.size(1) &&
                   grad_in.size(2) == x_in.size(2) && grad_in.size(0) == rowptr_in.numel() - 1,
               "block_spmm_bwd_blocks: grad_out [N, d, F] and x [N, d, F] expected");
   const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
   const at::Tensor x = x_in.contiguous(), grad = grad_in.to(x.scalar_type()).contiguous();
   const int64_t n = rowptr.numel() - 1, E = col.numel(), d = x.size(1), F = x.size(2);
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "block_spmm_bwd_blocks", "rowptr");
   at::Tensor gB = diag ? empty_cached({E, d}, x.options()) : empty_cached({E, d, d}, x.options());
   if (E == 0 || d == 0) return gB;
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "block_spmm_bwd_blocks_cpu", [&] {
     parallel_rows(g.rowptr, n, d * F, [&](int64_t r0, int64_t r1) {
-      block_grad_dispatch(g, grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                          gB.mutable_data_ptr<scalar_t>(), diag, r0, r1, d, F);
+      bad.note(block_grad_dispatch(g, grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                   gB.mutable_data_ptr<scalar_t>(), diag, r0, r1, d, F, x.size(0), E));
     });
   });
+  if (bad.any()) {
+    raise_bad_slot("block_spmm_bwd_blocks", bad.pos.load(), g.col, "col", x.size(0), g.perm, "perm", E);
+  }
   return gB;
 }
 

@@ -21,15 +21,21 @@ void check_float(const at::Tensor& t, const char* name) {
               "fastlayers: ", name, " must be a float32/float64 CPU tensor");
 }
 
-at::Tensor checked_indptr(const at::Tensor& indptr_in, int64_t num_src) {
+// segment_csr's indptr may start above 0 and end below num_src (rows outside every segment are skipped), so this
+// is looser than check_rowptr: 0 <= indptr[0] <= ... <= indptr[-1] <= num_src.
+at::Tensor checked_indptr(const at::Tensor& indptr_in, int64_t num_src, const char* op) {
   TORCH_CHECK(indptr_in.device().is_cpu() && indptr_in.scalar_type() == at::kLong && indptr_in.dim() == 1 &&
                   indptr_in.numel() >= 1,
-              "segment: indptr must be a non-empty 1-D int64 CPU tensor");
+              op, ": indptr must be a non-empty 1-D int64 CPU tensor");
   at::Tensor indptr = indptr_in.contiguous();
   const int64_t* p = indptr.const_data_ptr<int64_t>();
   const int64_t n = indptr.numel() - 1;
-  TORCH_CHECK(p[0] >= 0 && p[n] <= num_src, "segment: indptr must lie in [0, ", num_src, "]");
-  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(p[i] <= p[i + 1], "segment: indptr must be non-decreasing");
+  TORCH_CHECK(p[0] >= 0 && p[n] <= num_src, op, ": indptr must lie in [0, ", num_src, "], got indptr[0] = ", p[0],
+              " and indptr[-1] = ", p[n]);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(p[i] <= p[i + 1], op, ": indptr must be non-decreasing, got indptr[", i, "] = ", p[i],
+                " > indptr[", i + 1, "] = ", p[i + 1]);
+  }
   return indptr;
 }
 
@@ -40,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> segment_fwd_cpu(const at::Tensor& src_in, con
   const Reduce red = parse_reduce(reduce);
   const at::Tensor src = src_in.contiguous();
   const int64_t E = src.size(0), B = src.size(1);
-  const at::Tensor indptr = checked_indptr(indptr_in, E);
+  const at::Tensor indptr = checked_indptr(indptr_in, E, "segment_fwd");
   const int64_t n = indptr.numel() - 1;
   at::Tensor out = empty_cached({n, B}, src.options());
   const bool with_arg = need_arg && is_arg_reduce(red);
@@ -48,8 +54,9 @@ std::tuple<at::Tensor, at::Tensor> segment_fwd_cpu(const at::Tensor& src_in, con
   if (n == 0 || B == 0) return {out, arg};
   const Csr g{indptr.const_data_ptr<int64_t>(), nullptr, nullptr};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "segment_fwd_cpu", [&] {
+    // Slots are the src rows themselves, inside [0, E] by checked_indptr: the kernel's range test never fails.
     csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                         with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, 1, B, red, E);
+                         with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, 1, B, red, E, E, E);
   });
   return {out, arg};
 }
@@ -62,13 +69,17 @@ at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_i
   FL_CHECK_DIM(grad_in, 2);
   const Reduce red = parse_reduce(reduce);
   const at::Tensor g = grad_in.contiguous();
-  const at::Tensor indptr = checked_indptr(indptr_in, num_src);
+  TORCH_CHECK(num_src >= 0, "segment_bwd: num_src must be >= 0, got ", num_src);
+  const at::Tensor indptr = checked_indptr(indptr_in, num_src, "segment_bwd");
   const int64_t n = indptr.numel() - 1, B = g.size(1);
   TORCH_CHECK(g.size(0) == n, "segment_bwd: grad_out must have one row per segment");
   const bool use_arg = is_arg_reduce(red);
   TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
               "segment_bwd: arg must be int64 [N, F] for max/min");
   const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  // arg is only compared with slot positions, never dereferenced: a value past num_src would silently drop its
+  // gradient. num_src itself is the forward's sentinel for an empty segment.
+  if (use_arg) check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), num_src, "segment_bwd", "a position in src");
   at::Tensor gs = empty_cached({num_src, B}, g.options());
   if (num_src == 0 || B == 0) return gs;
   const int64_t* p = indptr.const_data_ptr<int64_t>();
@@ -101,26 +112,28 @@ at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_i
 // Counting sort of index [L] (values in [0, n)) into rowptr [n+1] and order [L], stable (positions increase
 // within a row, so max/min ties go to the lowest position). Each thread counts and then places one contiguous
 // slice of the index; a thread's slots in a row follow those of the threads before it.
-void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, int64_t* order) {
+void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, int64_t* order, const char* op,
+                   const char* name) {
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), L / (int64_t(1) << 16)));
   std::vector<int64_t> hist(T * n, 0);
-  std::atomic<bool> failed{false};
-  std::atomic<int64_t> bad{0};
+  BadSlot bad;
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * n;
       for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) {
         const int64_t v = idx[i];
-        if (v < 0 || v >= n) {
-          bad.store(v);
-          failed.store(true);
+        if (out_of(v, n)) {
+          bad.note(i);
           return;
         }
         ++h[v];
       }
     }
   });
-  TORCH_CHECK(!failed.load(), "scatter: index value ", bad.load(), " out of range [0, ", n, ")");
+  if (bad.any()) {
+    const int64_t i = bad.pos.load();
+    TORCH_CHECK(false, op, ": ", name, "[", i, "] = ", idx[i], " is out of range: expected a value in [0, ", n, ")");
+  }
   rowptr[0] = 0;
   for (int64_t r = 0; r < n; ++r) {
     int64_t start = rowptr[r];
@@ -173,12 +186,12 @@ FL_INLINE void scatter_owned(const T* src, const int64_t* idx, T* out, int64_t* 
     } else if (arg) {
       int64_t* __restrict a = arg + t * B;
       FL_SIMD for (int64_t f = 0; f < B; ++f) {
-        const bool better = KIND == 1 ? x[f] > o[f] : x[f] < o[f];
+        const bool better = ext_better<KIND>(x[f], o[f]);
         o[f] = better ? x[f] : o[f];
         a[f] = better ? p : a[f];
       }
     } else {
-      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = (KIND == 1 ? x[f] > o[f] : x[f] < o[f]) ? x[f] : o[f];
+      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = ext_pick<KIND>(x[f], o[f]);
     }
     ++count[t - r0];
   }
@@ -225,7 +238,12 @@ void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int6
       }
     }
   });
-  TORCH_CHECK(!failed.load(), "scatter: index value out of range [0, ", n, ")");
+  if (failed.load()) {
+    for (int64_t p = 0; p < L; ++p) {
+      TORCH_CHECK(!out_of(idx[p], n), "scatter_fwd: index[", p, "] = ", idx[p],
+                  " is out of range: expected a value in [0, dim_size = ", n, ")");
+    }
+  }
 }
 
 // src [A, L, B] reduced along dim 1 into [A, n, B].
@@ -233,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
                                                    int64_t n, c10::string_view reduce, bool need_arg) {
   check_float(src_in, "src");
   FL_CHECK_DIM(src_in, 3);
-  TORCH_CHECK(n >= 0, "scatter: dim_size must be >= 0");
+  TORCH_CHECK(n >= 0, "scatter_fwd: dim_size must be >= 0, got ", n);
   const Reduce red = parse_reduce(reduce);
   const at::Tensor src = src_in.contiguous();
   const int64_t A = src.size(0), L = src.size(1), B = src.size(2);
@@ -241,6 +259,20 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
   at::Tensor out = empty_cached({A, n, B}, src.options());
   const bool with_arg = need_arg && is_arg_reduce(red);
   at::Tensor arg = empty_cached({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
+  // dim_size: the kernels index with int64 throughout (CPU and CUDA), so no dim_size overflows them and none is
+  // refused; an output too large to allocate fails in the allocator with a RuntimeError. What is avoided is
+  // scratch that grows with dim_size rather than with src: with nothing to reduce (L == 0) or nothing to write
+  // (A * n * B == 0) the output is filled directly, with no per-row counts, histogram or rowptr of n entries.
+  if (L == 0 || A * n * B == 0) {
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    for (int64_t p = 0; p < L; ++p) {
+      TORCH_CHECK(!out_of(ip[p], n), "scatter_fwd: index[", p, "] = ", ip[p],
+                  " is out of range: expected a value in [0, dim_size = ", n, ")");
+    }
+    out.zero_();
+    if (with_arg) arg.fill_(L);
+    return {out, arg};
+  }
   // Threads that would each stream the whole index: few enough on one socket. Small inputs run on one.
   const int64_t threads =
       std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (L * std::max<int64_t>(B, 1)) / kChunkWork));
@@ -256,14 +288,14 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
     return {out, arg};
   }
   std::vector<int64_t> rowptr(n + 1), order(L);
-  counting_sort(index.const_data_ptr<int64_t>(), L, n, rowptr.data(), order.data());
-  if (A * n * B == 0) return {out, arg};
+  counting_sort(index.const_data_ptr<int64_t>(), L, n, rowptr.data(), order.data(), "scatter_fwd", "index");
   const Csr g{rowptr.data(), order.data(), order.data()};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_fwd_cpu", [&] {
     for (int64_t a = 0; a < A; ++a) {
+      // order is a permutation of [0, L) built here: the kernel's range test never fails.
       csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>() + a * L * B,
                            out.mutable_data_ptr<scalar_t>() + a * n * B,
-                           with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, 1, B, red, L);
+                           with_arg ? arg.mutable_data_ptr<int64_t>() + a * n * B : nullptr, 1, B, red, L, L, L);
     }
   });
   return {out, arg};
@@ -282,6 +314,8 @@ at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in
   TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
               "scatter_bwd: arg must be int64 like grad_out for max/min");
   const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  // Compared, not dereferenced: a value past L would silently drop gradient. L is the forward's empty-row sentinel.
+  if (use_arg) check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), L, "scatter_bwd", "a position in src");
   at::Tensor gs = empty_cached({A, L, B}, g.options());
   if (A * L * B == 0) return gs;
   const int64_t* ip = index.const_data_ptr<int64_t>();
@@ -289,7 +323,8 @@ at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in
   if (red == Reduce::Mean) {
     count.assign(n, 0);
     for (int64_t i = 0; i < L; ++i) {
-      TORCH_CHECK(ip[i] >= 0 && ip[i] < n, "scatter_bwd: index out of range");
+      TORCH_CHECK(!out_of(ip[i], n), "scatter_bwd: index[", i, "] = ", ip[i],
+                  " is out of range: expected a value in [0, ", n, ")");
       ++count[ip[i]];
     }
   }
@@ -302,7 +337,8 @@ at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in
       at::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t t = ip[p];
-          TORCH_CHECK(t >= 0 && t < n, "scatter_bwd: index out of range");
+          TORCH_CHECK(!out_of(t, n), "scatter_bwd: index[", p, "] = ", t,
+                      " is out of range: expected a value in [0, ", n, ")");
           const scalar_t* gr = gp + (a * n + t) * B;
           scalar_t* op = o + (a * L + p) * B;
           if (use_arg) {
@@ -329,7 +365,7 @@ std::tuple<at::Tensor, at::Tensor> csr_index_cpu(const at::Tensor& key_in, int64
   at::Tensor rowptr = at::empty({n + 1}, key.options());
   at::Tensor perm = at::empty({L}, key.options());
   counting_sort(key.const_data_ptr<int64_t>(), L, n, rowptr.mutable_data_ptr<int64_t>(),
-                perm.mutable_data_ptr<int64_t>());
+                perm.mutable_data_ptr<int64_t>(), "csr_index", "key");
   return {rowptr, perm};
 }
 

@@ -27,9 +27,10 @@ std::tuple<at::Tensor, at::Tensor> segment_fwd_cuda(const at::Tensor& src_in, co
   const bool with_arg = need_arg && kind != 0;
   at::Tensor arg = at::empty({with_arg ? n : 0, B}, src.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "segment_fwd_cuda", [&] {
+    // Slots are the src rows themselves, inside [0, E] by the check above: no device-side record needed.
     launch_csr_reduce<scalar_t>(indptr.data_ptr<int64_t>(), nullptr, nullptr, nullptr, 1, src.data_ptr<scalar_t>(),
                                 out.data_ptr<scalar_t>(), with_arg ? arg.data_ptr<int64_t>() : nullptr, n, 1, B,
-                                kind, mean, E);
+                                kind, mean, E, E, E, E, nullptr);
   });
   return {out, arg};
 }
@@ -62,13 +63,28 @@ __global__ void segment_bwd_kernel(const int64_t* __restrict__ indptr, int64_t n
 at::Tensor segment_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& indptr_in, const at::Tensor& arg_in,
                             int64_t num_src, c10::string_view reduce) {
   TORCH_CHECK(grad_in.is_cuda() && grad_in.dim() == 2, "segment_bwd: grad_out must be a 2-D CUDA tensor");
+  check_index_cuda(indptr_in, "segment_bwd", "indptr", grad_in);
+  TORCH_CHECK(indptr_in.numel() >= 1 && grad_in.size(0) == indptr_in.numel() - 1,
+              "segment_bwd: grad_out must have one row per segment (indptr.numel() - 1)");
+  TORCH_CHECK(num_src >= 0, "segment_bwd: num_src must be >= 0, got ", num_src);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   bool mean;
   const int kind = reduce_kind(reduce, &mean);
   const at::Tensor g = grad_in.contiguous(), indptr = indptr_in.contiguous();
+  TORCH_CHECK(kind == 0 || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong &&
+                            arg_in.device() == g.device()),
+              "segment_bwd: arg must be int64 [N, F] on grad_out's device for max/min");
   const at::Tensor arg = kind != 0 ? arg_in.contiguous() : arg_in;
   const int64_t n = indptr.numel() - 1, B = g.size(1);
   at::Tensor gs = at::empty({num_src, B}, g.options());
+  // indptr: loose segment_csr bounds; arg: compared with positions only, so a bad value would silently drop
+  // gradient (num_src is the forward's sentinel for an empty segment).
+  const at::Tensor err = new_err(g);
+  launch_check_ptr(indptr, num_src, err, false);
+  if (kind != 0) launch_check_range(arg, num_src + 1, err);
+  const at::Tensor herr = fetch_err(err);
+  raise_ptr(herr, "segment_bwd", indptr, "indptr", num_src, false);
+  raise_arg(herr, "segment_bwd", arg, "arg", num_src + 1, "a position in src (or num_src for an empty segment)");
   if (num_src * B == 0) return gs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "segment_bwd_cuda", [&] {
     segment_bwd_kernel<scalar_t><<<unsigned(ceil_div(num_src * B, kBlock)), kBlock, 0,
@@ -78,6 +94,14 @@ at::Tensor segment_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& indptr_
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return gs;
+}
+
+// Every index value in [0, n): one small kernel and one synchronising copy; raises naming the first bad position.
+void check_index_range(const at::Tensor& index, int64_t n, const char* op, const char* name, const char* expected) {
+  if (index.numel() == 0) return;
+  const at::Tensor err = new_err(index);
+  launch_check_range(index, n, err);
+  raise_arg(fetch_err(err), op, index, name, n, expected);
 }
 
 // index [L] -> (rowptr [n+1], order [L]) with a stable sort, so ties of max/min go to the lowest position.
@@ -92,7 +116,9 @@ std::pair<at::Tensor, at::Tensor> index_csr(const at::Tensor& index, int64_t n) 
 std::tuple<at::Tensor, at::Tensor> scatter_fwd_cuda(const at::Tensor& src_in, const at::Tensor& index_in, int64_t n,
                                                     c10::string_view reduce, bool need_arg) {
   TORCH_CHECK(src_in.is_cuda() && src_in.dim() == 3, "scatter_fwd: src must be a 3-D CUDA tensor");
-  TORCH_CHECK(index_in.dim() == 1 && index_in.numel() == src_in.size(1), "scatter_fwd: index must be [L]");
+  check_index_cuda(index_in, "scatter_fwd", "index", src_in);
+  TORCH_CHECK(index_in.numel() == src_in.size(1), "scatter_fwd: index must be [L]");
+  TORCH_CHECK(n >= 0, "scatter_fwd: dim_size must be >= 0, got ", n);
   const c10::cuda::CUDAGuard guard(src_in.device());
   bool mean;
   const int kind = reduce_kind(reduce, &mean);
@@ -101,15 +127,25 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cuda(const at::Tensor& src_in, co
   at::Tensor out = at::empty({A, n, B}, src.options());
   const bool with_arg = need_arg && kind != 0;
   at::Tensor arg = at::empty({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
-  if (A * n * B == 0) return {out, arg};
-  // Values outside [0, n) fall before slot rowptr[0] or after rowptr[n]: they are never read.
-  auto csr = index_csr(index_in.contiguous(), n);
+  // Indexing is int64 throughout, so no dim_size is refused (one too large to allocate fails in the allocator);
+  // with nothing to reduce or write, nothing that grows with dim_size besides the output is built.
+  const at::Tensor index = index_in.contiguous();
+  if (L == 0 || A * n * B == 0) {
+    check_index_range(index, n, "scatter_fwd", "index", "a value in [0, dim_size)");
+    out.zero_();
+    if (with_arg) arg.fill_(L);
+    return {out, arg};
+  }
+  // Values outside [0, n) would fall before slot rowptr[0] or after rowptr[n] and be dropped silently: refused.
+  check_index_range(index, n, "scatter_fwd", "index", "a value in [0, dim_size)");
+  auto csr = index_csr(index, n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scatter_fwd_cuda", [&] {
     for (int64_t a = 0; a < A; ++a) {
       launch_csr_reduce<scalar_t>(csr.first.data_ptr<int64_t>(), csr.second.data_ptr<int64_t>(),
                                   csr.second.data_ptr<int64_t>(), nullptr, 1, src.data_ptr<scalar_t>() + a * L * B,
                                   out.data_ptr<scalar_t>() + a * n * B,
-                                  with_arg ? arg.data_ptr<int64_t>() + a * n * B : nullptr, n, 1, B, kind, mean, L);
+                                  with_arg ? arg.data_ptr<int64_t>() + a * n * B : nullptr, n, 1, B, kind, mean, L,
+                                  L, L, L, nullptr);
     }
   });
   return {out, arg};
@@ -138,14 +174,30 @@ __global__ void scatter_bwd_kernel(const int64_t* __restrict__ index, const T* _
 at::Tensor scatter_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& index_in, const at::Tensor& arg_in,
                             c10::string_view reduce) {
   TORCH_CHECK(grad_in.is_cuda() && grad_in.dim() == 3, "scatter_bwd: grad_out must be a 3-D CUDA tensor");
+  check_index_cuda(index_in, "scatter_bwd", "index", grad_in);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   bool mean;
   const int kind = reduce_kind(reduce, &mean);
   const at::Tensor g = grad_in.contiguous(), index = index_in.contiguous();
+  TORCH_CHECK(kind == 0 || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong &&
+                            arg_in.device() == g.device()),
+              "scatter_bwd: arg must be int64 like grad_out for max/min");
   const at::Tensor arg = kind != 0 ? arg_in.contiguous() : arg_in;
   const int64_t A = g.size(0), n = g.size(1), B = g.size(2), L = index.numel();
   at::Tensor gs = at::empty({A, L, B}, g.options());
   if (A * L * B == 0) return gs;
+  {
+    // Before bincount (which would reject a negative value with a message that names no op). arg is compared,
+    // not dereferenced: a value past L would silently drop gradient; L is the forward's empty-row sentinel.
+    const at::Tensor err = new_err(g);
+    launch_check_range(index, n, err);
+    const at::Tensor herr = fetch_err(err);
+    raise_arg(herr, "scatter_bwd", index, "index", n, "a value in [0, dim_size)");
+    if (kind != 0) {
+      launch_check_range(arg, L + 1, err);
+      raise_arg(fetch_err(err), "scatter_bwd", arg, "arg", L + 1, "a position in src (or L for an empty row)");
+    }
+  }
   at::Tensor count = mean ? at::bincount(index, {}, n) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "scatter_bwd_cuda", [&] {
     scatter_bwd_kernel<scalar_t><<<unsigned(ceil_div(A * L * B, kBlock)), kBlock, 0,
@@ -158,8 +210,11 @@ at::Tensor scatter_bwd_cuda(const at::Tensor& grad_in, const at::Tensor& index_i
 }
 
 std::tuple<at::Tensor, at::Tensor> csr_index_cuda(const at::Tensor& key, int64_t n) {
-  TORCH_CHECK(key.is_cuda() && key.dim() == 1, "csr_index: key must be a 1-D CUDA tensor");
+  TORCH_CHECK(key.is_cuda() && key.dim() == 1 && key.scalar_type() == at::kLong,
+              "csr_index: key must be a 1-D int64 CUDA tensor");
+  TORCH_CHECK(n >= 0, "csr_index: n must be >= 0, got ", n);
   const c10::cuda::CUDAGuard guard(key.device());
+  check_index_range(key.contiguous(), n, "csr_index", "key", "a value in [0, n)");
   auto csr = index_csr(key.contiguous(), n);
   return {csr.first, csr.second};
 }

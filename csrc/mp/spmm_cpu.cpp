@@ -18,11 +18,14 @@ void check_index(const at::Tensor& t, const char* name) {
               "fastlayers: ", name, " must be a 1-D int64 CPU tensor");
 }
 
-void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm) {
-  check_index(rowptr, "rowptr");
-  check_index(col, "col");
-  check_index(perm, "perm");
-  TORCH_CHECK(rowptr.numel() >= 1 && col.numel() == perm.numel(), "fastlayers: malformed CSR");
+void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm, const char* op,
+               const char* ptr_name = "rowptr", const char* col_name = "col", const char* perm_name = "perm") {
+  check_index(rowptr, ptr_name);
+  check_index(col, col_name);
+  check_index(perm, perm_name);
+  TORCH_CHECK(rowptr.numel() >= 1, op, ": ", ptr_name, " must have N + 1 >= 1 entries");
+  TORCH_CHECK(col.numel() == perm.numel(), op, ": ", col_name, " and ", perm_name, " must have one length, got ",
+              col.numel(), " and ", perm.numel());
 }
 
 void check_float(const at::Tensor& t, const char* name) {
@@ -45,13 +48,14 @@ std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, con
                                                 const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
                                                 const c10::optional<at::Tensor>& weight,
                                                 const at::Tensor& x_in, c10::string_view reduce, bool need_arg) {
-  check_csr(rowptr_in, col_in, perm_in);
+  check_csr(rowptr_in, col_in, perm_in, "spmm_fwd");
   check_float(x_in, "x");
   FL_CHECK_DIM(x_in, 3);
   const Reduce red = parse_reduce(reduce);
   const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
   const at::Tensor x = x_in.contiguous();
   const int64_t n = rowptr.numel() - 1, E = col.numel(), H = x.size(1), F = x.size(2);
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "spmm_fwd", "rowptr");
   const int64_t wH = weight_heads(weight, E, H, x);
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   at::Tensor out = empty_cached({n, H, F}, x.options());
@@ -59,11 +63,13 @@ std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, con
   at::Tensor arg = empty_cached({with_arg ? n : 0, H, F}, x.options().dtype(at::kLong));
   if (n == 0 || H * F == 0) return {out, arg};
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  int64_t bad = -1;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_fwd_cpu", [&] {
-    csr_reduce<scalar_t>(g, n, wH ? w.const_data_ptr<scalar_t>() : nullptr, std::max<int64_t>(wH, 1),
-                         x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                         with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, H, F, red, E);
+    bad = csr_reduce<scalar_t>(g, n, wH ? w.const_data_ptr<scalar_t>() : nullptr, std::max<int64_t>(wH, 1),
+                               x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                               with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, H, F, red, E, x.size(0), E);
   });
+  if (bad >= 0) raise_bad_slot("spmm_fwd", bad, g.col, "col", x.size(0), g.perm, "perm", E);
   return {out, arg};
 }
 
@@ -71,10 +77,12 @@ std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, con
 // gradient of out[v, h, f] where arg[v, h, f] == e. Each thread owns source rows, so grad_x needs no atomics, and
 // grad_weight[e] is written by the one thread that owns e's source.
 template <typename T>
-FL_INLINE void arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout, const int64_t* arg,
-                            T* gx, T* gw, int64_t r0, int64_t r1, int64_t H, int64_t F) {
+FL_INLINE int64_t arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,
+                               const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H, int64_t F,
+                               int64_t n, int64_t nid) {
   const int64_t HF = H * F;
   const int64_t kstop = g.rowptr[r1];
+  int64_t bad = -1;  // first slot whose target (row) or edge id (cperm) is out of range: skipped, then raised
   for (int64_t u = r0; u < r1; ++u) {
     T* gxu = gx ? gx + u * HF : nullptr;
     if (gxu) FL_SIMD for (int64_t i = 0; i < HF; ++i) gxu[i] = T(0);
@@ -85,6 +93,10 @@ FL_INLINE void arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, co
         prefetch_row(arg + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(int64_t)));
       }
       const int64_t v = g.src(k), e = g.id(k);
+      if (__builtin_expect(out_of(v, n) || out_of(e, nid), 0)) {
+        if (bad < 0) bad = k;
+        continue;
+      }
       T dw_all = 0;
       for (int64_t h = 0; h < H; ++h) {
         const int64_t* __restrict av = arg + v * HF + h * F;
@@ -104,26 +116,28 @@ FL_INLINE void arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, co
       if (gw && wH == 1) gw[e] = dw_all;
     }
   }
+  return bad;
 }
 
 #define FL_ARG_BWD(T)                                                                                           \
-  FL_MULTIVERSION void arg_bwd_rows_##T(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,       \
-                                        const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H,   \
-                                        int64_t F) {                                                            \
-    arg_bwd_rows<T>(g, w, wH, x, gout, arg, gx, gw, r0, r1, H, F);                                              \
+  FL_MULTIVERSION int64_t arg_bwd_rows_##T(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,    \
+                                           const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H,\
+                                           int64_t F, int64_t n, int64_t nid) {                                 \
+    return arg_bwd_rows<T>(g, w, wH, x, gout, arg, gx, gw, r0, r1, H, F, n, nid);                               \
   }
 FL_ARG_BWD(float)
 FL_ARG_BWD(double)
 #undef FL_ARG_BWD
 
-FL_INLINE void arg_bwd_dispatch(const Csr& g, const float* w, int64_t wH, const float* x, const float* go,
-                                const int64_t* a, float* gx, float* gw, int64_t r0, int64_t r1, int64_t H, int64_t F) {
-  arg_bwd_rows_float(g, w, wH, x, go, a, gx, gw, r0, r1, H, F);
+FL_INLINE int64_t arg_bwd_dispatch(const Csr& g, const float* w, int64_t wH, const float* x, const float* go,
+                                   const int64_t* a, float* gx, float* gw, int64_t r0, int64_t r1, int64_t H,
+                                   int64_t F, int64_t n, int64_t nid) {
+  return arg_bwd_rows_float(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
 }
-FL_INLINE void arg_bwd_dispatch(const Csr& g, const double* w, int64_t wH, const double* x, const double* go,
-                                const int64_t* a, double* gx, double* gw, int64_t r0, int64_t r1, int64_t H,
-                                int64_t F) {
-  arg_bwd_rows_double(g, w, wH, x, go, a, gx, gw, r0, r1, H, F);
+FL_INLINE int64_t arg_bwd_dispatch(const Csr& g, const double* w, int64_t wH, const double* x, const double* go,
+                                   const int64_t* a, double* gx, double* gw, int64_t r0, int64_t r1, int64_t H,
+                                   int64_t F, int64_t n, int64_t nid) {
+  return arg_bwd_rows_double(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
 }
 
 std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in, const at::Tensor& row_in,
@@ -131,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in,
                                                     const c10::optional<at::Tensor>& weight, const at::Tensor& x_in,
                                                     const at::Tensor& grad_in, const at::Tensor& arg_in, bool need_x,
                                                     bool need_weight) {
-  check_csr(colptr_in, row_in, cperm_in);
+  check_csr(colptr_in, row_in, cperm_in, "spmm_arg_bwd", "colptr", "row", "cperm");
   check_float(x_in, "x");
   FL_CHECK_DIM(x_in, 3);
   const at::Tensor colptr = colptr_in.contiguous(), row = row_in.contiguous(), cperm = cperm_in.contiguous();
@@ -139,7 +153,11 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in,
   const int64_t n = colptr.numel() - 1, E = row.numel(), H = x.size(1), F = x.size(2);
   TORCH_CHECK(grad_in.sizes() == x.sizes() && arg_in.sizes() == x.sizes() && arg_in.scalar_type() == at::kLong,
               "spmm_arg_bwd: grad_out and arg must be [N, H, F] like x");
+  TORCH_CHECK(x.size(0) == n, "spmm_arg_bwd: x must have colptr.numel() - 1 = ", n, " rows, got ", x.size(0));
+  check_rowptr(colptr.const_data_ptr<int64_t>(), n, E, "spmm_arg_bwd", "colptr");
   const at::Tensor gout = grad_in.to(x.scalar_type()).contiguous(), arg = arg_in.contiguous();
+  // The forward's sentinel for an empty row is E (spmm_fwd's none_id).
+  check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), E, "spmm_arg_bwd", "an edge id");
   const int64_t wH = weight_heads(weight, E, H, x);
   const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
   const bool do_w = need_weight && wH > 0;
@@ -151,30 +169,37 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in,
     return {gx, gw};
   }
   const Csr g{colptr.const_data_ptr<int64_t>(), row.const_data_ptr<int64_t>(), cperm.const_data_ptr<int64_t>()};
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_arg_bwd_cpu", [&] {
     const scalar_t* wp = wH ? w.const_data_ptr<scalar_t>() : nullptr;
     parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
-      arg_bwd_dispatch(g, wp, std::max<int64_t>(wH, 1), x.const_data_ptr<scalar_t>(),
-                       gout.const_data_ptr<scalar_t>(), arg.const_data_ptr<int64_t>(),
-                       need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr,
-                       do_w ? gw.mutable_data_ptr<scalar_t>() : nullptr, r0, r1, H, F);
+      bad.note(arg_bwd_dispatch(g, wp, std::max<int64_t>(wH, 1), x.const_data_ptr<scalar_t>(),
+                                gout.const_data_ptr<scalar_t>(), arg.const_data_ptr<int64_t>(),
+                                need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr,
+                                do_w ? gw.mutable_data_ptr<scalar_t>() : nullptr, r0, r1, H, F, n, E));
     });
   });
+  if (bad.any()) raise_bad_slot("spmm_arg_bwd", bad.pos.load(), g.col, "row", n, g.perm, "cperm", E);
   return {gx, gw};
 }
 
 // out[perm[k], h] = a[v, h, :] . b[col[k], h, :] for the slots k of target v: one owner per edge.
 template <typename T>
-FL_INLINE void sddmm_rows(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1, int64_t H,
-                          int64_t F) {
+FL_INLINE int64_t sddmm_rows(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1, int64_t H,
+                             int64_t F, int64_t nsrc, int64_t nid) {
   const int64_t HF = H * F;
   const int64_t kstop = g.rowptr[r1];
+  int64_t bad = -1;  // first slot with a source (col) or edge id (perm) out of range: skipped, then raised
   for (int64_t v = r0; v < r1; ++v) {
     const T* av = a + v * HF;
     for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
       if (k + kPrefetch < kstop) prefetch_row(b + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(T)));
-      const T* bu = b + g.src(k) * HF;
-      const int64_t e = g.id(k);
+      const int64_t u = g.src(k), e = g.id(k);
+      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
+        if (bad < 0) bad = k;
+        continue;
+      }
+      const T* bu = b + u * HF;
       for (int64_t h = 0; h < H; ++h) {
         const T* __restrict ah = av + h * F;
         const T* __restrict bh = bu + h * F;
@@ -184,29 +209,30 @@ FL_INLINE void sddmm_rows(const Csr& g, const T* a, const T* b, T* out, int64_t 
       }
     }
   }
+  return bad;
 }
 
 #define FL_SDDMM(T)                                                                                             \
-  FL_MULTIVERSION void sddmm_rows_##T(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1,    \
-                                      int64_t H, int64_t F) {                                                   \
-    sddmm_rows<T>(g, a, b, out, r0, r1, H, F);                                                                  \
+  FL_MULTIVERSION int64_t sddmm_rows_##T(const Csr& g, const T* a, const T* b, T* out, int64_t r0,            \
+                                         int64_t r1, int64_t H, int64_t F, int64_t nsrc, int64_t nid) {         \
+    return sddmm_rows<T>(g, a, b, out, r0, r1, H, F, nsrc, nid);                                                \
   }
 FL_SDDMM(float)
 FL_SDDMM(double)
 #undef FL_SDDMM
-FL_INLINE void sddmm_dispatch(const Csr& g, const float* a, const float* b, float* o, int64_t r0, int64_t r1,
-                              int64_t H, int64_t F) {
-  sddmm_rows_float(g, a, b, o, r0, r1, H, F);
+FL_INLINE int64_t sddmm_dispatch(const Csr& g, const float* a, const float* b, float* o, int64_t r0, int64_t r1,
+                                 int64_t H, int64_t F, int64_t nsrc, int64_t nid) {
+  return sddmm_rows_float(g, a, b, o, r0, r1, H, F, nsrc, nid);
 }
-FL_INLINE void sddmm_dispatch(const Csr& g, const double* a, const double* b, double* o, int64_t r0, int64_t r1,
-                              int64_t H, int64_t F) {
-  sddmm_rows_double(g, a, b, o, r0, r1, H, F);
+FL_INLINE int64_t sddmm_dispatch(const Csr& g, const double* a, const double* b, double* o, int64_t r0,
+                                 int64_t r1, int64_t H, int64_t F, int64_t nsrc, int64_t nid) {
+  return sddmm_rows_double(g, a, b, o, r0, r1, H, F, nsrc, nid);
 }
 
 at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& perm_in,
                      const at::Tensor& /*colptr*/, const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
                      const at::Tensor& a_in, const at::Tensor& b_in) {
-  check_csr(rowptr_in, col_in, perm_in);
+  check_csr(rowptr_in, col_in, perm_in, "sddmm");
   check_float(a_in, "a");
   FL_CHECK_DIM(a_in, 3);
   TORCH_CHECK(b_in.sizes() == a_in.sizes() && b_in.scalar_type() == a_in.scalar_type(),
@@ -214,15 +240,19 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, cons
   const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
   const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
   const int64_t n = rowptr.numel() - 1, E = col.numel(), H = a.size(1), F = a.size(2);
+  TORCH_CHECK(a.size(0) == n, "sddmm: a and b must have rowptr.numel() - 1 = ", n, " rows, got ", a.size(0));
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "sddmm", "rowptr");
   at::Tensor out = empty_cached({E, H}, a.options());
   if (E == 0 || H == 0) return out;
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sddmm_cpu", [&] {
     parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
-      sddmm_dispatch(g, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                     r0, r1, H, F);
+      bad.note(sddmm_dispatch(g, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                              out.mutable_data_ptr<scalar_t>(), r0, r1, H, F, n, E));
     });
   });
+  if (bad.any()) raise_bad_slot("sddmm", bad.pos.load(), g.col, "col", n, g.perm, "perm", E);
   return out;
 }
 
@@ -234,11 +264,14 @@ at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
   FL_CHECK_DIM(s_in, 2);
   TORCH_CHECK(s_in.size(0) == perm_in.numel(), "edge_softmax: scores must be [E, H]");
   const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), s = s_in.contiguous();
-  const int64_t n = rowptr.numel() - 1, H = s.size(1);
+  const int64_t n = rowptr.numel() - 1, H = s.size(1), E = perm.numel();
+  TORCH_CHECK(n >= 0, "edge_softmax_fwd: rowptr must have N + 1 >= 1 entries");
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "edge_softmax_fwd", "rowptr");
   at::Tensor out = empty_like_cached(s);
   if (s.numel() == 0) return out;
   const int64_t* rp = rowptr.const_data_ptr<int64_t>();
   const int64_t* pm = perm.const_data_ptr<int64_t>();
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "edge_softmax_fwd_cpu", [&] {
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -248,9 +281,19 @@ at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
       for (int64_t v = r0; v < r1; ++v) {
         std::fill(m.begin(), m.end(), -std::numeric_limits<scalar_t>::infinity());
         std::fill(sum.begin(), sum.end(), scalar_t(0));
+        // The first pass also checks the row's edge ids; a row with a bad one is left alone (the op raises).
+        int64_t row_bad = -1;
         for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          if (__builtin_expect(out_of(pm[k], E), 0)) {
+            row_bad = k;
+            break;
+          }
           const scalar_t* se = sp + pm[k] * H;
           for (int64_t h = 0; h < H; ++h) m[h] = std::max(m[h], se[h]);
+        }
+        if (row_bad >= 0) {
+          bad.note(row_bad);
+          continue;
         }
         // A row of -inf scores has no finite maximum: shifting by 0 gives 0/0 = NaN, as torch.softmax does.
         for (int64_t h = 0; h < H; ++h) {
@@ -272,6 +315,7 @@ at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
       }
     });
   });
+  if (bad.any()) raise_bad_slot("edge_softmax_fwd", bad.pos.load(), nullptr, "", 0, pm, "perm", E);
   return out;
 }
 
@@ -286,11 +330,14 @@ at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
               "edge_softmax_bwd: out and grad_out must be [E, H]");
   const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), y = y_in.contiguous();
   const at::Tensor g = g_in.to(y.scalar_type()).contiguous();
-  const int64_t n = rowptr.numel() - 1, H = y.size(1);
+  const int64_t n = rowptr.numel() - 1, H = y.size(1), E = perm.numel();
+  TORCH_CHECK(n >= 0, "edge_softmax_bwd: rowptr must have N + 1 >= 1 entries");
+  check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "edge_softmax_bwd", "rowptr");
   at::Tensor gs = empty_like_cached(y);
   if (y.numel() == 0) return gs;
   const int64_t* rp = rowptr.const_data_ptr<int64_t>();
   const int64_t* pm = perm.const_data_ptr<int64_t>();
+  BadSlot bad;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "edge_softmax_bwd_cpu", [&] {
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
@@ -299,9 +346,18 @@ at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
       std::vector<scalar_t> dot(H);
       for (int64_t v = r0; v < r1; ++v) {
         std::fill(dot.begin(), dot.end(), scalar_t(0));
+        int64_t row_bad = -1;
         for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
+          if (__builtin_expect(out_of(pm[k], E), 0)) {
+            row_bad = k;
+            break;
+          }
           const int64_t i = pm[k] * H;
           for (int64_t h = 0; h < H; ++h) dot[h] += yp[i + h] * gp[i + h];
+        }
+        if (row_bad >= 0) {
+          bad.note(row_bad);
+          continue;
         }
         for (int64_t k = rp[v]; k < rp[v + 1]; ++k) {
           const int64_t i = pm[k] * H;
@@ -310,6 +366,7 @@ at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
       }
     });
   });
+  if (bad.any()) raise_bad_slot("edge_softmax_bwd", bad.pos.load(), nullptr, "", 0, pm, "perm", E);
   return gs;
 }
 

@@ -19,12 +19,12 @@ struct Layout {
 
 inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
   TORCH_CHECK_VALUE(sizes.size() >= 1 && int64_t(sizes.size()) < kMaxHops, "ncache: sizes must have 1 to ",
-                    kMaxHops - 1, " entries, got ", sizes.size());
+                    kMaxHops - 1, " entries, got ", sizes);
   Layout L;
   L.hops = 1 + int64_t(sizes.size());
   L.m[0] = 1;
   for (size_t i = 0; i < sizes.size(); ++i) {
-    TORCH_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: every size must be in [1, 2^31), got ",
+    TORCH_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: sizes must each be in [1, 2^31), got ",
                       sizes);
     L.m[i + 1] = sizes[i];
   }
@@ -34,25 +34,45 @@ inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
   return L;
 }
 
-// The state tables are updated in place, so they must already be dense: a copy would lose the update.
-inline Layout check_tables(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
-                           const at::Tensor& values, at::IntArrayRef sizes) {
-  TORCH_CHECK_VALUE(keys.dim() == 2 && keys.scalar_type() == at::kLong && keys.is_contiguous(),
-                    "ncache: keys must be a contiguous int64 [N, S] table");
-  TORCH_CHECK_VALUE(values.dim() == 3 && values.scalar_type() == at::kFloat && values.is_contiguous(),
-                    "ncache: values must be a contiguous float32 [N, S, D] table");
-  const Layout L = make_layout(sizes, values.size(2));
-  TORCH_CHECK_VALUE(keys.size(1) == L.S, "ncache: keys has ", keys.size(1), " columns, sizes imply ", L.S);
-  TORCH_CHECK_VALUE(values.size(0) == keys.size(0) && values.size(1) == L.S, "ncache: values must be [N, S, D]");
-  if (eids.defined())
-    TORCH_CHECK_VALUE(eids.sizes() == keys.sizes() && eids.scalar_type() == at::kLong && eids.is_contiguous(),
-                      "ncache: eids must be a contiguous int64 table shaped like keys");
-  if (times.defined())
-    TORCH_CHECK_VALUE(times.sizes() == keys.sizes() && times.scalar_type() == at::kDouble && times.is_contiguous(),
-                      "ncache: times must be a contiguous float64 table shaped like keys");
+// Dtypes, shapes and devices of the tables (eids / times may be undefined: ops that do not read them). Every
+// kernel indexes all tables with keys' row and column counts, so a table that disagrees would be read out of
+// bounds.
+inline void check_table_shapes(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
+                               const at::Tensor& values, const char* op) {
+  TORCH_CHECK_TYPE(keys.scalar_type() == at::kLong, "ncache.", op, ": keys must be int64, got ", keys.scalar_type());
+  TORCH_CHECK_VALUE(keys.dim() == 2, "ncache.", op, ": keys must be an [N, S] table, got shape ", keys.sizes());
+  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat, "ncache.", op, ": values must be float32, got ",
+                   values.scalar_type());
+  TORCH_CHECK_VALUE(values.dim() == 3 && values.size(0) == keys.size(0) && values.size(1) == keys.size(1), "ncache.",
+                    op, ": values must be [N, S, D] = [", keys.size(0), ", ", keys.size(1), ", D] like keys ",
+                    keys.sizes(), ", got shape ", values.sizes());
+  if (eids.defined()) {
+    TORCH_CHECK_TYPE(eids.scalar_type() == at::kLong, "ncache.", op, ": eids must be int64, got ", eids.scalar_type());
+    TORCH_CHECK_VALUE(eids.sizes() == keys.sizes(), "ncache.", op, ": eids must have keys' shape ", keys.sizes(),
+                      ", got ", eids.sizes());
+  }
+  if (times.defined()) {
+    TORCH_CHECK_TYPE(times.scalar_type() == at::kDouble, "ncache.", op, ": times must be float64, got ",
+                     times.scalar_type());
+    TORCH_CHECK_VALUE(times.sizes() == keys.sizes(), "ncache.", op, ": times must have keys' shape ", keys.sizes(),
+                      ", got ", times.sizes());
+  }
   TORCH_CHECK_VALUE(values.device() == keys.device() && (!eids.defined() || eids.device() == keys.device()) &&
                         (!times.defined() || times.device() == keys.device()),
-                    "ncache: the tables must be on one device");
+                    "ncache.", op, ": the tables must be on one device, keys is on ", keys.device());
+}
+
+// The state tables are updated in place, so they must already be dense: a copy would lose the update.
+inline Layout check_tables(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
+                           const at::Tensor& values, at::IntArrayRef sizes, const char* op = "update") {
+  check_table_shapes(keys, eids, times, values, op);
+  for (const at::Tensor* t : {&keys, &eids, &times, &values})
+    TORCH_CHECK_VALUE(!t->defined() || t->is_contiguous(), "ncache.", op,
+                      ": the tables must be contiguous (they are written in place), got strides ", t->strides(),
+                      " for shape ", t->sizes(), "; call .contiguous() on the cache's tables first");
+  const Layout L = make_layout(sizes, values.size(2));
+  TORCH_CHECK_VALUE(keys.size(1) == L.S, "ncache.", op, ": keys has ", keys.size(1), " columns, sizes ", sizes,
+                    " imply S = 1 + sum(sizes) = ", L.S);
   return L;
 }
 

@@ -46,9 +46,11 @@ void check_batch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor&
   TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, "ncache.update: t must be float64, got ", t.scalar_type());
   if (edge_values.has_value()) {
     const at::Tensor& v = *edge_values;
-    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat, "ncache.update: values must be float32, got ", v.scalar_type());
-    TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == B && v.size(1) == L.D, "ncache.update: values must be [", B,
-                      ", ", L.D, "], got ", v.sizes());
+    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat, "ncache.update: edge_values must be float32, got ",
+                     v.scalar_type());
+    TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == B && v.size(1) == L.D, "ncache.update: edge_values must be [",
+                      B, ", ", L.D, "], got ", v.sizes());
+    TORCH_CHECK_VALUE(v.is_cpu(), "ncache.update: edge_values must be on the CPU like the cache");
   }
 }
 
@@ -72,7 +74,8 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   FL_CHECK_CPU(keys);
   const Layout L = check_tables(keys, eids, times, values, sizes);
   TORCH_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == at::kDouble && last_time.is_cpu(),
-                    "ncache.update: last_time must be a float64 tensor of one element");
+                    "ncache.update: last_time must be a float64 CPU tensor of one element, got ",
+                    last_time.scalar_type(), " of shape ", last_time.sizes(), " on ", last_time.device());
   const at::Tensor src = check_ids(src_in, "src", keys), dst = check_ids(dst_in, "dst", keys);
   const at::Tensor eid = check_ids(eid_in, "eid", keys);
   check_batch(src, dst, t_in, eid, edge_values_in, L);
@@ -213,12 +216,16 @@ void check_nodes(const int64_t* p, int64_t n, int64_t N, const char* op, const c
                       " is out of range [0, ", N, ")");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::Tensor& keys, const at::Tensor& eids,
-                                                                      const at::Tensor& times,
-                                                                      const at::Tensor& values,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::Tensor& keys_in,
+                                                                      const at::Tensor& eids_in,
+                                                                      const at::Tensor& times_in,
+                                                                      const at::Tensor& values_in,
                                                                       const at::Tensor& nodes_in) {
-  FL_CHECK_CPU(keys);
-  TORCH_CHECK_VALUE(keys.dim() == 2 && values.dim() == 3, "ncache.lookup: keys must be [N, S], values [N, S, D]");
+  FL_CHECK_CPU(keys_in);
+  check_table_shapes(keys_in, eids_in, times_in, values_in, "lookup");
+  // Read-only here, so any layout is served (a table loaded with load_state_dict(assign=True) may be a view).
+  const at::Tensor keys = keys_in.contiguous(), eids = eids_in.contiguous(), times = times_in.contiguous(),
+                   values = values_in.contiguous();
   const at::Tensor nodes = check_ids(nodes_in, "nodes", keys);
   const int64_t n = nodes.size(0), N = keys.size(0), S = keys.size(1), D = values.size(2);
   const int64_t* np = nodes.const_data_ptr<int64_t>();
@@ -248,10 +255,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
-    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& u_in, const at::Tensor& v_in,
+    const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
     at::IntArrayRef sizes, int64_t seed) {
-  FL_CHECK_CPU(keys);
-  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes);
+  FL_CHECK_CPU(keys_in);
+  check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
+  // Read-only: any layout is served by a dense copy.
+  const at::Tensor keys = keys_in.contiguous(), values = values_in.contiguous();
+  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes, "pair_features");
   const at::Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
   TORCH_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ",
                     u.size(0), " and ", v.size(0));

@@ -6,7 +6,8 @@
 // writes them. In a block, threads stage a chunk of candidates in shared memory and the thread owning a slot
 // keeps the maximum of its candidates: no atomics on the result, hence no dependence on scheduling.
 // pair_features: one block per pair, one thread per entry of the joint row; first appearances are compacted by a
-// warp-ballot prefix sum. Argument ranges are checked in Python before the launch (one host sync there).
+// warp-ballot prefix sum. Argument ranges are checked here before the launch (one host sync per call), so the
+// registered ops are safe to call directly.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,6 +21,30 @@ namespace {
 constexpr int kUpdateThreads = 128;
 constexpr int kPairThreads = 128;
 constexpr int64_t kMaxSlotsCuda = 1024;  // per hop: the block keeps one candidate per slot in shared memory
+
+// The batch's ranges and times as device reductions read back in one host sync: the kernels index rows by these
+// ids, and a bad one would be an out-of-bounds access that CUDA reports late or not at all.
+void check_batch_on_device(int64_t n, const at::Tensor& src, const at::Tensor& dst, const at::Tensor& t,
+                           const at::Tensor& last_time) {
+  const at::Tensor flags =
+      at::stack({((src < 0) | (src >= n)).any(), ((dst < 0) | (dst >= n)).any(),
+                 (at::isfinite(t).logical_not() | (t < 0)).any(),
+                 (t.slice(0, 1) < t.slice(0, 0, t.size(0) - 1)).any(), (t[0] < last_time.reshape({})).any()})
+          .cpu();
+  const bool* f = flags.const_data_ptr<bool>();
+  TORCH_CHECK_INDEX(!f[0], "ncache.update: src has ids out of range [0, ", n, ")");
+  TORCH_CHECK_INDEX(!f[1], "ncache.update: dst has ids out of range [0, ", n, ")");
+  TORCH_CHECK_VALUE(!f[2], "ncache.update: t must be finite and >= 0");
+  TORCH_CHECK_VALUE(!f[3], "ncache.update: t must be non-decreasing within a batch");
+  TORCH_CHECK_VALUE(!f[4], "ncache.update: the batch starts older than the cache's latest time (reset() the cache ",
+                    "to replay a stream)");
+}
+
+void check_nodes_on_device(const at::Tensor& x, int64_t n, const char* op, const char* name) {
+  if (x.numel() == 0) return;
+  TORCH_CHECK_INDEX(!((x < 0) | (x >= n)).any().item<bool>(), "ncache.", op, ": ", name,
+                    " has ids out of range [0, ", n, ")");
+}
 
 __device__ __forceinline__ int64_t hop_of_col(const Layout& L, int64_t c) {
   int64_t h = 0;
@@ -101,25 +126,30 @@ void update_cuda(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tens
     TORCH_CHECK_VALUE(L.m[h] <= kMaxSlotsCuda, "ncache (CUDA): at most ", kMaxSlotsCuda, " slots per hop");
   TORCH_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == at::kDouble &&
                         last_time.device() == keys.device(),
-                    "ncache.update: last_time must be a float64 tensor of one element on the cache's device");
+                    "ncache.update: last_time must be a float64 tensor of one element on the cache's device, got ",
+                    last_time.scalar_type(), " of shape ", last_time.sizes(), " on ", last_time.device());
   const at::Tensor src = check_ids(src_in, "src", keys), dst = check_ids(dst_in, "dst", keys);
   const at::Tensor eid = check_ids(eid_in, "eid", keys);
   const int64_t B = src.size(0);
   TORCH_CHECK_VALUE(dst.size(0) == B && eid.size(0) == B && t_in.dim() == 1 && t_in.size(0) == B,
-                    "ncache.update: src, dst, t and eid must have one length");
-  TORCH_CHECK_TYPE(t_in.scalar_type() == at::kDouble, "ncache.update: t must be float64");
+                    "ncache.update: src, dst, t and eid must have one length, got ", B, ", ", dst.size(0), ", ",
+                    t_in.sizes(), ", ", eid.size(0));
+  TORCH_CHECK_TYPE(t_in.scalar_type() == at::kDouble, "ncache.update: t must be float64, got ", t_in.scalar_type());
   TORCH_CHECK_VALUE(t_in.device() == keys.device(), "ncache.update: t must be on the cache's device");
   at::Tensor ev;
   if (edge_values_in.has_value()) {
     ev = edge_values_in->contiguous();
-    TORCH_CHECK_TYPE(ev.scalar_type() == at::kFloat, "ncache.update: values must be float32");
+    TORCH_CHECK_TYPE(ev.scalar_type() == at::kFloat, "ncache.update: edge_values must be float32, got ",
+                     ev.scalar_type());
     TORCH_CHECK_VALUE(ev.dim() == 2 && ev.size(0) == B && ev.size(1) == L.D && ev.device() == keys.device(),
-                      "ncache.update: values must be [B, D] on the cache's device");
+                      "ncache.update: edge_values must be [", B, ", ", L.D, "] on the cache's device, got ",
+                      ev.sizes(), " on ", ev.device());
   }
   if (B == 0) return;
   const uint64_t thr = threshold53(replace_prob);
   const at::Tensor t = t_in.contiguous();
   const c10::cuda::CUDAGuard guard(keys.device());
+  check_batch_on_device(keys.size(0), src, dst, t, last_time);
   auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor owners = at::stack({src, dst}, 1).reshape({-1});
   auto sorted = at::sort(owners, /*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -143,7 +173,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cuda(const at:
                                                                        const at::Tensor& times,
                                                                        const at::Tensor& values,
                                                                        const at::Tensor& nodes_in) {
+  check_table_shapes(keys, eids, times, values, "lookup");
   const at::Tensor nodes = check_ids(nodes_in, "nodes", keys);
+  const c10::cuda::CUDAGuard guard(keys.device());
+  check_nodes_on_device(nodes, keys.size(0), "lookup", "nodes");
+  // index_select honours any strides of the tables.
   return {keys.index_select(0, nodes), eids.index_select(0, nodes), times.index_select(0, nodes),
           values.index_select(0, nodes)};
 }
@@ -213,12 +247,16 @@ __global__ void pair_kernel(const int64_t* __restrict__ K, const float* __restri
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cuda(
-    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& u_in, const at::Tensor& v_in,
+    const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
     at::IntArrayRef sizes, int64_t seed) {
-  TORCH_CHECK(keys.is_cuda(), "ncache_pair_features (CUDA): keys must be a CUDA tensor");
-  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes);
+  TORCH_CHECK(keys_in.is_cuda(), "ncache_pair_features (CUDA): keys must be a CUDA tensor");
+  check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
+  // Read-only: any layout is served by a dense copy.
+  const at::Tensor keys = keys_in.contiguous(), values = values_in.contiguous();
+  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes, "pair_features");
   const at::Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
-  TORCH_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length");
+  TORCH_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ", u.size(0),
+                    " and ", v.size(0));
   const int64_t P = u.size(0), Kmax = 2 * L.S, H = L.hops;
   at::Tensor okeys = at::empty({P, Kmax}, keys.options());
   at::Tensor codes = at::empty({P, Kmax}, keys.options());
@@ -227,6 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
   at::Tensor counts = at::empty({P, H, H}, keys.options());
   if (P == 0) return {okeys, codes, feats, mask, counts};
   const c10::cuda::CUDAGuard guard(keys.device());
+  check_nodes_on_device(at::cat({u, v}), keys.size(0), "pair_features", "u or v");
   pair_kernel<<<unsigned(P), kPairThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       keys.const_data_ptr<int64_t>(), values.const_data_ptr<float>(), u.const_data_ptr<int64_t>(),
       v.const_data_ptr<int64_t>(), L, seed_mix_of(seed), okeys.mutable_data_ptr<int64_t>(),

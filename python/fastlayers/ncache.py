@@ -54,22 +54,24 @@ class NCache(torch.nn.Module):
     def __init__(self, num_nodes: int, sizes=(32, 16), value_dim: int = 4, replace_prob: float = 0.9,
                  seed: int = 0, device=None, huge_pages: bool = True):
         super().__init__()
-        if not isinstance(num_nodes, int) or num_nodes < 0:
-            raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
-        sizes = tuple(sizes)
-        if not 1 <= len(sizes) <= 3 or not all(isinstance(m, int) and m >= 1 for m in sizes):
-            raise ValueError(f"sizes must be 1 to 3 positive ints, got {sizes!r}")
-        if not isinstance(value_dim, int) or value_dim < 1:
-            raise ValueError(f"value_dim must be a positive int, got {value_dim!r}")
-        if not 0.0 <= float(replace_prob) <= 1.0:
-            raise ValueError(f"replace_prob must be in [0, 1], got {replace_prob!r}")
+        # Refused rather than coerced: NCache(True), sizes=(True, 4), seed="3" or replace_prob="0.5" are mistakes.
+        num_nodes = _ops.int_arg("num_nodes", num_nodes, 0, 1 << 62)
+        sizes = tuple(_ops.sizes_arg(sizes))
+        value_dim = _ops.int_arg("value_dim", value_dim, 1, 1 << 31)
+        replace_prob = _ops.prob_arg("replace_prob", replace_prob)
+        seed = _ops.seed_arg(seed)
+        if not isinstance(huge_pages, bool):
+            raise TypeError(f"huge_pages must be a bool, got {type(huge_pages).__name__} {huge_pages!r}")
         self.num_nodes, self.sizes, self.value_dim = num_nodes, sizes, value_dim
-        self.replace_prob, self.seed = float(replace_prob), int(seed)
-        self.huge_pages = bool(huge_pages)
+        self.replace_prob, self.seed = replace_prob, seed
+        self.huge_pages = huge_pages
         self.offsets = [0, 1]
         for m in sizes:
             self.offsets.append(self.offsets[-1] + m)
         s = self.offsets[-1]
+        if num_nodes * s * max(value_dim * 4, 8) >= 1 << 62:
+            raise ValueError(f"NCache tables of num_nodes x S x value_dim = {num_nodes} x {s} x {value_dim} are "
+                             "too large to allocate")
         self.register_buffer("keys", torch.empty(num_nodes, s, dtype=torch.int64, device=device))
         self.register_buffer("eids", torch.empty(num_nodes, s, dtype=torch.int64, device=device))
         self.register_buffer("times", torch.empty(num_nodes, s, dtype=torch.float64, device=device))
@@ -112,6 +114,14 @@ class NCache(torch.nn.Module):
         a, b = self.offsets[h], self.offsets[h + 1]
         return Lookup(self.keys[:, a:b], self.eids[:, a:b], self.times[:, a:b], self.values[:, a:b])
 
+    def _dense(self) -> None:
+        # load_state_dict(assign=True) (or a user assignment) can install views: expanded, transposed or sliced
+        # tables. The kernels read and write dense rows, so such a buffer is replaced by a dense copy once, here.
+        for name in _TABLE_DTYPES:
+            t = getattr(self, name)
+            if isinstance(t, torch.Tensor) and not t.is_contiguous():
+                setattr(self, name, t.contiguous())
+
     @torch.no_grad()
     def update(self, src, dst, t, eid, values=None) -> None:
         """Insert a batch of positive edges (see :func:`fastlayers.ops.ncache_update` for the rule and errors).
@@ -119,17 +129,20 @@ class NCache(torch.nn.Module):
         src, dst, eid: [B] integer; t: [B] float64 or integer, non-decreasing and not older than the latest
         time already inserted (ValueError otherwise: reset() to replay); values: [B, value_dim] or None.
         """
+        self._dense()
         _ops.ncache_update(self.keys, self.eids, self.times, self.values, self.last_time, src, dst, t, eid,
                            values, self.sizes, self.replace_prob, self.seed)
 
     @torch.no_grad()
     def lookup(self, nodes) -> Lookup:
         """keys, eids, times and values of all hops for nodes [B]: [B, S] (values [B, S, D])."""
+        self._dense()
         return Lookup(*_ops.ncache_lookup(self.keys, self.eids, self.times, self.values, nodes))
 
     @torch.no_grad()
     def pair_features(self, u, v) -> PairFeatures:
         """Joint neighbourhood of pairs (u[p], v[p]): see :func:`fastlayers.ops.ncache_pair_features`."""
+        self._dense()
         return PairFeatures(*_ops.ncache_pair_features(self.keys, self.values, u, v, self.sizes, self.seed))
 
     def _apply(self, fn, recurse=True):

@@ -4,6 +4,8 @@ Kernels: C++ on the CPU (csrc/align/), Triton on CUDA (kernels/align.py). This m
 functions, the fake kernels and the autograd formulas (backward ops, never autograd through the loop).
 """
 
+import math
+
 import torch
 
 from .. import _validate as V
@@ -18,6 +20,9 @@ def _has_kernel(t: torch.Tensor, *sides: int) -> bool:
         return False
     return t.device.type == "cpu" or max(sides, default=0) <= _GPU_MAX_SIDE
 _MODES = ("masked", "reference")
+# The forward keeps [B, num_iters, N] lse vectors for its backward: beyond this the sizes overflow before memory
+# runs out, which ATen reports as a SymInt conversion error naming nothing.
+_MAX_ITERS = 1 << 24
 
 
 def _mask(name, mask, b, n, device):
@@ -50,21 +55,23 @@ def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.
             only real entries receive noise. generator: torch.Generator for the noise.
 
     Returns:
-        P [B, N, M], logits' dtype. Differentiable in logits. On CUDA, pairs larger than 64 x 64 run the eager
-        reference (the Triton kernel keeps a pair on chip).
+        P [B, N, M], logits' dtype. Differentiable in logits, first order only (a second derivative raises
+        DoubleBackwardError). On CUDA, pairs larger than 64 x 64 run the eager reference (the Triton kernel
+        keeps a pair on chip).
     """
     V.tensor("logits", logits)
     if logits.dim() != 3:
         raise ValueError(f"logits must be 3-D [B, N, M], got shape {tuple(logits.shape)}")
     V.floating("logits", logits)
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
-        raise ValueError(f"tau must be a number > 0, got {tau!r}")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"num_iters must be an int >= 1, got {num_iters!r}")
+    # inf or NaN scales would turn every P into NaN (or a 0 / 0 in the kernel): refused like negative ones.
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < math.inf:
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= _MAX_ITERS:
+        raise ValueError(f"num_iters must be an int in [1, {_MAX_ITERS}], got {num_iters!r}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     b, n, m = logits.shape
     rm = _mask("row_mask", row_mask, b, n, logits.device)
     cm = _mask("col_mask", col_mask, b, m, logits.device)
@@ -95,6 +102,7 @@ def align_score(hq: torch.Tensor, hc: torch.Tensor, P: torch.Tensor) -> torch.Te
     """Asymmetric hinge score ``s[b] = -sum_{u,d} ReLU(hq - P hc)[b, u, d]`` (q must be covered by c).
 
     hq [B, N, D], hc [B, M, D], P [B, N, M], one float dtype. Returns s [B]; differentiable in all three.
+    First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     _check_transport(hq, hc, P)
     if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
@@ -106,6 +114,7 @@ def partner(P: torch.Tensor, hq: torch.Tensor, hc: torch.Tensor):
     """Partner features ``(P hc [B, N, D], P^T hq [B, M, D])`` for the early-interaction layers.
 
     P [B, N, M], hq [B, N, D], hc [B, M, D], one float dtype. Differentiable in all three.
+    First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     _check_transport(hq, hc, P)
     if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
@@ -152,6 +161,12 @@ def _partner_bwd_fake(grad_qp, grad_cp, P, hq, hc):
 # ---- autograd --------------------------------------------------------------------------------------------------
 
 
+from ._double_backward import first_order_only  # noqa: E402
+
+# The backward kernels below have no derivatives of their own (sinkhorn's runs the iterations backwards from the
+# saved log-sum-exps; align_score's hinge and partner's products are fused): double backward is refused.
+
+
 def _sinkhorn_setup(ctx, inputs, output):
     logits, row_mask, col_mask, tau, _num_iters, reference = inputs
     _, row_lse, col_lse = output
@@ -162,8 +177,10 @@ def _sinkhorn_setup(ctx, inputs, output):
 
 def _sinkhorn_backward(ctx, grad_P, _g_row, _g_col):
     logits, row_mask, col_mask, row_lse, col_lse = ctx.saved_tensors
-    grad = torch.ops.fastlayers.sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, ctx.tau,
-                                             ctx.reference)
+    grad = first_order_only(
+        "sinkhorn", "fastlayers.reference.sinkhorn",
+        lambda g, lg: torch.ops.fastlayers.sinkhorn_bwd(g, lg, row_mask, col_mask, row_lse, col_lse, ctx.tau,
+                                                        ctx.reference), grad_P, logits)
     return grad, None, None, None, None, None
 
 
@@ -176,7 +193,8 @@ def _score_setup(ctx, inputs, output):
 
 def _score_backward(ctx, grad_s):
     hq, hc, P = ctx.saved_tensors
-    return torch.ops.fastlayers.align_score_bwd(grad_s, hq, hc, P)
+    return first_order_only("align_score", "fastlayers.reference.align_score",
+                            torch.ops.fastlayers.align_score_bwd, grad_s, hq, hc, P)
 
 
 torch.library.register_autograd("fastlayers::align_score_fwd", _score_backward, setup_context=_score_setup)
@@ -191,7 +209,8 @@ def _partner_backward(ctx, grad_qp, grad_cp):
     # A partner output that did not reach the loss comes back as None.
     grad_qp = torch.zeros_like(hq) if grad_qp is None else grad_qp
     grad_cp = torch.zeros_like(hc) if grad_cp is None else grad_cp
-    return torch.ops.fastlayers.partner_bwd(grad_qp, grad_cp, P, hq, hc)
+    return first_order_only("partner", "fastlayers.reference.partner",
+                            torch.ops.fastlayers.partner_bwd, grad_qp, grad_cp, P, hq, hc)
 
 
 torch.library.register_autograd("fastlayers::partner_fwd", _partner_backward, setup_context=_partner_setup)

@@ -62,6 +62,7 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
 
     Returns:
         [N, D] new states, h's dtype. Differentiable in h, partner (or P and other) and every weight.
+        First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     V.tensor("h", h)
     if h.dim() != 2:
@@ -132,6 +133,9 @@ def _isonet_layer_backward_fake(grad, h, partner, rowptr, col, mask, iw1, ib1, i
     return [h.new_empty(n, w) for w in widths]
 
 
+from ._double_backward import first_order_only  # noqa: E402
+
+
 def _setup(ctx, inputs, output):
     h, partner, P, other, transpose, rowptr, col, mask, *weights = inputs
     ctx.transpose = transpose
@@ -170,6 +174,12 @@ def _folded_layer(h, partner, P, other, transpose, src, dst, deg, mask, iw1, ib1
 
 def _backward(ctx, grad):
     h, partner, P, other, rowptr, col, mask, *weights = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True. Neither path is differentiable (the C++ backward kernel has no derivative; the
+        # recompute below differentiates detached leaves), so the gradients are computed as usual (grad mode is
+        # off inside first_order_only's call) and a second derivative through them raises.
+        return first_order_only("isonet_layer", "fastlayers.reference.isonet_layer",
+                                lambda g, *_: _backward(ctx, g), grad, h, partner, P, other, *weights)
     if h.device.type == "cpu":
         return _backward_cpu(ctx.transpose, grad, h, partner, P, other, rowptr, col, mask, weights)
     need = ctx.needs_input_grad

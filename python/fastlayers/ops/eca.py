@@ -25,16 +25,15 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.
 
     Returns:
         Tensor of x's shape, dtype and memory format. Differentiable in x and weight.
+        First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     V.tensor("x", x)
     V.tensor("weight", weight)
     V.boolean("circular", circular)
     if x.dim() not in (3, 4, 5):
         raise ValueError(f"x must be [N, C, *spatial] with 1 to 3 spatial dims, got shape {tuple(x.shape)}")
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        V.same_device(x=x, weight=weight)
-        return _reference_eca(x, weight, circular)  # CPU autocast: correct, unfused (no half CPU kernel)
-    V.floating("x", x)
+    # The weight is checked before any path is chosen: the CPU half path below would otherwise take an integer
+    # or 2-D weight through the reference without a word.
     if weight.dim() != 1:
         raise ValueError(f"weight must be 1-D [k], got shape {tuple(weight.shape)} (use conv.weight.view(-1))")
     if weight.numel() % 2 != 1:
@@ -42,6 +41,9 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.
     if not weight.dtype.is_floating_point:
         raise TypeError(f"weight must have a floating dtype, got {weight.dtype}")
     V.same_device(x=x, weight=weight)
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return _reference_eca(x, weight, circular)  # CPU autocast: correct, unfused (no half CPU kernel)
+    V.floating("x", x)
     if x.device.type not in _KERNEL_DEVICES:
         return _reference_eca(x, weight, circular)
     return torch.ops.fastlayers.eca_fwd(x, weight, circular)[0]
@@ -63,6 +65,9 @@ def _eca_bwd_fake(grad_y, x, weight, pooled, gate, circular):
     return V.dense_like(x), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
+from ._double_backward import first_order_only  # noqa: E402
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, circular = inputs
     _, pooled, gate = output
@@ -73,7 +78,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, _grad_pooled, _grad_gate):
     x, weight, pooled, gate = ctx.saved_tensors
-    grad_x, grad_w = torch.ops.fastlayers.eca_bwd(grad_y, x, weight, pooled, gate, ctx.circular)
+    # eca_bwd has no derivative of its own (its formula runs through the sigmoid gate and the channel conv):
+    # double backward is refused rather than computed.
+    grad_x, grad_w = first_order_only(
+        "eca", "fastlayers.reference.eca",
+        lambda g, xx, w: torch.ops.fastlayers.eca_bwd(g, xx, w, pooled, gate, ctx.circular), grad_y, x, weight)
     return (grad_x if ctx.needs_input_grad[0] else None), (grad_w if ctx.needs_input_grad[1] else None), None
 
 

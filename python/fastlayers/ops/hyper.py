@@ -12,6 +12,43 @@ from ..reference import hyper as _reference
 _KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
 
 
+def _check_linear(x, phi, weight, bias, base_weight, base_bias, xn="x", phin="phi"):
+    """Validates hyper_linear's arguments, naming x and phi as the caller calls them (interval_hyper_linear
+    passes x_c, phi_c). Returns (O, I)."""
+    V.tensor(xn, x)
+    V.tensor(phin, phi)
+    V.tensor("weight", weight)
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{xn} must be [B, I] or [B, T, I], got shape {tuple(x.shape)}")
+    if phi.dim() != 2:
+        raise ValueError(f"{phin} must be [B, h], got shape {tuple(phi.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [O*I + O, h], got shape {tuple(weight.shape)}")
+    n_batch, n_in, h = x.shape[0], x.shape[-1], phi.shape[1]
+    if phi.shape[0] != n_batch:
+        raise ValueError(f"{phin} has {phi.shape[0]} rows but {xn} has batch {n_batch}: one {phin} row per sample")
+    if weight.shape[1] != h:
+        raise ValueError(f"weight must have h = {h} columns ({phin}'s width), got shape {tuple(weight.shape)}")
+    rows = weight.shape[0]
+    if rows == 0 or rows % (n_in + 1):
+        raise ValueError(f"weight rows must be O*I + O with I = {n_in} (a multiple of {n_in + 1}), got {rows}")
+    n_out = rows // (n_in + 1)
+    named = {xn: x, phin: phi, "weight": weight}
+    for name, t, shape in (("bias", bias, (rows,)), ("base_weight", base_weight, (n_out, n_in)),
+                           ("base_bias", base_bias, (n_out,))):
+        if t is not None:
+            V.tensor(name, t)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(t.shape)}")
+            named[name] = t
+    V.same_device(**named)
+    for name, t in named.items():
+        V.floating(name, t)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {xn} has {x.dtype}; use one dtype")
+    return n_out, n_in
+
+
 def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
     """A hypernetwork-generated linear layer, applied without materialising the per-sample weights.
 
@@ -30,38 +67,9 @@ def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
 
     All tensors share one device and one floating dtype: float32/float64 on CPU, also float16/bfloat16 on CUDA
     (float32 accumulation). Returns [B, O] or [B, T, O]; differentiable in every tensor argument.
+    First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
-    V.tensor("x", x)
-    V.tensor("phi", phi)
-    V.tensor("weight", weight)
-    if x.dim() not in (2, 3):
-        raise ValueError(f"x must be [B, I] or [B, T, I], got shape {tuple(x.shape)}")
-    if phi.dim() != 2:
-        raise ValueError(f"phi must be [B, h], got shape {tuple(phi.shape)}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be [O*I + O, h], got shape {tuple(weight.shape)}")
-    n_batch, n_in, h = x.shape[0], x.shape[-1], phi.shape[1]
-    if phi.shape[0] != n_batch:
-        raise ValueError(f"phi has {phi.shape[0]} rows but x has batch {n_batch}: one phi row per sample")
-    if weight.shape[1] != h:
-        raise ValueError(f"weight must have h = {h} columns (phi's width), got shape {tuple(weight.shape)}")
-    rows = weight.shape[0]
-    if rows == 0 or rows % (n_in + 1):
-        raise ValueError(f"weight rows must be O*I + O with I = {n_in} (a multiple of {n_in + 1}), got {rows}")
-    n_out = rows // (n_in + 1)
-    named = {"x": x, "phi": phi, "weight": weight}
-    for name, t, shape in (("bias", bias, (rows,)), ("base_weight", base_weight, (n_out, n_in)),
-                           ("base_bias", base_bias, (n_out,))):
-        if t is not None:
-            V.tensor(name, t)
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{name} must have shape {list(shape)}, got {tuple(t.shape)}")
-            named[name] = t
-    V.same_device(**named)
-    for name, t in named.items():
-        V.floating(name, t)
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; use one dtype")
+    n_out, n_in = _check_linear(x, phi, weight, bias, base_weight, base_bias)
     if x.device.type not in _KERNEL_DEVICES:
         return _reference.hyper_linear(x, phi, weight, bias, base_weight, base_bias)
     w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
@@ -87,6 +95,9 @@ def _bwd_fake(grad_y, x, phi, weight, w0, need_input, need_weight):
             x.new_empty((n_out, n_in)), x.new_empty((n_out,)))
 
 
+from ._double_backward import first_order_only  # noqa: E402
+
+
 def _setup_context(ctx, inputs, output):
     x, phi, weight, w0, b0 = inputs
     ctx.save_for_backward(x, phi, weight, w0)
@@ -95,8 +106,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y):
     x, phi, weight, w0 = ctx.saved_tensors
     need = ctx.needs_input_grad
-    gx, gphi, gw, gw0, gb0 = torch.ops.fastlayers.hyper_linear_bwd(
-        grad_y, x, phi, weight, w0, need[0] or need[1], need[2])
+    # hyper_linear_bwd has no derivative of its own: double backward is refused rather than computed.
+    gx, gphi, gw, gw0, gb0 = first_order_only(
+        "hyper_linear (and fastlayers.ops.interval_hyper_linear, built on it)",
+        "fastlayers.reference.hyper_linear (or fastlayers.reference.interval_hyper_linear)",
+        lambda g, xx, p, w, w0_: torch.ops.fastlayers.hyper_linear_bwd(g, xx, p, w, w0_, need[0] or need[1],
+                                                                       need[2]),
+        grad_y, x, phi, weight, w0)
     return (gx if need[0] else None, gphi if need[1] else None, gw if need[2] else None,
             gw0 if need[3] else None, gb0 if need[4] else None)
 
@@ -121,25 +137,26 @@ def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
         phi_c, phi_r: [B, h]; phi_r >= 0 (not checked).
         weight: [O*I + O, h]; bias: optional [O*I + O].
     Returns:
-        (y_c, y_r), each [B, O] or [B, T, O]. Differentiable in every tensor argument. Nothing of size B*O*I is
-        materialised: y_c and the W_r term are hyper_linear calls, the |W_c| term a tiled op of its own.
+        (y_c, y_r), each [B, O] or [B, T, O]. Differentiable in every tensor argument (first order only: a
+        second derivative raises DoubleBackwardError). Nothing of size B*O*I is materialised: y_c and the W_r
+        term are hyper_linear calls, the |W_c| term a tiled op of its own.
     """
-    V.tensor("x_c", x_c)
+    n_out, n_in = _check_linear(x_c, phi_c, weight, bias, None, None, "x_c", "phi_c")
     V.tensor("x_r", x_r)
     V.tensor("phi_r", phi_r)
     if x_r.shape != x_c.shape:
         raise ValueError(f"x_r must have x_c's shape {tuple(x_c.shape)}, got {tuple(x_r.shape)}")
-    if phi_r.shape != getattr(phi_c, "shape", None):
-        raise ValueError(f"phi_r must have phi_c's shape {tuple(getattr(phi_c, 'shape', ()))}, got "
-                         f"{tuple(phi_r.shape)}")
-    y_c = hyper_linear(x_c, phi_c, weight, bias)  # validates x_c, phi_c, weight, bias
+    if phi_r.shape != phi_c.shape:
+        raise ValueError(f"phi_r must have phi_c's shape {tuple(phi_c.shape)}, got {tuple(phi_r.shape)}")
     V.same_device(x_c=x_c, x_r=x_r, phi_r=phi_r)
     for name, t in (("x_r", x_r), ("phi_r", phi_r)):
         if t.dtype != x_c.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but x_c has {x_c.dtype}; use one dtype")
-    n_in = x_c.shape[-1]
-    n_out = weight.shape[0] // (n_in + 1)
+    y_c = hyper_linear(x_c, phi_c, weight, bias)
     y_r = hyper_linear(x_c.abs() + x_r, phi_r, weight.abs())
+    if n_in == 0:
+        # No input features: |W_c| x_r is an empty sum (and its op could not tell O from weight's 0 rows).
+        return y_c, y_r
     rows = weight[: n_out * n_in]
     w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
     x3 = x_r.unsqueeze(1) if x_r.dim() == 2 else x_r
@@ -167,7 +184,9 @@ def _abs_setup_context(ctx, inputs, output):
 
 def _abs_backward(ctx, grad_y):
     x, phi, weight, w0 = ctx.saved_tensors
-    grads = torch.ops.fastlayers.hyper_abs_linear_bwd(grad_y, x, phi, weight, w0)
+    # |W| has no useful second derivative and hyper_abs_linear_bwd no derivative of its own: refused.
+    grads = first_order_only("interval_hyper_linear", "fastlayers.reference.interval_hyper_linear",
+                             torch.ops.fastlayers.hyper_abs_linear_bwd, grad_y, x, phi, weight, w0)
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
 
 

@@ -15,6 +15,7 @@ from .. import _C
 from .. import _validate as V
 from ..graph import Graph, check_edge_weight
 from ..reference import mp as _ref
+from ._double_backward import first_order_only
 
 REDUCES = ("sum", "mean", "min", "max")
 _KERNEL_DEVICES = {"cpu"} | ({"cuda"} if _C.build_info()["cuda"] else set())
@@ -109,12 +110,14 @@ def scatter(src: torch.Tensor, index: torch.Tensor, dim: int = 0, dim_size: int 
         index: int64/int32 [src.size(dim)] (broadcast along dim; an index of src's rank with size 1 in every other
             dim is accepted too), values in [0, dim_size); unsorted is fine.
         dim: the dimension reduced.
-        dim_size: output size along dim; default ``index.max() + 1``.
-        reduce: "sum", "mean" (divides by the count), "min" or "max". Empty slots give 0.
+        dim_size: output size along dim; default ``index.max() + 1``. Not capped: the kernels index with int64, and
+            an empty src allocates nothing but the (zero) output, so only the allocator can refuse a huge one.
+        reduce: "sum", "mean" (divides by the count), "min" or "max". Empty slots give 0. min/max propagate NaN
+            like ``torch.scatter_reduce`` with "amax"/"amin" (the arg of a NaN result is its first NaN).
 
     Returns:
         src's shape with ``dim`` resized to dim_size, src's dtype. Differentiable in src (min/max: the gradient
-        goes to the lowest position among ties). Deterministic.
+        goes to the lowest position among ties), to any order (double backward too). Deterministic.
     """
     return _scatter(src, index, dim, dim_size, reduce, False)[0]
 
@@ -155,7 +158,31 @@ def _scatter_backward(ctx, grad_out, _grad_arg):
     index, arg = ctx.saved_tensors
     if ctx.reduce in ("min", "max") and not ctx.need_arg:
         raise RuntimeError("scatter_fwd: backward of min/max needs the forward called with need_arg=True")
+    if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+        return _ScatterBwd.apply(grad_out, index, arg, ctx.reduce), None, None, None, None
     return _ops.scatter_bwd(grad_out, index, arg, ctx.reduce), None, None, None, None
+
+
+class _ScatterBwd(torch.autograd.Function):
+    """scatter_bwd with its derivative, for double backward. scatter_bwd is linear in grad_out (its other inputs
+    are indices), so its adjoint is the forward scatter for sum/mean (mean: the same 1/count per slot) and, for
+    min/max, the gather of each slot's winning position (the second derivative of the piecewise-linear
+    reduction itself is zero)."""
+
+    @staticmethod
+    def forward(ctx, grad_out, index, arg, reduce):
+        ctx.save_for_backward(index, arg)
+        ctx.reduce, ctx.n = reduce, grad_out.size(1)
+        return _ops.scatter_bwd(grad_out, index, arg, reduce)
+
+    @staticmethod
+    def backward(ctx, gg):
+        index, arg = ctx.saved_tensors
+        if ctx.reduce in ("min", "max"):
+            A, L, B = gg.shape
+            # Empty slots hold arg = L: the zero row appended at position L.
+            return torch.cat([gg, gg.new_zeros(A, 1, B)], 1).gather(1, arg), None, None, None
+        return _ops.scatter_fwd(gg.contiguous(), index, ctx.n, ctx.reduce, False)[0], None, None, None
 
 
 torch.library.register_autograd("fastlayers::scatter_fwd", _scatter_backward, setup_context=_scatter_setup)
@@ -175,10 +202,10 @@ def segment(src: torch.Tensor, indptr: torch.Tensor, reduce: str = "sum") -> tor
     Args:
         src: floating [E, *] (float32/float64 on CPU).
         indptr: int64/int32 [N+1], non-decreasing, values in [0, E]; rows of src outside every segment are ignored.
-        reduce: "sum", "mean", "min" or "max"; empty segments give 0.
+        reduce: "sum", "mean", "min" or "max"; empty segments give 0; min/max propagate NaN like torch's amax/amin.
 
     Returns:
-        [N, *] of src's dtype. Differentiable in src.
+        [N, *] of src's dtype. Differentiable in src, to any order.
     """
     V.tensor("src", src)
     V.floating("src", src)
@@ -228,7 +255,28 @@ def _segment_backward(ctx, grad_out, _grad_arg):
     indptr, arg = ctx.saved_tensors
     if ctx.reduce in ("min", "max") and not ctx.need_arg:
         raise RuntimeError("segment_fwd: backward of min/max needs the forward called with need_arg=True")
+    if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+        return _SegmentBwd.apply(grad_out, indptr, arg, ctx.num_src, ctx.reduce), None, None, None
     return _ops.segment_bwd(grad_out, indptr, arg, ctx.num_src, ctx.reduce), None, None, None
+
+
+class _SegmentBwd(torch.autograd.Function):
+    """segment_bwd with its derivative, for double backward: linear in grad_out, so its adjoint is segment_fwd
+    for sum/mean and, for min/max, the gather of each segment's winning row (see _ScatterBwd)."""
+
+    @staticmethod
+    def forward(ctx, grad_out, indptr, arg, num_src, reduce):
+        ctx.save_for_backward(indptr, arg)
+        ctx.reduce, ctx.num_src = reduce, num_src
+        return _ops.segment_bwd(grad_out, indptr, arg, num_src, reduce)
+
+    @staticmethod
+    def backward(ctx, gg):
+        indptr, arg = ctx.saved_tensors
+        if ctx.reduce in ("min", "max"):
+            # Empty segments hold arg = num_src: the zero row appended there.
+            return torch.cat([gg, gg.new_zeros(1, gg.size(1))]).gather(0, arg), None, None, None, None
+        return _ops.segment_fwd(gg.contiguous(), indptr, ctx.reduce, False)[0], None, None, None, None
 
 
 torch.library.register_autograd("fastlayers::segment_fwd", _segment_backward, setup_context=_segment_setup)
@@ -261,12 +309,14 @@ def spmm(graph: Graph, x: torch.Tensor, edge_weight: torch.Tensor | None = None,
         x: [N, F] or [N, H, F] float (float32/float64 on CPU).
         edge_weight: [E] (shared by heads) or [E, H] in the caller's edge order; default the graph's stored
             weights, else 1. Cast to x's dtype.
-        reduce: "sum", "mean" (divides by the in-degree, not by the weight sum), "min" or "max" (of w_e * x[u]).
+        reduce: "sum", "mean" (divides by the in-degree, not by the weight sum), "min" or "max" (of w_e * x[u];
+            NaN propagates as in torch's amax/amin).
             Nodes without incoming edges get 0.
 
     Returns:
         x's shape and dtype. Differentiable in x and edge_weight (min/max: the gradient goes to the lowest edge id
-        among ties). Deterministic.
+        among ties). Deterministic. sum/mean support double backward; min/max are first order only (a second
+        derivative raises DoubleBackwardError: use fastlayers.reference.mp.spmm for such a term).
     """
     graph = _graph(graph)
     reduce = _reduce(reduce)
@@ -326,7 +376,12 @@ def _spmm_backward(ctx, grad_out, _grad_arg):
     if ctx.reduce in ("min", "max"):
         if not ctx.need_arg:
             raise RuntimeError("spmm_fwd: backward of min/max needs the forward called with need_arg=True")
-        gx, gw = _ops.spmm_arg_bwd(colptr, row, cperm, weight, x, grad_out, arg, need_x, need_w)
+        # Second derivatives of min/max spmm have cross terms (weight x grad_out gathered at arg) with no kernel
+        # yet: refused rather than computed.
+        gx, gw = first_order_only(
+            f"spmm(reduce={ctx.reduce!r})", f"fastlayers.reference.mp.spmm(..., reduce={ctx.reduce!r})",
+            lambda w, xx, g: _ops.spmm_arg_bwd(colptr, row, cperm, w, xx, g, arg, need_x, need_w),
+            weight, x, grad_out)
         gx = gx if need_x else None
         gw = gw if need_w else None
     else:
@@ -356,7 +411,7 @@ def sddmm(graph: Graph, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a, b: [N, F] or [N, H, F] floats of one shape and dtype.
 
     Returns:
-        [E] for [N, F] inputs, [E, H] for [N, H, F]. Differentiable in a and b.
+        [E] for [N, F] inputs, [E, H] for [N, H, F]. Differentiable in a and b, to any order.
     """
     graph = _graph(graph)
     a = _node_features(graph, "a", a)
@@ -404,7 +459,8 @@ def edge_softmax(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
         scores: [E] or [E, H] floats in the caller's edge order.
 
     Returns:
-        scores' shape and dtype; the weights of each target's incoming edges sum to 1. Differentiable.
+        scores' shape and dtype; the weights of each target's incoming edges sum to 1. Differentiable, to any
+        order (double backward too).
     """
     graph = _graph(graph)
     V.tensor("scores", scores)
@@ -436,7 +492,41 @@ def _edge_softmax_setup(ctx, inputs, output):
 
 def _edge_softmax_backward(ctx, grad):
     rowptr, perm, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+        return None, None, _EdgeSoftmaxBwd.apply(rowptr, perm, out, grad)
     return None, None, _ops.edge_softmax_bwd(rowptr, perm, out, grad)
+
+
+def _in_edge_sum(rowptr, perm, target, v):
+    """Per edge (caller's order), the sum of v [E, H] over the incoming edges of its target; differentiable
+    (segment_fwd over the CSR slots, deterministic, then a gather)."""
+    return _ops.segment_fwd(v[perm].contiguous(), rowptr, "sum", False)[0][target]
+
+
+class _EdgeSoftmaxBwd(torch.autograd.Function):
+    """edge_softmax_bwd with its derivative, for double backward. With y the softmax output, g its gradient and
+    S = sum of y g over the target's in-edges, the backward is r = y (g - S); given gg = dL/dr and
+    T = sum of y gg over the in-edges: dL/dg = y (gg - T) and dL/dy = gg (g - S) - g T."""
+
+    @staticmethod
+    def forward(ctx, rowptr, perm, out, grad):
+        ctx.save_for_backward(rowptr, perm, out, grad)
+        return _ops.edge_softmax_bwd(rowptr, perm, out, grad)
+
+    @staticmethod
+    def backward(ctx, gg):
+        rowptr, perm, out, grad = ctx.saved_tensors
+        n, E = rowptr.numel() - 1, perm.numel()
+        slot_target = torch.repeat_interleave(torch.arange(n, device=perm.device), rowptr.diff(), output_size=E)
+        target = torch.empty_like(perm).index_copy_(0, perm, slot_target)
+        S = _in_edge_sum(rowptr, perm, target, out * grad)
+        T = _in_edge_sum(rowptr, perm, target, out * gg)
+        d_out = d_grad = None
+        if ctx.needs_input_grad[2]:
+            d_out = gg * (grad - S) - grad * T
+        if ctx.needs_input_grad[3]:
+            d_grad = out * (gg - T)
+        return None, None, d_out, d_grad
 
 
 torch.library.register_autograd("fastlayers::edge_softmax_fwd", _edge_softmax_backward,
@@ -455,7 +545,7 @@ def block_spmm(graph: Graph, blocks: torch.Tensor, x: torch.Tensor) -> torch.Ten
         x: [N, d, F] floats (float32/float64 on CPU): d-dimensional stalks with F channels.
 
     Returns:
-        [N, d, F]. Differentiable in blocks and x; nothing of size [E, d, F] is materialised.
+        [N, d, F]. Differentiable in blocks and x, to any order; nothing of size [E, d, F] is materialised.
     """
     graph = _graph(graph)
     x = _node_features(graph, "x", x)
@@ -500,10 +590,36 @@ def _block_backward(ctx, grad):
     if ctx.needs_input_grad[7]:  # the transposed operator: B_e^T over the reversed graph
         gx = _ops.block_spmm_fwd(colptr, row, cperm, rowptr, col, perm, blocks, grad, not ctx.transpose)
     if ctx.needs_input_grad[6]:
-        gb = _ops.block_spmm_bwd_blocks(rowptr, col, perm, grad, x, diag)
+        if torch.is_grad_enabled():  # create_graph=True: the backward must be differentiable itself
+            gb = _BlockBwdBlocks.apply(rowptr, col, perm, colptr, row, cperm, grad, x, diag)
+        else:
+            gb = _ops.block_spmm_bwd_blocks(rowptr, col, perm, grad, x, diag)
         if ctx.transpose and not diag:
             gb = gb.transpose(1, 2)
     return None, None, None, None, None, None, gb, gx, None
+
+
+class _BlockBwdBlocks(torch.autograd.Function):
+    """block_spmm_bwd_blocks with its derivative, for double backward. The blocks' gradient
+    G_e = grad[v] x[u]^T (its diagonal for diag blocks) is bilinear; given gg_e = dL/dG_e the adjoints are
+    block_spmm again: dL/dgrad[v] = sum over in-edges of gg_e x[u], dL/dx[u] = sum over out-edges of
+    gg_e^T grad[v]."""
+
+    @staticmethod
+    def forward(ctx, rowptr, col, perm, colptr, row, cperm, grad, x, diag):
+        ctx.save_for_backward(rowptr, col, perm, colptr, row, cperm, grad, x)
+        return _ops.block_spmm_bwd_blocks(rowptr, col, perm, grad, x, diag)
+
+    @staticmethod
+    def backward(ctx, gg):
+        rowptr, col, perm, colptr, row, cperm, grad, x = ctx.saved_tensors
+        gg = gg.contiguous()
+        d_grad = d_x = None
+        if ctx.needs_input_grad[6]:
+            d_grad = _ops.block_spmm_fwd(rowptr, col, perm, colptr, row, cperm, gg, x, False)
+        if ctx.needs_input_grad[7]:
+            d_x = _ops.block_spmm_fwd(colptr, row, cperm, rowptr, col, perm, gg, grad, True)
+        return None, None, None, None, None, None, d_grad, d_x, None
 
 
 torch.library.register_autograd("fastlayers::block_spmm_fwd", _block_backward, setup_context=_block_setup)

@@ -9,6 +9,7 @@ parameters: no op here is differentiable.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 
@@ -37,6 +38,76 @@ def _ids(name: str, x, device: torch.device, length: int | None = None) -> torch
     if length is not None and x.numel() != length:
         raise ValueError(f"{name} has {x.numel()} entries, expected {length} (one per edge)")
     return x if x.dtype == torch.int64 else x.to(torch.int64)
+
+
+def int_arg(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """v as an int; bools, strings and floats are refused (an implicit int() would coerce them silently)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v >= hi):
+        raise ValueError(f"{name} must be in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}),"
+                         f" got {v}")
+    return v
+
+
+def sizes_arg(sizes) -> list[int]:
+    """Slots per hop: 1 to 3 ints in [1, 2^31) (the kernels' slot arithmetic is 32-bit)."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (tuple, list, torch.Size)):
+        raise TypeError(f"sizes must be a tuple or list of 1 to 3 ints, got {type(sizes).__name__} {sizes!r}")
+    if not 1 <= len(sizes) <= 3:
+        raise ValueError(f"sizes must have 1 to 3 entries (hops 1 .. 3), got {tuple(sizes)!r}")
+    return [int_arg(f"sizes[{i}]", m, 1, 1 << 31) for i, m in enumerate(sizes)]
+
+
+def prob_arg(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(p).__name__} {p!r}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1], got {p!r}")
+    return p
+
+
+def seed_arg(seed) -> int:
+    # The op's schema takes an int64.
+    return int_arg("seed", seed, -(1 << 63), 1 << 63)
+
+
+_TABLES = {"keys": (torch.int64, 2), "eids": (torch.int64, 2), "times": (torch.float64, 2),
+           "values": (torch.float32, 3)}
+
+
+def _tables(op: str, dense: bool, **tables) -> dict:
+    """Checks the tables against keys (dtype, shape, device). dense: the op writes them in place, so they must
+    be contiguous already; otherwise a non-contiguous table (an expanded or transposed view, e.g. after
+    load_state_dict(assign=True)) comes back as a contiguous copy."""
+    keys = tables["keys"]
+    for name, t in tables.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"ncache.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        dtype, dim = _TABLES[name]
+        if t.dtype != dtype:
+            raise TypeError(f"ncache.{op}: {name} must be {str(dtype).replace('torch.', '')}, got {t.dtype}")
+        want = f"[N, S{', D' if dim == 3 else ''}]"
+        if t.dim() != dim or (name != "keys" and tuple(t.shape[:2]) != tuple(keys.shape[:2])):
+            raise ValueError(f"ncache.{op}: {name} must be an {want} table with keys' N, S = "
+                             f"{tuple(keys.shape[:2])}, got shape {tuple(t.shape)}")
+        if t.device != keys.device:
+            raise ValueError(f"ncache.{op}: {name} is on {t.device} but keys is on {keys.device}")
+        if not t.is_contiguous():
+            if dense:
+                raise ValueError(f"ncache.{op}: {name} must be contiguous (the tables are updated in place), got "
+                                 f"strides {t.stride()} for shape {tuple(t.shape)}; call .contiguous() first")
+            tables[name] = t.contiguous()
+    return tables
+
+
+def _check_columns(op: str, keys: torch.Tensor, sizes: list[int]) -> None:
+    s = 1 + sum(sizes)
+    if keys.shape[1] != s:
+        raise ValueError(f"ncache.{op}: keys has {keys.shape[1]} columns but sizes {tuple(sizes)} imply "
+                         f"S = 1 + sum(sizes) = {s}")
 
 
 def _times(t, device: torch.device, length: int) -> torch.Tensor:
@@ -94,6 +165,15 @@ def ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_v
     one batch: latest time wins, then the largest edge id. Raises IndexError (ids out of range), ValueError
     (lengths, bad or backwards times), TypeError (dtypes). An empty batch is a no-op.
     """
+    sizes = sizes_arg(sizes)
+    replace_prob = prob_arg("replace_prob", replace_prob)
+    seed = seed_arg(seed)
+    _tables("update", True, keys=keys, eids=eids, times=times, values=values)
+    _check_columns("update", keys, sizes)
+    if not (isinstance(last_time, torch.Tensor) and last_time.dtype == torch.float64 and last_time.numel() == 1
+            and last_time.device == keys.device):
+        raise ValueError("ncache.update: last_time must be a float64 tensor of one element on the cache's device, "
+                         f"got {last_time!r}")
     device = keys.device
     src = _ids("src", src, device)
     B = src.numel()
@@ -102,24 +182,25 @@ def ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_v
     t = _times(t, device, B)
     if edge_values is not None:
         if not isinstance(edge_values, torch.Tensor):
-            raise TypeError(f"values must be a torch.Tensor or None, got {type(edge_values).__name__}")
+            raise TypeError("edge values (values / edge_values) must be a torch.Tensor or None, got "
+                            f"{type(edge_values).__name__}")
         if edge_values.shape != (B, values.shape[2]):
-            raise ValueError(f"values must be [{B}, {values.shape[2]}] (one vector per edge), got "
-                             f"{tuple(edge_values.shape)}")
+            raise ValueError(f"edge values (values / edge_values) must be [{B}, {values.shape[2]}] (one per edge), "
+                             f"got {tuple(edge_values.shape)}")
         if not edge_values.dtype.is_floating_point:
-            raise TypeError(f"values must be floating, got {edge_values.dtype}")
+            raise TypeError(f"edge values (values / edge_values) must be floating, got {edge_values.dtype}")
         if edge_values.device != device:
-            raise ValueError(f"values is on {edge_values.device} but the cache is on {device}")
+            raise ValueError(f"edge values (values / edge_values) are on {edge_values.device} but the cache is on "
+                             f"{device}")
         edge_values = edge_values.detach().to(torch.float32)
     if B == 0:
         return
-    sizes = [int(m) for m in sizes]
-    if device.type != "cpu":
-        _check_on_device(keys.shape[0], src, dst, t, last_time)
     if _has_kernel("ncache_update", device.type):
+        # The kernels check ids and times themselves (the CUDA one with a single host sync).
         torch.ops.fastlayers.ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_values,
-                                           sizes, float(replace_prob), int(seed))
+                                           sizes, replace_prob, seed)
         return
+    _check_on_device(keys.shape[0], src, dst, t, last_time)
     _ref.ncache_update(keys, eids, times, values, src, dst, t, eid, edge_values, sizes, replace_prob, seed)
     last_time.fill_(torch.maximum(last_time.reshape(()), t[-1]))
 
@@ -130,11 +211,12 @@ def ncache_lookup(keys, eids, times, values, nodes):
     Returns (keys [B, S] int64, eids [B, S] int64, times [B, S] float64, values [B, S, D] float32), columns in
     table order: hop 0 (1 slot), hop-1 slots, hop-2 slots; key -1 marks an empty slot.
     """
+    tb = _tables("lookup", False, keys=keys, eids=eids, times=times, values=values)
+    keys, eids, times, values = tb["keys"], tb["eids"], tb["times"], tb["values"]
     nodes = _ids("nodes", nodes, keys.device)
-    if keys.device.type != "cpu":
-        _check_nodes_on_device("lookup", "nodes", nodes, keys.shape[0])
     if _has_kernel("ncache_lookup", keys.device.type):
         return torch.ops.fastlayers.ncache_lookup(keys, eids, times, values, nodes)
+    _check_nodes_on_device("lookup", "nodes", nodes, keys.shape[0])
     return _ref.ncache_lookup(keys, eids, times, values, nodes)
 
 
@@ -148,14 +230,17 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16), seed: int = 0):
     hop the key is found in, e.g. 1 + 16 = u itself is a 1-hop neighbour of v (H = 3). feats: the entries'
     values summed over those places. counts[p, i, j]: keys present in hop i of u and hop j of v.
     """
+    sizes = sizes_arg(sizes)
+    seed = seed_arg(seed)
+    tb = _tables("pair_features", False, keys=keys, values=values)
+    keys, values = tb["keys"], tb["values"]
+    _check_columns("pair_features", keys, sizes)
     u = _ids("u", u, keys.device)
     v = _ids("v", v, keys.device, u.numel())
-    sizes = [int(m) for m in sizes]
-    if keys.device.type != "cpu":
-        _check_nodes_on_device("pair_features", "u", u, keys.shape[0])
-        _check_nodes_on_device("pair_features", "v", v, keys.shape[0])
     if _has_kernel("ncache_pair_features", keys.device.type):
-        return torch.ops.fastlayers.ncache_pair_features(keys, values, u, v, sizes, int(seed))
+        return torch.ops.fastlayers.ncache_pair_features(keys, values, u, v, sizes, seed)
+    _check_nodes_on_device("pair_features", "u", u, keys.shape[0])
+    _check_nodes_on_device("pair_features", "v", v, keys.shape[0])
     return _ref.ncache_pair_features(keys, values, u, v, sizes)
 
 

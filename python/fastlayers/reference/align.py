@@ -34,9 +34,12 @@ def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.
     """
     valid = _valid(logits, row_mask, col_mask)
     if mode == "reference":
-        x = logits.masked_fill(~valid, 0.0)
+        x = logits
         if noise:
             x = x + noise * gumbel_noise(x.shape, x.dtype, x.device, generator)
+        # Padding is zeroed after the noise: only real entries are perturbed (the documented contract, and what
+        # the kernels compute from noisy logits).
+        x = x.masked_fill(~valid, 0.0)
         x = x / tau
         for _ in range(num_iters):
             x = x - torch.logsumexp(x, dim=2, keepdim=True)

@@ -26,4 +26,7 @@ def isonet_layer(h, partner, edge_index, mask, inter_w1, inter_b1, inter_w2, int
     z = F.linear(F.relu(F.linear(torch.cat([h, partner], 1), inter_w1, inter_b1)), inter_w2, inter_b2)
     m = F.linear(F.relu(F.linear(torch.cat([z[src], z[dst]], 1), msg_w1, msg_b1)), msg_w2, msg_b2)
     agg = torch.zeros(h.shape[0], m.shape[1], dtype=m.dtype, device=m.device).index_add_(0, dst, m)
-    return torch.gru_cell(agg, h, w_ih, w_hh, b_ih, b_hh) * mask[:, None].to(h.dtype)
+    # A select, not the published product with the mask: padding rows come out 0 as documented, also where a NaN
+    # reached them (NaN * 0 is NaN); real rows and every finite value are the same either way.
+    out = torch.gru_cell(agg, h, w_ih, w_hh, b_ih, b_hh)
+    return torch.where(mask[:, None], out, torch.zeros_like(out))

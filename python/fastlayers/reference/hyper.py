@@ -17,7 +17,7 @@ def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
     theta = phi @ weight.t()
     if bias is not None:
         theta = theta + bias
-    w = theta[:, : n_out * n_in].reshape(-1, n_out, n_in)
+    w = theta[:, : n_out * n_in].reshape(theta.shape[0], n_out, n_in)  # not -1: ambiguous when I = 0
     if base_weight is not None:
         w = w + base_weight
     b = theta[:, n_out * n_in:]
@@ -58,7 +58,8 @@ def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
     n_out = weight.shape[0] // (n_in + 1)
     theta_c = phi_c @ weight.t() + (bias if bias is not None else 0)
     theta_r = phi_r @ weight.abs().t()
-    w_c = theta_c[:, : n_out * n_in].reshape(-1, 1, n_out, n_in)
-    w_r = theta_r[:, : n_out * n_in].reshape(-1, 1, n_out, n_in)
+    # Explicit batch, not -1: with I = 0 (no input features) the slices are empty and -1 is ambiguous.
+    w_c = theta_c[:, : n_out * n_in].reshape(theta_c.shape[0], 1, n_out, n_in)
+    w_r = theta_r[:, : n_out * n_in].reshape(theta_r.shape[0], 1, n_out, n_in)
     y_c, y_r = interval_linear(w_c, w_r, xc, xr, theta_c[:, None, n_out * n_in:], theta_r[:, None, n_out * n_in:])
     return (y_c.squeeze(1), y_r.squeeze(1)) if squeeze else (y_c, y_r)

@@ -30,7 +30,10 @@ def reduce_rows(msg: torch.Tensor, index: torch.Tensor, n: int, reduce: str):
     with torch.no_grad():
         ext = msg.new_zeros(shape).scatter_reduce(0, idx, msg, amode, include_self=False)
         pos = torch.arange(L, device=msg.device).view(idx.shape[:1] + (1,) * (msg.dim() - 1)).expand_as(msg)
-        hit = msg == ext.gather(0, idx)
+        # NaN propagates as in scatter_reduce's amax/amin, and the arg of a NaN result is its first NaN (the
+        # kernels' rule): NaN == NaN is false, so NaNs are matched explicitly.
+        ext_g = ext.gather(0, idx)
+        hit = (msg == ext_g) | (msg.isnan() & ext_g.isnan())
         cand = torch.where(hit, pos, torch.full_like(pos, L))
         arg = torch.full(shape, L, dtype=torch.int64, device=msg.device).scatter_reduce(0, idx, cand, "amin")
     empty = arg == L

@@ -1,0 +1,1 @@
+"""Fuzzing of the fastlayers ops (python -m fuzz.run); see fuzz/run.py."""
