@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .._optional import require
+
 
 def _check(scores, labels):
     if len(scores) != len(labels):
@@ -13,7 +15,8 @@ def mean_average_precision(scores, labels) -> float:
 
     scores, labels: sequences (one per query) of 1-D arrays; labels are 0/1. Queries with no positive are
     skipped (their AP is undefined)."""
-    from sklearn.metrics import average_precision_score
+    skm = require("sklearn.metrics", "fastlayers.data.mean_average_precision")
+    average_precision_score = skm.average_precision_score
 
     _check(scores, labels)
     aps = [average_precision_score(np.asarray(y), np.asarray(s)) for s, y in zip(scores, labels)

@@ -12,6 +12,7 @@ import argparse
 
 import torch
 
+from fastlayers._optional import require
 from fastlayers.models import HyperInterval
 
 TASKS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
@@ -19,7 +20,7 @@ TASKS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 
 def split_digits(seed: int = 0, test_fraction: float = 0.3):
     """[(x_train, y_train, x_test, y_test)] per task; x in [0, 1], [N, 64] float32; y in {0, 1}."""
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "fastlayers.examples.hyperinterval").load_digits
 
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0

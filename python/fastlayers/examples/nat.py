@@ -18,11 +18,16 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
+from .._optional import require
 from ..data import chronological_split, load_jodie_csv, load_snap_temporal
 from ..models import NAT
+
+
+def _skm():
+    # Looked up at first use: --help and argument errors work without scikit-learn.
+    return require("sklearn.metrics", "fastlayers.examples.nat")
 
 
 def _batches(idx: torch.Tensor, size: int):
@@ -70,13 +75,14 @@ def metrics(pos, neg, bid, keep=None) -> dict:
                 "auc_batch_mean": float("nan"), "n": 0}
     y = np.concatenate([np.ones_like(pos), np.zeros_like(neg)])
     s = np.concatenate([pos, neg])
+    skm = _skm()
     ap_b, auc_b = [], []
     for b in np.unique(bid):
         m = bid == b
         yb, sb = np.r_[np.ones(m.sum()), np.zeros(m.sum())], np.r_[pos[m], neg[m]]
-        ap_b.append(average_precision_score(yb, sb))
-        auc_b.append(roc_auc_score(yb, sb))
-    return {"ap": average_precision_score(y, s), "auc": roc_auc_score(y, s), "ap_batch_mean": float(np.mean(ap_b)),
+        ap_b.append(skm.average_precision_score(yb, sb))
+        auc_b.append(skm.roc_auc_score(yb, sb))
+    return {"ap": skm.average_precision_score(y, s), "auc": skm.roc_auc_score(y, s), "ap_batch_mean": float(np.mean(ap_b)),
             "auc_batch_mean": float(np.mean(auc_b)), "n": int(pos.size)}
 
 

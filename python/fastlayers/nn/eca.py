@@ -4,6 +4,7 @@ import warnings
 import torch
 from torch import nn
 
+from .._optional import require
 from ..ops.eca import eca
 
 
@@ -78,10 +79,7 @@ def convert_timm(model: nn.Module) -> nn.Module:
     Modules using timm's experimental options (MLP mode, an activation, a non-sigmoid gate) are left as they are
     with a warning. Returns ``model``; a bare EcaModule/CecaModule passed in is returned converted.
     """
-    try:
-        import timm.layers  # noqa: F401
-    except ImportError as e:  # pragma: no cover - timm is a dev dependency
-        raise ImportError("convert_timm needs timm installed") from e
+    require("timm.layers", "fastlayers.nn.convert_timm")
     top = _from_timm(model)
     if top is not None:
         return top
