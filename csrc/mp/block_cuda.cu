@@ -31,7 +31,8 @@ __global__ void block_spmm_kernel(const int64_t* __restrict__ rowptr, const int6
   if (o >= dF) return;
   const int64_t i = o / F, f = o % F;
   acc_t acc = 0;
-  const int64_t kb = rowptr[v] < 0 ? 0 : rowptr[v], ke = rowptr[v + 1] > E ? E : rowptr[v + 1];
+  int64_t kb, ke;
+  slot_range(rowptr, v, E, kb, ke);
   for (int64_t k = kb; k < ke; ++k) {
     const int64_t u = col[k], e = perm[k];
     if (out_of(u, nsrc) || out_of(e, E)) {
@@ -59,7 +60,8 @@ __global__ void block_grad_kernel(const int64_t* __restrict__ rowptr, const int6
   const int64_t v = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (v >= n) return;
-  const int64_t kb = rowptr[v] < 0 ? 0 : rowptr[v], ke = rowptr[v + 1] > E ? E : rowptr[v + 1];
+  int64_t kb, ke;
+  slot_range(rowptr, v, E, kb, ke);
   for (int64_t k = kb; k < ke; ++k) {
     const int64_t u = col[k], e = perm[k];
     if (out_of(u, nsrc) || out_of(e, E)) {  // warp-uniform (one slot per iteration): the shuffles stay full

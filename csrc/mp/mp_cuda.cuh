@@ -36,6 +36,14 @@ __device__ __forceinline__ bool out_of(int64_t v, int64_t hi) {  // v < 0 or v >
   return static_cast<unsigned long long>(v) >= static_cast<unsigned long long>(hi);
 }
 
+// Slots [kb, ke) of row r clamped to [0, E): a bad ptr (checked and reported by its own kernel) cannot send
+// the slot loops outside col/perm.
+__device__ __forceinline__ void slot_range(const int64_t* __restrict__ ptr, int64_t r, int64_t E, int64_t& kb,
+                                          int64_t& ke) {
+  kb = ptr[r] < 0 ? 0 : ptr[r];
+  ke = ptr[r + 1] > E ? E : ptr[r + 1];
+}
+
 __device__ __forceinline__ void note_bad(int64_t* err, int64_t pos) {
   if (err) atomicMin(reinterpret_cast<unsigned long long*>(err), static_cast<unsigned long long>(pos));
 }
@@ -148,9 +156,8 @@ __global__ void csr_reduce_kernel(const int64_t* __restrict__ rowptr, const int6
   const int64_t f = (warp % chunks) * kWarp + lane;
   const bool valid = f < HF;
   const int64_t h = valid ? f / F : 0;
-  int64_t kb = rowptr[r], ke = rowptr[r + 1];
-  kb = kb < 0 ? 0 : kb;
-  ke = ke > nslots ? nslots : ke;
+  int64_t kb, ke;
+  slot_range(rowptr, r, nslots, kb, ke);
   const bool reads_id = w != nullptr || arg != nullptr;
   acc_t acc = 0;
   int64_t best = none_id;

@@ -80,7 +80,8 @@ __global__ void arg_bwd_x_kernel(const int64_t* __restrict__ colptr, const int64
   if (f >= HF) return;  // no shuffles here: lanes may leave
   const int64_t h = f / F;
   acc_t acc = 0;
-  const int64_t kb = colptr[u] < 0 ? 0 : colptr[u], ke = colptr[u + 1] > E ? E : colptr[u + 1];
+  int64_t kb, ke;
+  slot_range(colptr, u, E, kb, ke);
   for (int64_t k = kb; k < ke; ++k) {
     const int64_t v = row[k], e = cperm[k];
     if (out_of(v, n) || out_of(e, E)) {
@@ -103,7 +104,8 @@ __global__ void arg_bwd_w_kernel(const int64_t* __restrict__ colptr, const int64
   const int64_t u = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (u >= n) return;
-  const int64_t kb = colptr[u] < 0 ? 0 : colptr[u], ke = colptr[u + 1] > E ? E : colptr[u + 1];
+  int64_t kb, ke;
+  slot_range(colptr, u, E, kb, ke);
   for (int64_t k = kb; k < ke; ++k) {
     const int64_t v = row[k], e = cperm[k];
     if (out_of(v, n) || out_of(e, E)) {  // the same k for the whole warp: the shuffles below stay uniform
@@ -186,7 +188,8 @@ __global__ void sddmm_kernel(const int64_t* __restrict__ rowptr, const int64_t* 
   const int64_t v = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (v >= n) return;
-  const int64_t kb = rowptr[v] < 0 ? 0 : rowptr[v], ke = rowptr[v + 1] > E ? E : rowptr[v + 1];
+  int64_t kb, ke;
+  slot_range(rowptr, v, E, kb, ke);
   for (int64_t k = kb; k < ke; ++k) {
     const int64_t u = col[k], e = perm[k];
     if (out_of(u, n) || out_of(e, E)) {  // warp-uniform: every lane reads the same slot
@@ -241,7 +244,8 @@ __global__ void edge_softmax_kernel(const int64_t* __restrict__ rowptr, const in
   const int lane = threadIdx.x % kWarp;
   if (warp >= n * H) return;
   const int64_t v = warp / H, h = warp % H;
-  const int64_t kb = rowptr[v] < 0 ? 0 : rowptr[v], ke = rowptr[v + 1] > E ? E : rowptr[v + 1];
+  int64_t kb, ke;
+  slot_range(rowptr, v, E, kb, ke);
   // A row with an edge id out of range is left alone (the op raises): the ballot keeps the exit warp-uniform.
   bool row_bad = false;
   for (int64_t k = kb + lane; k < ke; k += kWarp) {
