@@ -12,14 +12,9 @@ from fastlayers import Graph
 from fastlayers.reference import align as R
 from fastlayers.reference import align_layer as RL
 
-from fuzz.cases_mp import _grads
-from fuzz.common import Case, draw_int, kinds_strategy, pick
+from fuzz.common import Case, draw_int, grads, kinds_strategy, pick, torch_gen
 
 OPS = torch.ops.fastlayers
-
-
-def _gen(draw) -> torch.Generator:
-    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
 
 
 def _nan(draw, x):
@@ -38,7 +33,7 @@ def _masks(draw, g, B, N, M):
 
 
 def sinkhorn_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     B, N, M = draw_int(draw, 0, 3), draw_int(draw, 0, 6), draw_int(draw, 0, 6)
     logits = _nan(draw, torch.randn(B, N, M, generator=g, dtype=torch.float64))
     rm, cm = _masks(draw, g, B, N, M)
@@ -57,8 +52,8 @@ def sinkhorn_case(draw):
     if torch.isnan(logits).any() or not pick(draw, (True, False)):
         return Case("sinkhorn", "valid", lambda: call(F.sinkhorn)(logits), lambda: call(R.sinkhorn)(logits),
                     rtol=1e-7, atol=1e-9)
-    return Case("sinkhorn", "valid", lambda: _grads(call(F.sinkhorn), [logits], g),
-                lambda: _grads(call(R.sinkhorn), [logits], g), rtol=1e-6, atol=1e-8)
+    return Case("sinkhorn", "valid", lambda: grads(call(F.sinkhorn), [logits], g),
+                lambda: grads(call(R.sinkhorn), [logits], g), rtol=1e-6, atol=1e-8)
 
 
 def sinkhorn_bad_case(draw):
@@ -87,7 +82,7 @@ def sinkhorn_bad_case(draw):
 
 
 def transport_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     B, N, M, D = draw_int(draw, 0, 3), draw_int(draw, 0, 6), draw_int(draw, 0, 6), draw_int(draw, 0, 5)
     hq = _nan(draw, torch.randn(B, N, D, generator=g, dtype=torch.float64))
     hc = torch.randn(B, M, D, generator=g, dtype=torch.float64)
@@ -99,7 +94,7 @@ def transport_case(draw):
     args = [hq, hc, P] if which == "align_score" else [P, hq, hc]
     if torch.isnan(hq).any() or pick(draw, (True, False)):
         return Case(which, "valid", lambda: fn(*args), lambda: ref(*args))
-    return Case(which, "valid", lambda: _grads(fn, args, g), lambda: _grads(ref, args, g))
+    return Case(which, "valid", lambda: grads(fn, args, g), lambda: grads(ref, args, g))
 
 
 def transport_bad_case(draw):
@@ -122,7 +117,7 @@ def transport_bad_case(draw):
 
 
 def raw_sinkhorn_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     B, N, M = draw_int(draw, 0, 2), draw_int(draw, 0, 4), draw_int(draw, 0, 4)
     logits = torch.randn(B, N, M, generator=g, dtype=torch.float64)
     rm, cm = torch.ones(B, N, dtype=torch.bool), torch.ones(B, M, dtype=torch.bool)
@@ -150,7 +145,7 @@ def _layer_weights(g, D, Hd, Z, M1, M):
 
 
 def isonet_layer_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     N, D = draw_int(draw, 0, 7), draw_int(draw, 1, 4)
     E = draw_int(draw, 0, 2 * N) if N else 0
     ei = torch.randint(0, max(N, 1), (2, E), generator=g)
@@ -167,8 +162,8 @@ def isonet_layer_case(draw):
     if torch.isnan(h).any() or pick(draw, (True, False)):
         return Case("isonet_layer", "valid", lambda: f(F.isonet_layer, graph)(*inputs),
                     lambda: f(RL.isonet_layer, ei)(*inputs))
-    return Case("isonet_layer", "valid", lambda: _grads(f(F.isonet_layer, graph), inputs, g),
-                lambda: _grads(f(RL.isonet_layer, ei), inputs, g))
+    return Case("isonet_layer", "valid", lambda: grads(f(F.isonet_layer, graph), inputs, g),
+                lambda: grads(f(RL.isonet_layer, ei), inputs, g))
 
 
 KINDS = [sinkhorn_case, sinkhorn_bad_case, transport_case, transport_bad_case, raw_sinkhorn_case, isonet_layer_case]

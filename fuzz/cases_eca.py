@@ -12,18 +12,13 @@ import importlib
 
 R = importlib.import_module("fastlayers.reference.eca")  # the package exports a function named eca too
 
-from fuzz.cases_mp import _grads
-from fuzz.common import Case, draw_int, kinds_strategy, pick
+from fuzz.common import Case, draw_int, grads, kinds_strategy, pick, torch_gen
 
 OPS = torch.ops.fastlayers
 
 
-def _gen(draw) -> torch.Generator:
-    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-
-
 def eca_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     nd = draw_int(draw, 1, 3)
     shape = [draw_int(draw, 0, 3), draw_int(draw, 0, 9)] + [draw_int(draw, 0, 4) for _ in range(nd)]
     x = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -36,8 +31,8 @@ def eca_case(draw):
     circular = pick(draw, (True, False))
     if torch.isnan(x).any() or pick(draw, (True, False)):
         return Case("eca", "valid", lambda: F.eca(x, w, circular), lambda: R.eca(x, w, circular))
-    return Case("eca", "valid", lambda: _grads(lambda x, w: F.eca(x, w, circular), [x, w], g),
-                lambda: _grads(lambda x, w: R.eca(x, w, circular), [x, w], g))
+    return Case("eca", "valid", lambda: grads(lambda x, w: F.eca(x, w, circular), [x, w], g),
+                lambda: grads(lambda x, w: R.eca(x, w, circular), [x, w], g))
 
 
 def eca_bad_case(draw):

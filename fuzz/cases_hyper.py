@@ -10,14 +10,9 @@ import torch
 import fastlayers.ops as F
 from fastlayers.reference import hyper as R
 
-from fuzz.cases_mp import _grads
-from fuzz.common import Case, draw_int, kinds_strategy, pick
+from fuzz.common import Case, draw_int, grads, kinds_strategy, pick, torch_gen
 
 OPS = torch.ops.fastlayers
-
-
-def _gen(draw) -> torch.Generator:
-    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
 
 
 def _shapes(draw):
@@ -27,7 +22,7 @@ def _shapes(draw):
 
 
 def hyper_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     B, I, O, h, T = _shapes(draw)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     x = r(B, I) if T is None else r(B, T, I)
@@ -48,12 +43,12 @@ def hyper_case(draw):
             return impl(x, phi, weight, *o)
         return f
     inputs = [x, phi, weight] + present
-    return Case("hyper_linear", "valid", lambda: _grads(fn(F.hyper_linear), inputs, g),
-                lambda: _grads(fn(R.hyper_linear), inputs, g))
+    return Case("hyper_linear", "valid", lambda: grads(fn(F.hyper_linear), inputs, g),
+                lambda: grads(fn(R.hyper_linear), inputs, g))
 
 
 def interval_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     B, I, O, h, T = _shapes(draw)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     x_c = r(B, I) if T is None else r(B, T, I)
@@ -68,8 +63,8 @@ def interval_case(draw):
     def fn(impl):
         return lambda *a: torch.cat([t.flatten() for t in impl(*a, bias)])
     inputs = [x_c, x_r, phi_c, phi_r, weight]
-    return Case("interval_hyper_linear", "valid", lambda: _grads(fn(F.interval_hyper_linear), inputs, g),
-                lambda: _grads(fn(R.interval_hyper_linear), inputs, g))
+    return Case("interval_hyper_linear", "valid", lambda: grads(fn(F.interval_hyper_linear), inputs, g),
+                lambda: grads(fn(R.interval_hyper_linear), inputs, g))
 
 
 def hyper_bad_case(draw):

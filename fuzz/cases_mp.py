@@ -11,14 +11,10 @@ import fastlayers.ops as F
 from fastlayers import Graph
 from fastlayers.reference import mp as R
 
-from fuzz.common import Case, kinds_strategy, pick
+from fuzz.common import Case, grads, kinds_strategy, pick, torch_gen
 
 OPS = torch.ops.fastlayers
 REDUCES = ("sum", "mean", "min", "max")
-
-
-def _gen(draw) -> torch.Generator:
-    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
 
 
 def _values(draw, g, shape, nan_ok=True):
@@ -35,27 +31,15 @@ def _graph(draw, g, min_nodes=0):
     return Graph.from_edge_index(ei, num_nodes=n)
 
 
-def _grads(fn, inputs, g):
-    """Forward value and the gradients of a random projection of it, for the given inputs."""
-    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out = fn(*inputs)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(int(g.initial_seed()) + 1),
-                    dtype=out.dtype)
-    if not out.requires_grad:  # e.g. an empty input that a reference returns untouched: no gradient to take
-        return (out.detach(),) + tuple(torch.zeros_like(i) for i in inputs)
-    grads = torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
-    return (out.detach(),) + tuple(x if x is not None else torch.zeros_like(i) for x, i in zip(grads, inputs))
-
-
 def _public(draw, name, fn, ref, inputs, g):
     with_grad = not any(torch.isnan(t).any() for t in inputs) and draw(st.booleans())
     if with_grad:
-        return Case(name, "valid", lambda: _grads(fn, inputs, g), lambda: _grads(ref, inputs, g))
+        return Case(name, "valid", lambda: grads(fn, inputs, g), lambda: grads(ref, inputs, g))
     return Case(name, "valid", lambda: fn(*inputs), lambda: ref(*inputs))
 
 
 def spmm_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g)
     H, Fd = draw(st.integers(1, 3)), draw(st.integers(0, 5))
     heads = draw(st.booleans())
@@ -71,7 +55,7 @@ def spmm_case(draw):
 
 
 def sddmm_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g)
     shape = (graph.num_nodes, draw(st.integers(1, 3)), draw(st.integers(0, 5)))
     if draw(st.booleans()):
@@ -81,7 +65,7 @@ def sddmm_case(draw):
 
 
 def edge_softmax_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g)
     shape = (graph.num_edges, draw(st.integers(1, 3))) if draw(st.booleans()) else (graph.num_edges,)
     s = _values(draw, g, shape) * pick(draw, ((1.0, 30.0)))
@@ -90,7 +74,7 @@ def edge_softmax_case(draw):
 
 
 def block_spmm_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g)
     d, Fd = draw(st.integers(1, 4)), draw(st.integers(0, 4))
     x = _values(draw, g, (graph.num_nodes, d, Fd))
@@ -100,7 +84,7 @@ def block_spmm_case(draw):
 
 
 def scatter_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     L, n = draw(st.integers(0, 20)), draw(st.integers(0, 8))
     shape = [draw(st.integers(0, 3)), L, draw(st.integers(1, 3))]
     dim = draw(st.integers(0, 2))
@@ -115,7 +99,7 @@ def scatter_case(draw):
 
 
 def segment_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, E = draw(st.integers(0, 8)), draw(st.integers(0, 20))
     cuts = torch.sort(torch.randint(0, E + 1, (n + 1,), generator=g)).values
     src = _values(draw, g, (E, draw(st.integers(0, 4))))
@@ -126,7 +110,7 @@ def segment_case(draw):
 
 def graph_case(draw):
     """Graph construction from hostile edge lists and counts."""
-    g = _gen(draw)
+    g = torch_gen(draw)
     n = draw(st.integers(0, 6))
     e = draw(st.integers(0, 8)) if n else 0  # no node, no edge
     ei = torch.randint(0, max(n, 1), (2, e), generator=g)
@@ -206,7 +190,7 @@ def _break_csr(draw, ptr, idx, perm, n_idx, names):
 
 
 def raw_spmm_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g, min_nodes=1)
     rowptr, col, perm, colptr, row, cperm = _csr(graph)
     H, Fd = draw(st.integers(1, 2)), draw(st.integers(1, 4))
@@ -224,7 +208,7 @@ def raw_spmm_case(draw):
 
 
 def raw_spmm_arg_bwd_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g, min_nodes=1)
     H, Fd = 1, draw(st.integers(1, 3))
     x = torch.randn(graph.num_nodes, H, Fd, generator=g, dtype=torch.float64)
@@ -247,7 +231,7 @@ def raw_spmm_arg_bwd_case(draw):
 
 
 def raw_sddmm_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g, min_nodes=1)
     rowptr, col, perm, colptr, row, cperm = _csr(graph)
     a = torch.randn(graph.num_nodes, 1, 3, generator=g, dtype=torch.float64)
@@ -257,7 +241,7 @@ def raw_sddmm_case(draw):
 
 
 def raw_edge_softmax_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g, min_nodes=1)
     rowptr, _, perm, _, _, _ = _csr(graph)
     s = torch.randn(graph.num_edges, 2, generator=g, dtype=torch.float64)
@@ -273,7 +257,7 @@ def raw_edge_softmax_case(draw):
 
 
 def raw_segment_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, E = draw(st.integers(1, 6)), draw(st.integers(1, 12))
     indptr = torch.sort(torch.randint(0, E + 1, (n + 1,), generator=g)).values
     src = torch.randn(E, 3, generator=g, dtype=torch.float64)
@@ -298,7 +282,7 @@ def raw_segment_case(draw):
 
 
 def raw_scatter_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     L, n = draw(st.integers(1, 12)), draw(st.integers(1, 6))
     src = torch.randn(2, L, 3, generator=g, dtype=torch.float64)
     index = torch.randint(0, n, (L,), generator=g)
@@ -323,7 +307,7 @@ def raw_scatter_case(draw):
 
 
 def raw_block_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     graph = _graph(draw, g, min_nodes=1)
     rowptr, col, perm, colptr, row, cperm = _csr(graph)
     d = draw(st.integers(1, 3))
@@ -340,7 +324,7 @@ def raw_block_case(draw):
 
 
 def raw_csr_index_case(draw):
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, E = draw(st.integers(1, 6)), draw(st.integers(1, 12))
     key = torch.randint(0, n, (E,), generator=g)
     key[draw(st.integers(0, E - 1))] = pick(draw, ((n, -1, 2**40)))

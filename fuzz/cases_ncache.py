@@ -11,13 +11,9 @@ import fastlayers.ops as F
 from fastlayers import NCache
 from fastlayers.reference import ncache as R
 
-from fuzz.common import Case, kinds_strategy, pick
+from fuzz.common import Case, kinds_strategy, pick, torch_gen
 
 OPS = torch.ops.fastlayers
-
-
-def _gen(draw) -> torch.Generator:
-    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
 
 
 def _stream(draw, g, n, batches):
@@ -55,7 +51,7 @@ def _cache(draw, g):
 
 def stream_case(draw):
     """Feeds a stream through NCache and the reference; compares tables, a lookup and pair features."""
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, sizes, prob, seed, stream = _filled(draw, g)
     nodes = torch.randint(0, n, (draw(st.integers(0, 6)),), generator=g)
     u = torch.randint(0, n, (draw(st.integers(0, 6)),), generator=g)
@@ -90,7 +86,7 @@ def constructor_case(draw):
 
 def public_bad_case(draw):
     """Public functions with out-of-range ids, mismatched lengths, backwards times."""
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, sizes, prob, seed, c = _cache(draw, g)
     what = pick(draw, (("lookup id past end", "lookup negative id", "pair u past end", "update dst past end",
                                  "update times backwards", "update lengths differ", "update nan time")))
@@ -118,7 +114,7 @@ def public_bad_case(draw):
 
 def raw_case(draw):
     """Raw ops with one table, id tensor or size list inconsistent with the others."""
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, sizes, prob, seed, c = _cache(draw, g)
     keys, eids, times, values, last = (c.keys.clone(), c.eids.clone(), c.times.clone(), c.values.clone(),
                                        c.last_time.clone())
@@ -209,7 +205,7 @@ def raw_case(draw):
 
 def noncontiguous_case(draw):
     """Tables that are views (transposed copies, expanded rows) must give the same rows as contiguous ones."""
-    g = _gen(draw)
+    g = torch_gen(draw)
     n, sizes, prob, seed, c = _cache(draw, g)
     nodes = torch.randint(0, n, (4,), generator=g)
     keys = c.keys.t().contiguous().t()

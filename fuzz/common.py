@@ -8,8 +8,10 @@ or input broken in one named way (then the call must raise a Python exception wh
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Callable
 
+import hypothesis.strategies as st
 import torch
 
 # What a rejection may raise: torch's TORCH_CHECK is RuntimeError (or one of its subclasses), Python-side checks
@@ -103,25 +105,18 @@ def judge(case: Case) -> tuple[str, str]:
 
 def pick(draw, options):
     """One of options, uniformly: hypothesis' own sampled_from leans on the first options while generating."""
-    import random
-
-    import hypothesis.strategies as st
     options = list(options)
     return random.Random(draw(st.integers(0, 2**63 - 1))).choice(options)
 
 
 def draw_int(draw, lo, hi):
     """An int in [lo, hi], uniformly (hypothesis' integers lean on the bounds)."""
-    import random
-
-    import hypothesis.strategies as st
     return random.Random(draw(st.integers(0, 2**63 - 1))).randint(lo, hi)
 
 
 def kinds_strategy(kinds):
     """A strategy drawing one case from a uniformly chosen generator of kinds. A generator that raises is recorded
     as a case bug (the run goes on) rather than ending the worker."""
-    import hypothesis.strategies as st
 
     @st.composite
     def one(draw):
@@ -137,3 +132,20 @@ def kinds_strategy(kinds):
                 raise AssertionError(err)
             return Case(kind.__name__, GENERATOR_ERROR, bug, arg=err)
     return one()
+
+
+def torch_gen(draw) -> torch.Generator:
+    """A torch generator seeded by hypothesis: tensor contents come from it, structure from hypothesis' draws."""
+    return torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+
+
+def grads(fn, inputs, g):
+    """Forward value and the gradients of a random projection of it, for the given inputs."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(int(g.initial_seed()) + 1),
+                    dtype=out.dtype)
+    if not out.requires_grad:  # e.g. an empty input that a reference returns untouched: no gradient to take
+        return (out.detach(),) + tuple(torch.zeros_like(i) for i in inputs)
+    grads_ = torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
+    return (out.detach(),) + tuple(x if x is not None else torch.zeros_like(i) for x, i in zip(grads_, inputs))

@@ -86,17 +86,21 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
         with open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=err, stderr=subprocess.STDOUT)
             last_size, last_change, hung = -1, time.time(), False
+            log, ended, partial = open(log_path), 0, ""
             while proc.poll() is None:
                 time.sleep(0.2)
                 size = os.path.getsize(log_path)
                 if size != last_size:
                     last_size, last_change = size, time.time()
-                    if progress:
-                        progress(family, done + _count_ends(log_path), n)
+                    if progress:  # only what was written since the last look; a line may be half written
+                        *lines, partial = (partial + log.read()).split("\n")
+                        ended += sum(1 for line in lines if line.startswith('{"end"'))
+                        progress(family, done + ended, n)
                 elif time.time() - last_change > case_timeout:
                     proc.kill()
                     proc.wait()
                     hung = True
+            log.close()
         records = [json.loads(line) for line in open(log_path) if line.strip()]
         open_case = None
         finished = False
@@ -126,11 +130,6 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
         os.unlink(err_path)
         attempt += 1
     return {"counts": counts, "failures": failures, "seconds": time.time() - t0}
-
-
-def _count_ends(path: str) -> int:
-    with open(path) as f:
-        return sum(1 for line in f if line.startswith('{"end"'))
 
 
 def report(results: dict, seed: int) -> str:
@@ -175,11 +174,10 @@ def main(argv=None) -> int:
     tty = sys.stderr.isatty()
 
     def progress(family, k, n):
-        if tty:
-            print(f"\r{family}: {k}/{n} cases", end="", file=sys.stderr, flush=True)
+        print(f"\r{family}: {k}/{n} cases", end="", file=sys.stderr, flush=True)
 
     for f in families:
-        results[f] = run_family(f, args.cases, args.seed, args.case_timeout, progress)
+        results[f] = run_family(f, args.cases, args.seed, args.case_timeout, progress if tty else None)
         res = results[f]
         n = sum(sum(c.values()) for c in res["counts"].values())
         print(f"{chr(13) if tty else ''}{f}: {n} cases, {len(res['failures'])} failures, {res['seconds']:.0f} s",
