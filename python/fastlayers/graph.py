@@ -114,15 +114,8 @@ class Graph:
         inferred = num_nodes is None
         if inferred:
             num_nodes = hi + 1
-        elif isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
-            # A bool is no count (torch.tensor(True) would silently mean 1 node).
-            if isinstance(num_nodes, torch.Tensor) and num_nodes.numel() == 1 and not num_nodes.dtype.is_floating_point \
-                    and not num_nodes.dtype.is_complex and num_nodes.dtype != torch.bool:
-                num_nodes = int(num_nodes)
-            else:
-                raise TypeError(f"num_nodes must be an int, got {type(num_nodes).__name__}")
-        if num_nodes < 0:
-            raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+        else:
+            num_nodes = _num_nodes(num_nodes)
         if hi >= num_nodes:
             raise ValueError(f"num_nodes ({num_nodes}) must be larger than the largest node id in edge_index ({hi})")
         if edge_weight is not None:
@@ -193,6 +186,19 @@ class Graph:
         return f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, device={self.device}{w})"
 
 
+def _num_nodes(num_nodes) -> int:
+    """A node count: an int or a one-element integer tensor, >= 0. A bool is no count (torch.tensor(True) would
+    silently mean 1 node)."""
+    if isinstance(num_nodes, torch.Tensor) and num_nodes.numel() == 1 and not num_nodes.dtype.is_floating_point \
+            and not num_nodes.dtype.is_complex and num_nodes.dtype != torch.bool:
+        num_nodes = int(num_nodes)
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
+        raise TypeError(f"num_nodes must be an int, got {type(num_nodes).__name__}")
+    if num_nodes < 0:
+        raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+    return num_nodes
+
+
 def _check_index_tensor(name: str, t, length: int, device) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -234,8 +240,10 @@ def _check_ids(name: str, t: torch.Tensor, hi: int, what: str) -> None:
 def _check_perm(name: str, perm: torch.Tensor, e: int) -> None:
     """perm must hold every edge id exactly once (a repeated id would leave another edge's output unwritten)."""
     _check_ids(name, perm, e, "an edge id")
-    if e and not bool((torch.bincount(perm, minlength=e) == 1).all()):
-        counts = torch.bincount(perm, minlength=e)
+    if not e:
+        return
+    counts = torch.bincount(perm, minlength=e)
+    if not bool((counts == 1).all()):
         j = _first_false(counts == 1)
         raise ValueError(f"{name} must be a permutation of [0, {e}): edge id {j} appears {int(counts[j])} times")
 
@@ -248,13 +256,7 @@ def _check_raw_csr(edge_index, num_nodes, rowptr, col, perm, colptr, row, cperm,
         raise TypeError(f"edge_index must have dtype int64, got {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
-    if isinstance(num_nodes, torch.Tensor) and num_nodes.numel() == 1 and num_nodes.dtype in (
-            torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64):
-        num_nodes = int(num_nodes)
-    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
-        raise TypeError(f"num_nodes must be an int, got {type(num_nodes).__name__}")
-    if num_nodes < 0:
-        raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+    num_nodes = _num_nodes(num_nodes)
     n, e, dev = num_nodes, edge_index.size(1), edge_index.device
     _check_ids("edge_index", edge_index.reshape(-1), n, "a node id")
     for ptr_name, ptr, idx_name, idx, perm_name, pm, deg_name, deg, this, other in (
