@@ -1,5 +1,6 @@
 """Train IsoNet++ (node or edge variant) or IsoNet on a subgraph-matching dataset and report test MAP / HITS@20.
 
+    python -m fastlayers.data.fetch isonet          # once: the IsoNet++ splits into the data root
     python -m fastlayers.examples.isonet --dataset aids --variant node|edge [--model isonet] [--budget-min 30]
 
 Each epoch draws, for every training query, up to --pairs-per-query positive and --negatives-per-query negative
@@ -25,9 +26,26 @@ from tqdm import tqdm
 
 from fastlayers.data import (SubgraphSplit, generate_pairs, hits_at_k, load_subgraph_split, make_batch,
                              mean_average_precision)
+from fastlayers.data.root import default_root, require
+from fastlayers.data.subgraph import DATASETS as SUBGRAPH_DATASETS
 from fastlayers.models import IsoNet, IsoNetPP
 
-DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data", "subgraph")
+
+def split_folder(root: str | None, dataset: str) -> str:
+    """The folder holding ``splits/`` for ``root`` (the data root; default ``default_root()``): ``root/subgraph``,
+    or ``root`` itself when it holds ``splits/`` directly (how --root was given before the data root existed).
+    A missing split file raises FileNotFoundError naming it and the fetch command."""
+    root = default_root() if root is None else root
+    if not os.path.isdir(os.path.join(root, "subgraph")) and os.path.isdir(os.path.join(root, "splits")):
+        base, prefix = root, ""
+    else:
+        base, prefix = os.path.join(root, "subgraph"), "subgraph/"
+    files = [f"splits/{dataset}240k_corpus_subgraphs.json"]
+    files += [f"splits/{s}/{s}_{dataset}240k_{k}.json" for s in ("train", "val", "test")
+              for k in ("query_subgraphs", "rel_nx_is_subgraph_iso")]
+    for f in files:
+        require(root, prefix + f, "isonet")
+    return base
 
 
 def pairwise_hinge(scores, labels, margin=0.5):
@@ -94,10 +112,11 @@ def evaluate(model, split, batch, neg_per_query=None, rng=None, desc="eval"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="aids")
+    ap.add_argument("--dataset", default="aids", choices=SUBGRAPH_DATASETS)
     ap.add_argument("--variant", default="node", choices=["node", "edge"])
     ap.add_argument("--model", default="isonetpp", choices=["isonetpp", "isonet"])
-    ap.add_argument("--root", default=DEFAULT_ROOT, help="folder holding splits/ (default ../shared/data/subgraph)")
+    ap.add_argument("--root", default=None, help="data root holding subgraph/splits/ (default: $FASTLAYERS_DATA or "
+                    "~/.cache/fastlayers/data; `python -m fastlayers.data.fetch isonet` fills it)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--budget-min", type=float, default=30.0, help="stop training after this many minutes")
     ap.add_argument("--patience", type=int, default=20, help="epochs without a val MAP gain before stopping")
@@ -124,7 +143,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    train, val, test = (load_subgraph_split(args.root, args.dataset, s) for s in ("train", "val", "test"))
+    base = split_folder(args.root, args.dataset)
+    train, val, test = (load_subgraph_split(base, args.dataset, s) for s in ("train", "val", "test"))
     model = IsoNetPP(variant=args.variant) if args.model == "isonetpp" else IsoNet()
     if args.init:
         model.load_state_dict(torch.load(args.init, weights_only=True))

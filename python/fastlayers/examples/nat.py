@@ -1,6 +1,7 @@
 """Train NAT (fastlayers.models.NAT on fastlayers.NCache) for temporal link prediction on a real stream.
 
-    python -m fastlayers.examples.nat --data ../shared/data/temporal/collegemsg.txt
+    python -m fastlayers.data.fetch collegemsg      # once: SNAP CollegeMsg into the data root
+    python -m fastlayers.examples.nat [--root DIR | --data FILE]
 
 Chronological 70/15/15 split, 10% of the later nodes masked from training (inductive setting), one random
 negative per positive, BCE, Adam. Early stopping on validation AP; the best weights are then replayed over the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import numpy as np
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from .._optional import require
 from ..data import chronological_split, load_jodie_csv, load_snap_temporal
+from ..data.root import require as require_data
 from ..models import NAT
 
 
@@ -101,7 +104,10 @@ def evaluate_split(model, data, split, batch, seed, show):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="SNAP 'src dst time' list (.txt) or JODIE/TGN ml_*.csv")
+    ap.add_argument("--root", default=None, help="data root holding temporal/collegemsg.txt (default: "
+                    "$FASTLAYERS_DATA or ~/.cache/fastlayers/data)")
+    ap.add_argument("--data", default=None, help="a SNAP 'src dst time' list (.txt) or JODIE/TGN ml_*.csv to use "
+                    "instead of ROOT/temporal/collegemsg.txt")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=3, help="epochs without a better val AP before stopping")
     ap.add_argument("--batch", type=int, default=100)
@@ -125,6 +131,11 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     torch.manual_seed(args.seed)
     show = not args.quiet
+    if args.data is None:
+        args.data = require_data(args.root, "temporal/collegemsg.txt", "collegemsg")
+    elif not os.path.isfile(args.data):
+        raise FileNotFoundError(f"--data {args.data}: no such file (omit --data to read temporal/collegemsg.txt "
+                                f"under --root; `python -m fastlayers.data.fetch collegemsg` gets it)")
 
     data = load_jodie_csv(args.data) if args.data.endswith(".csv") else load_snap_temporal(args.data)
     split = chronological_split(data, seed=args.seed)
