@@ -49,10 +49,23 @@ class NCache(torch.nn.Module):
         huge_pages: back CPU tables of 8 MiB and more with transparent huge pages (Linux, madvise). Random rows
             of a large cache then stop missing the TLB: on the development machine a B=2000 batch on a 1M-node
             cache took 0.9 ms instead of 2.4 ms, for about 1 s more to build the cache.
+        process_group: a torch.distributed ProcessGroup (or ``torch.distributed.group.WORLD``) to shard the rows
+            over its ranks: node n on rank n % world_size. Returns a
+            :class:`fastlayers.ncache_sharded.ShardedNCache`, whose methods are collectives, bit-identical to
+            this class given the global batch (each rank's slice in rank order).
     """
 
+    def __new__(cls, *args, process_group=None, **kwargs):
+        # NCache(..., process_group=pg) builds the sharded cache; its __init__ then runs with the same arguments.
+        if process_group is not None and cls is NCache:
+            from .ncache_sharded import ShardedNCache
+            cls = ShardedNCache
+        return super().__new__(cls)
+
     def __init__(self, num_nodes: int, sizes=(32, 16), value_dim: int = 4, replace_prob: float = 0.9,
-                 seed: int = 0, device=None, huge_pages: bool = True):
+                 seed: int = 0, device=None, huge_pages: bool = True, process_group=None):
+        if process_group is not None:
+            raise TypeError(f"{type(self).__name__} does not shard: build fastlayers.NCache(..., process_group=pg)")
         super().__init__()
         # Refused rather than coerced: NCache(True), sizes=(True, 4), seed="3" or replace_prob="0.5" are mistakes.
         num_nodes = _ops.int_arg("num_nodes", num_nodes, 0, 1 << 62)
