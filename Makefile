@@ -5,6 +5,10 @@
 #              without ending the run; writes benchmarks/results/robustness-fuzz.md (FUZZ_CASES, FUZZ_SEED)
 # make asan   - the extension built with AddressSanitizer + UBSan in build/asan-tree, the test suite and a fuzz slice
 #              run against it (fuzz/asan.sh)
+# make wheel    - dist/: the sdist, a CPU wheel built from it and, where nvcc is found, a CUDA wheel (sm_80, sm_90 +
+#                PTX); abi3, pinned to this torch's minor release, auditwheel-repaired (packaging/build_wheels.sh)
+# make wheel-test - each wheel in a fresh venv with torch from the registry and no compiler: fastlayers info and the
+#                test suite from outside the source tree; the wheel under torch 2.13 must refuse clearly
 # make gpu-check - compile every Triton and CUDA kernel for sm_80 and sm_90 (no GPU needed) and check the
 #                  resource report: no compile error, no spill, shared memory within the limit
 PYTHON ?= python3
@@ -20,7 +24,7 @@ PYTEST_ARGS ?=
 FUZZ_CASES ?= 10000
 FUZZ_SEED ?= 0
 
-.PHONY: all build test bench bench-quick info gpu-check device-check-dry fuzz asan clean
+.PHONY: all build test bench bench-quick info gpu-check device-check-dry fuzz asan wheel wheel-test clean
 
 all: test
 
@@ -55,6 +59,12 @@ fuzz: build
 asan: build
 	PYTHON=$(abspath $(BIN)/python) fuzz/asan.sh
 
+wheel: build
+	PYTHON=$(BIN)/python packaging/build_wheels.sh
+
+wheel-test:
+	TORCH_VERSION=$(TORCH_VERSION) packaging/wheel_test.sh
+
 gpu-check: build
 	$(BIN)/python benchmarks/gpu_check.py
 
@@ -66,4 +76,4 @@ info: build
 	$(BIN)/python -m fastlayers info
 
 clean:
-	rm -rf build $(VENV) python/fastlayers/*.so *.egg-info python/*.egg-info
+	rm -rf build dist $(VENV) python/fastlayers/*.so python/fastlayers/_build_config.json *.egg-info python/*.egg-info

@@ -6,8 +6,10 @@ extension is compiled against the torch that will import it.
 """
 
 import glob
+import json
 import os
 import platform
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -20,6 +22,35 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.
 import torch  # noqa: E402
 from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _base_version():
+    with open(os.path.join(ROOT, "python", "fastlayers", "_version.py")) as f:
+        return re.search(r'^BASE = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def _torch_minor():
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _build_config(with_cuda, arch_list):
+    """What the compiled library depends on. The torch C++ ABI changes between minor releases, so a build loads
+    only under the torch minor release it was compiled against."""
+    cuda = torch.version.cuda if with_cuda else None
+    variant = "cu" + cuda.replace(".", "") if cuda else "cpu"
+    version = _base_version()
+    # An sdist holds no binary, so it keeps the plain version (pip checks that a wheel built from it matches).
+    if os.environ.get("FASTLAYERS_LOCAL_VERSION", "0") == "1" and "sdist" not in sys.argv[1:]:
+        version += "+pt" + _torch_minor().replace(".", "") + variant
+    return {
+        "version": version,
+        "torch_built": torch.__version__,
+        "torch_requires": _torch_minor(),
+        "cuda": cuda,
+        "variant": variant,
+        "cuda_arch_list": arch_list or None,
+        "python_abi": "abi3 (CPython >= 3.10)",
+    }
 
 
 def _sources(pattern):
@@ -61,7 +92,9 @@ def _extension():
     include_dirs = [os.path.join(ROOT, "csrc")]
     arch_list = ""
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # The CUDA wheel's list: SASS for A100/H100-class GPUs, PTX that newer GPUs JIT-compile. Development builds
+        # use the same default so `make wheel` links the CUDA wheel from the objects `make build` compiled.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
         macros.append(("FASTLAYERS_WITH_CUDA", None))
         # cu13 wheels keep cusparse.h (pulled in by ATen/cuda headers) outside the toolkit.
@@ -70,7 +103,6 @@ def _extension():
             if os.path.isdir(inc):
                 include_dirs.append(inc)
                 break
-    macros.append(("FASTLAYERS_CUDA_ARCH_LIST", '"%s"' % arch_list))
     print(f"fastlayers: CUDA sources {'on' if with_cuda else 'off'} ({why}); {platform.machine()}", flush=True)
     kwargs = dict(
         name="fastlayers._C",
@@ -78,11 +110,14 @@ def _extension():
         include_dirs=include_dirs,
         define_macros=macros,
         extra_link_args=link,
+        # The module uses only the limited C API (csrc/module.cpp), so one binary serves every CPython >= 3.10.
+        py_limited_api=True,
     )
+    config = _build_config(with_cuda, arch_list)
     if with_cuda:
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-        return CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
-    return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+        return CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs), config
+    return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs), config
 
 
 def _packages():
@@ -102,12 +137,38 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
 
     def finalize_options(self):
         super().finalize_options()
-        self.build_temp = os.path.join(ROOT, "build", "temp")
+        base = os.environ.get("FASTLAYERS_BUILD_BASE")
+        temp = os.environ.get("FASTLAYERS_BUILD_TEMP") or (os.path.join(base, "temp") if base else "build/temp")
+        self.build_temp = os.path.join(ROOT, temp)
 
+    def run(self):
+        super().run()
+        # Next to the binary, so an editable install and a wheel each describe the library they actually hold.
+        dirs = [os.path.join(self.build_lib, "fastlayers")]
+        if self.inplace or getattr(self, "editable_mode", False):
+            dirs.append(self.get_finalized_command("build_py").get_package_dir("fastlayers"))
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "_build_config.json"), "w") as f:
+                json.dump(BUILD_CONFIG, f, indent=1)
+
+    def get_outputs(self):
+        return super().get_outputs() + [os.path.join(self.build_lib, "fastlayers", "_build_config.json")]
+
+
+EXTENSION, BUILD_CONFIG = _extension()
+_options = {"bdist_wheel": {"py_limited_api": "cp310"}}
+if os.environ.get("FASTLAYERS_BUILD_BASE"):
+    _options["build"] = {"build_base": os.environ["FASTLAYERS_BUILD_BASE"]}
 
 setup(
+    version=BUILD_CONFIG["version"],
+    # The binary loads only under the torch minor release it was built against (fastlayers/_compat.py says so
+    # at import); numpy and tqdm are used by the data loaders and progress bars.
+    install_requires=[f"torch=={BUILD_CONFIG['torch_requires']}.*", "numpy", "tqdm"],
+    options=_options,
     packages=_packages(),
     package_dir={"fastlayers": "python/fastlayers", "fastlayers.kernels": "kernels"},
-    ext_modules=[_extension()],
+    ext_modules=[EXTENSION],
     cmdclass={"build_ext": BuildExt},
 )

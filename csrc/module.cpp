@@ -8,9 +8,18 @@
 #include <sys/mman.h>
 #endif
 
-#ifndef FASTLAYERS_CUDA_ARCH_LIST
-#define FASTLAYERS_CUDA_ARCH_LIST ""
+// The clone of every FL_MULTIVERSION kernel this CPU runs: GCC's target_clones resolver picks the first of
+// avx512f, avx2, default that the CPU supports, and this asks the CPU the same questions in the same order.
+static const char* cpu_isa() {
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+  return "baseline x86-64";
+#else
+  return "baseline (no per-ISA clones on this platform)";
 #endif
+}
 
 static PyObject* build_info(PyObject*, PyObject*) {
 #ifdef FASTLAYERS_WITH_CUDA
@@ -23,8 +32,10 @@ static PyObject* build_info(PyObject*, PyObject*) {
 #else
   PyObject* openmp = Py_False;
 #endif
-  return Py_BuildValue("{s:O,s:s,s:O,s:s}", "cuda", cuda, "cuda_arch_list", FASTLAYERS_CUDA_ARCH_LIST, "openmp",
-                       openmp, "compiler", __VERSION__);
+  // The arch list lives in _build_config.json, not here: as a macro it would enter every unit's flags, and a new
+  // list would recompile the C++ sources too, not just the CUDA ones.
+  return Py_BuildValue("{s:O,s:O,s:s,s:s}", "cuda", cuda, "openmp", openmp, "compiler", __VERSION__, "cpu_isa",
+                       cpu_isa());
 }
 
 static PyObject* cpu_cache_stats(PyObject*, PyObject*) {
@@ -74,7 +85,7 @@ static PyMethodDef methods[] = {
     {"cpu_cache_stats", cpu_cache_stats, METH_NOARGS, "Pool of large CPU outputs: cached bytes, limit, hits."},
     {"cpu_cache_set_limit", cpu_cache_set_limit, METH_O, "Set the pool's limit in bytes (0 disables it)."},
     {"cpu_cache_empty", cpu_cache_empty, METH_NOARGS, "Return every pooled block to the system."},
-    {"build_info", build_info, METH_NOARGS, "How fastlayers._C was compiled: CUDA, arch list, OpenMP, compiler."},
+    {"build_info", build_info, METH_NOARGS, "How fastlayers._C was compiled: CUDA, OpenMP, compiler."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -1,4 +1,6 @@
 import os
+import shutil
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,14 @@ if not torch.cuda.is_available():
 
 import fastlayers  # noqa: E402,F401
 
+if os.environ.get("FASTLAYERS_TEST_INSTALLED") == "1":
+    # make wheel-test: the suite must exercise the installed wheel, not a source tree on sys.path.
+    _src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert os.sep + "site-packages" + os.sep in fastlayers.__file__ and not fastlayers.__file__.startswith(_src), \
+        f"testing {fastlayers.__file__}, not the installed wheel"
+    print(f"testing the installed fastlayers {fastlayers.__version__} at {os.path.dirname(fastlayers.__file__)}",
+          file=sys.stderr)
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
@@ -17,6 +27,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.name.startswith("test_triton_"):
             item.add_marker(pytest.mark.triton)
+    if not shutil.which(os.environ.get("CXX") or "c++"):
+        no_cc = pytest.mark.skip(reason="torch.compile's inductor needs a C++ compiler on the CPU and none is "
+                                 "reachable (torch's requirement, not fastlayers')")
+        for item in items:
+            if "compiler" in item.keywords:
+                item.add_marker(no_cc)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/device_check.sh runs these)")

@@ -482,6 +482,7 @@ def test_cuda_transport_gradcheck():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_torch_compile_fullgraph():
     def f(x, rm, cm, hq, hc):
         P = sinkhorn(x, rm, cm, num_iters=5)

@@ -162,6 +162,7 @@ def test_opcheck():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_torch_compile_fullgraph():
     m = ECA(channels=32)
     x = torch.randn(2, 32, 6, 6, requires_grad=True)

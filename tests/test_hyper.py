@@ -151,6 +151,7 @@ def test_deterministic():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_torch_compile_fullgraph():
     args, kw = _inputs((6, 2, 5, 3, 4), "all", dtype=torch.float32, grad=True)
     fn = torch.compile(lambda x, p, w, b: hyper_linear(x, p, w, bias=b), fullgraph=True)

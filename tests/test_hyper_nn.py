@@ -122,6 +122,7 @@ def test_module_bad_args():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_hyperlinear_torch_compile_fullgraph():
     layer = HyperLinear(6, 4, embedding_dim=3, hidden=(5,))
     x, z = torch.randn(8, 6), torch.rand(8, 3)

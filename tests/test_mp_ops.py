@@ -468,6 +468,7 @@ def test_block_spmm_transposed_and_bad_input():
 
 
 @pytest.mark.slow
+@pytest.mark.compiler
 def test_torch_compile_fullgraph():
     g = _graph(n=50, e=400)
     x = torch.randn(g.num_nodes, 8, requires_grad=True)

@@ -5,11 +5,15 @@ Importing the package loads the compiled kernels (``fastlayers._C``), registers 
 CUDA when Triton is importable.
 """
 
-__version__ = "0.1.0"
+from ._version import BASE as __version__  # noqa: E402  (replaced by the build's version below)
 
 import torch  # noqa: F401  (the compiled library links against torch's symbols)
 
-from . import _C  # noqa: F401  (loads the op schemas and the CPU/CUDA kernels)
+from . import _compat  # noqa: E402
+from ._compat import build_config as _build_config, load_library as _load_library  # noqa: E402
+
+_C = _load_library()  # the op schemas and the CPU/CUDA kernels; a clear ImportError under a mismatched torch
+__version__ = (_build_config() or {}).get("version", __version__)
 from . import cpu_cache, nn, ops, reference  # noqa: E402
 from .graph import Graph  # noqa: E402
 from .ncache import NCache  # noqa: E402

@@ -4,6 +4,34 @@ it can run."""
 import argparse
 import sys
 
+# family -> (an op the family's CUDA path registers, the kind of GPU kernel it is)
+_FAMILIES = {
+    "mp": ("spmm_fwd", "CUDA C++"),
+    "ncache": ("ncache_update", "CUDA C++"),
+    "eca": ("eca_fwd", "Triton"),
+    "hyper": ("hyper_linear_fwd", "Triton"),
+    "align": ("sinkhorn_fwd", "Triton"),
+}
+
+
+def backends(build: dict) -> dict:
+    """Per family, what a CPU call and a CUDA call run in this install, read from the dispatcher's registrations
+    and the CPU the process runs on (not from what the build was asked to do)."""
+    import torch
+
+    out = {}
+    for family, (op, kind) in _FAMILIES.items():
+        cpu = f"C++, {build['cpu_isa']} clone" if torch._C._dispatch_has_kernel_for_dispatch_key(
+            f"fastlayers::{op}", "CPU") else "plain-PyTorch reference"
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlayers::{op}", "CUDA"):
+            gpu = kind
+        elif kind == "Triton":
+            gpu = "plain-PyTorch reference (Triton is not importable)"
+        else:
+            gpu = "none: CUDA tensors raise (a build without CUDA kernels; install the CUDA wheel)"
+        out[family] = f"CPU: {cpu}; CUDA: {gpu}"
+    return out
+
 
 def info() -> dict:
     import torch
@@ -11,6 +39,7 @@ def info() -> dict:
     import fastlayers
 
     build = fastlayers._C.build_info()
+    config = fastlayers._compat.build_config() or {}
     try:
         import triton
 
@@ -20,17 +49,23 @@ def info() -> dict:
     ops = sorted(s.name.split("::", 1)[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("fastlayers::"))
     return {
         "fastlayers": fastlayers.__version__,
+        "installed at": fastlayers.__path__[0],
+        "built against torch": config.get("torch_built", "unknown (no _build_config.json)"),
+        "needs torch": f"{config['torch_requires']}.x" if config else "unknown",
+        "build variant": config.get("variant"),
+        "Python ABI": config.get("python_abi"),
         "torch": torch.__version__,
         "torch CUDA": torch.version.cuda,
         "CUDA device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "compiled CPU kernels": True,
         "compiled CUDA kernels": build["cuda"],
-        "CUDA arch list": build["cuda_arch_list"] or None,
+        "CUDA arch list": config.get("cuda_arch_list"),
         "OpenMP": build["openmp"],
         "compiler": build["compiler"],
         "Triton": triton_version,
         "CPU threads": torch.get_num_threads(),
         "CPU output pool": fastlayers.cpu_cache.stats(),
+        **{f"{family} runs": where for family, where in backends(build).items()},
         "ops": ops,
     }
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .. import _C
+from .. import _C, _compat
 from .. import _validate as V
 from ..graph import Graph, check_edge_weight
 from ..reference import mp as _ref
@@ -93,6 +93,7 @@ def _scatter(src, index, dim, dim_size, reduce, want_arg):
     shape = tuple(src.shape)
     out_shape = shape[:dim] + (n,) + shape[dim + 1:]
     if src.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(src.device, "scatter")
         out, arg = _ref._scatter(src, index, dim, n, reduce)
         return out, arg
     A, B = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
@@ -225,6 +226,7 @@ def segment(src: torch.Tensor, indptr: torch.Tensor, reduce: str = "sum") -> tor
         raise IndexError(f"indptr values must lie in [0, src.size(0) = {E}], got [{int(indptr[0])}, {int(indptr[-1])}]")
     n = indptr.numel() - 1
     if src.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(src.device, "segment")
         return _ref.segment(src, indptr, reduce)
     need_arg = reduce in ("min", "max") and _needs_grad(src)
     out, _ = _ops.segment_fwd(src.reshape(E, math.prod(src.shape[1:])), indptr, reduce, need_arg)
@@ -331,6 +333,7 @@ def spmm(graph: Graph, x: torch.Tensor, edge_weight: torch.Tensor | None = None,
             raise ValueError(f"edge_weight has {edge_weight.size(1)} heads but x has {H} (x must be [N, H, F])")
         edge_weight = edge_weight.to(x.dtype)
     if x.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(x.device, "spmm")
         return _ref.spmm(graph, x, edge_weight, reduce)
     x3 = x if x.dim() == 3 else x.unsqueeze(1)
     need_arg = reduce in ("min", "max") and _needs_grad(x, edge_weight)
@@ -421,6 +424,7 @@ def sddmm(graph: Graph, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype != b.dtype:
         raise TypeError(f"a and b must have one dtype, got {a.dtype} and {b.dtype}")
     if a.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(a.device, "sddmm")
         return _ref.sddmm(graph, a, b)
     out = _ops.sddmm(*_csr_args(graph), a if a.dim() == 3 else a.unsqueeze(1), b if b.dim() == 3 else b.unsqueeze(1))
     return out if a.dim() == 3 else out.squeeze(1)
@@ -470,6 +474,7 @@ def edge_softmax(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
     if scores.device != graph.device:
         raise ValueError(f"scores is on {scores.device} but the graph is on {graph.device}")
     if scores.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(scores.device, "edge_softmax")
         return _ref.edge_softmax(graph, scores)
     out = _ops.edge_softmax_fwd(graph.rowptr, graph.perm, scores if scores.dim() == 2 else scores.unsqueeze(1))
     return out if scores.dim() == 2 else out.squeeze(1)
@@ -562,6 +567,7 @@ def block_spmm(graph: Graph, blocks: torch.Tensor, x: torch.Tensor) -> torch.Ten
         raise ValueError(f"blocks is on {blocks.device} but the graph is on {graph.device}")
     blocks = blocks.to(x.dtype)
     if x.device.type not in _KERNEL_DEVICES:
+        _compat.require_cuda_kernels(x.device, "block_spmm")
         return _ref.block_spmm(graph, blocks, x)
     return _ops.block_spmm_fwd(*_csr_args(graph), blocks, x, False)
 

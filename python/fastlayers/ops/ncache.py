@@ -13,6 +13,7 @@ import numbers
 
 import torch
 
+from .. import _compat
 from ..reference import ncache as _ref
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -200,6 +201,7 @@ def ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_v
         torch.ops.fastlayers.ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_values,
                                            sizes, replace_prob, seed)
         return
+    _compat.require_cuda_kernels(device, "NCache.update")
     _check_on_device(keys.shape[0], src, dst, t, last_time)
     _ref.ncache_update(keys, eids, times, values, src, dst, t, eid, edge_values, sizes, replace_prob, seed)
     last_time.fill_(torch.maximum(last_time.reshape(()), t[-1]))
@@ -216,6 +218,7 @@ def ncache_lookup(keys, eids, times, values, nodes):
     nodes = _ids("nodes", nodes, keys.device)
     if _has_kernel("ncache_lookup", keys.device.type):
         return torch.ops.fastlayers.ncache_lookup(keys, eids, times, values, nodes)
+    _compat.require_cuda_kernels(keys.device, "NCache.lookup")
     _check_nodes_on_device("lookup", "nodes", nodes, keys.shape[0])
     return _ref.ncache_lookup(keys, eids, times, values, nodes)
 
@@ -239,6 +242,7 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16), seed: int = 0):
     v = _ids("v", v, keys.device, u.numel())
     if _has_kernel("ncache_pair_features", keys.device.type):
         return torch.ops.fastlayers.ncache_pair_features(keys, values, u, v, sizes, seed)
+    _compat.require_cuda_kernels(keys.device, "NCache.pair_features")
     _check_nodes_on_device("pair_features", "u", u, keys.shape[0])
     _check_nodes_on_device("pair_features", "v", v, keys.shape[0])
     return _ref.ncache_pair_features(keys, values, u, v, sizes)

