@@ -4,7 +4,9 @@
 #      CUDA build is GBs; the cached venv never holds fastlayers between runs), then the wheel from dist/;
 #   2. no compiler reachable: PATH holds only the venv and a few shell tools, CC/CXX point nowhere;
 #   3. from a folder outside the source tree: `python -m fastlayers info`, then the test suite against the
-#      installed package (tests/conftest.py asserts fastlayers.__file__ is in site-packages);
+#      installed package (tests/conftest.py asserts fastlayers.__file__ is in site-packages): the whole suite on
+#      the first wheel (the CUDA one where built: its binary holds the CPU kernels too), the kernel, robustness
+#      and packaging tests on the others (FULL_EACH=1: the whole suite on each);
 #   4. under another torch minor release (2.13.0, CPU build): importing the wheel must fail with fastlayers' one
 #      clear ImportError that names the torch it needs, never the loader's "undefined symbol".
 # Environment: PYTHON_BASE (python3.11), TORCH_VERSION (from the Makefile), OTHER_TORCH (2.13.0; empty skips 4),
@@ -17,7 +19,8 @@ TORCH="${TORCH_VERSION:-2.14.1}"
 OTHER="${OTHER_TORCH-2.13.0}"
 CACHE="${WHEEL_TEST_CACHE:-$HOME/.cache/fastlayers/wheel-test}"
 WHEELS=("$@")
-[ ${#WHEELS[@]} -eq 0 ] && WHEELS=(dist/fastlayers-*.whl)
+# the CUDA wheel first: it holds the CPU kernels too, so it gets the whole suite; later wheels get the kernel tests
+[ ${#WHEELS[@]} -eq 0 ] && WHEELS=($(ls dist/fastlayers-*cu[0-9]*.whl 2>/dev/null) $(ls dist/fastlayers-*cpu-*.whl 2>/dev/null))
 [ -e "${WHEELS[0]}" ] || { echo "no wheel in dist/: run make wheel first"; exit 1; }
 SCATTER_WHEELS="$HOME/.cache/fastlayers/wheels/torch-$TORCH-cpu"
 
@@ -62,7 +65,12 @@ for whl in "${WHEELS[@]}"; do
   (cd "$TOOLS/run" && "${NOCC[@]}" sh -c 'for c in gcc g++ cc c++ clang nvcc; do command -v $c && exit 1; done; exit 0') \
     || { echo "a compiler is reachable in the wheel-test environment"; exit 1; }
   (cd "$TOOLS/run" && "${NOCC[@]}" python -m fastlayers info) || status=1
-  (cd "$TOOLS/run" && "${NOCC[@]}" python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "$SRC/tests") || status=1
+  if [ "$whl" = "${WHEELS[0]}" ] || [ "${FULL_EACH:-0}" = 1 ]; then
+    targets=("$SRC/tests")
+  else  # every kernel of this binary, its packaging and its refusals; FULL_EACH=1 runs the whole suite here too
+    targets=("$SRC"/tests/test_{packaging,mp_ops,mp_robust,ncache,eca,hyper,align,align_layer,robust_inputs}.py)
+  fi
+  (cd "$TOOLS/run" && "${NOCC[@]}" python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "${targets[@]}") || status=1
 done
 
 if [ -n "$OTHER" ]; then

@@ -398,3 +398,39 @@ def test_examples_without_their_files_say_how_to_fetch_them(tmp_path, monkeypatc
     monkeypatch.setenv("FASTLAYERS_DATA", str(tmp_path / "env"))  # the default root follows $FASTLAYERS_DATA
     with pytest.raises(FileNotFoundError, match=r"env/subgraph/splits"):
         isonet.main([])
+
+
+@needs_shared
+def test_mirror_in_the_root_layout_is_tried_first(tmp_path, monkeypatch):
+    # A copy of the stored files (here the shared data folder) serves every pinned file; the public sources are
+    # never contacted because the mirror's copies already match the pins.
+    monkeypatch.setattr(F, "download", _no_network(F.download, allowed=SHARED.as_uri()))
+    root = tmp_path / "root"
+    paths = F.fetch("collegemsg", str(root), progress=False, mirror=SHARED.as_uri())
+    paths += F.fetch("texas", str(root), progress=False, mirror=SHARED.as_uri())
+    assert len(paths) == 13
+    for f in F.DATASETS["collegemsg"].files + F.DATASETS["texas"].files:
+        assert _sha((root / f.relpath).read_bytes()) == f.sha256
+    assert _leftovers(root) == []
+
+
+def test_a_bad_mirror_copy_is_refused_by_the_pin(tmp_path, monkeypatch):
+    f = F.DATASETS["bitcoin_otc"].files[0]
+    (tmp_path / "mirror" / "signed").mkdir(parents=True)
+    (tmp_path / "mirror" / f.relpath).write_bytes(b"1,2,10,1000\n")
+    monkeypatch.setattr(F, "download", _no_network(F.download, allowed=(tmp_path / "mirror").as_uri()))
+    monkeypatch.setenv("FASTLAYERS_MIRROR", (tmp_path / "mirror").as_uri())
+    root = tmp_path / "root"
+    with pytest.raises((F.ChecksumError, F.DownloadError)) as e:
+        F.fetch("bitcoin_otc", str(root), progress=False)
+    assert f"sha256 of the download from {(tmp_path / 'mirror').as_uri()}/{f.relpath}" in str(e.value)
+    assert not (root / f.relpath).exists() and _leftovers(root) == []
+
+
+def _no_network(download, allowed):
+    def guarded(url, *args, **kwargs):
+        if not url.startswith(allowed):
+            raise F.DownloadError(f"{url}: no network in tests")
+        return download(url, *args, **kwargs)
+
+    return guarded

@@ -39,7 +39,8 @@ def test_other_minor_release_names_what_to_install(config):
     assert why.startswith(f"fastlayers {config['version']} was compiled against torch {config['torch_built']}")
     assert "loads only under torch 2.14.x" in why and "torch 2.13.0+cpu" in why
     assert "pip install 'torch==2.14.*'" in why
-    assert f"+pt213{config['variant']}" in why  # the wheel for the torch they have
+    assert "+pt213cpu" in why  # the wheel for the torch they have (a CPU build here)
+    assert "+pt213cu126" in _compat.mismatch(config, "2.13.0+cu126", "12.6")
     assert "--no-build-isolation" in why  # and how to build from source
 
 

@@ -40,18 +40,18 @@ def mismatch(config: dict, torch_version: str, torch_cuda: str | None) -> str | 
     ``torch_cuda`` (None for a CPU-only torch), as the message to show; None when it can."""
     ours, req = config["version"], config["torch_requires"]
     have = _minor(torch_version)
+    theirs = "cpu" if torch_cuda is None else "cu" + torch_cuda.replace(".", "")
     if have != req:
         return (f"fastlayers {ours} was compiled against torch {config['torch_built']} and loads only under torch "
                 f"{req}.x, but this Python has torch {torch_version}. Install torch {req} (pip install "
-                f"'torch=={req}.*'), or the fastlayers wheel built for torch {have} (version tag "
-                f"{_tag(have, config['variant'])}), or {_SOURCE_BUILD}.")
+                f"'torch=={req}.*'), or the fastlayers wheel built for your torch (version tag "
+                f"{_tag(have, theirs)}), or {_SOURCE_BUILD}.")
     cuda = config.get("cuda")
     if cuda and torch_cuda is None:
         return (f"fastlayers {ours} holds CUDA {cuda} kernels and needs a CUDA build of torch {req}, but torch "
                 f"{torch_version} is a CPU-only build. Install the CPU wheel of fastlayers (version tag "
                 f"{_tag(req, 'cpu')}) or a CUDA {cuda.split('.')[0]} build of torch {req}.")
     if cuda and torch_cuda.split(".")[0] != cuda.split(".")[0]:
-        theirs = "cu" + torch_cuda.replace(".", "")
         return (f"fastlayers {ours} was compiled with CUDA {cuda}, but torch {torch_version} uses CUDA {torch_cuda}. "
                 f"Install the fastlayers wheel for {theirs} (version tag {_tag(req, theirs)}), or {_SOURCE_BUILD}.")
     return None

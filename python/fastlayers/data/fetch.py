@@ -574,9 +574,13 @@ def _part_path(dest, url):
     return os.path.join(os.path.dirname(dest), os.path.basename(urllib.parse.urlparse(url).path) + ".part")
 
 
-def fetch_file(f: DataFile, root: str, force: bool = False, progress: bool = True) -> str:
+def fetch_file(f: DataFile, root: str, force: bool = False, progress: bool = True, mirror: str | None = None) -> str:
     """Makes ``root/f.relpath`` hold the pinned file: kept if already there with the right hash, else downloaded
-    from the first source that works, converted, checked and renamed into place. Returns the path."""
+    from the first source that works, converted, checked and renamed into place. Returns the path.
+
+    ``mirror`` (default ``$FASTLAYERS_MIRROR``): a base URL holding the stored files in the data root's layout
+    (e.g. ``file:///data/copy`` or an internal HTTP server), tried before the public sources; the pinned hash
+    still decides."""
     dest = os.path.join(root, f.relpath)
     if os.path.exists(dest) and not force:
         actual = _sha256_file(dest)
@@ -586,7 +590,11 @@ def fetch_file(f: DataFile, root: str, force: bool = False, progress: bool = Tru
                             f"--force) and fetch again")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     problems, mismatches = [], 0
-    for src in f.sources:
+    mirror = os.environ.get("FASTLAYERS_MIRROR") if mirror is None else mirror
+    sources = f.sources
+    if mirror:
+        sources = (Source(mirror.rstrip("/") + "/" + urllib.parse.quote(f.relpath)),) + tuple(sources)
+    for src in sources:
         part = _part_path(dest, src.url)
         try:
             download(src.url, part, None if src.convert else f.size, progress, f.relpath)
@@ -622,14 +630,15 @@ def fetch_file(f: DataFile, root: str, force: bool = False, progress: bool = Tru
             os.replace(part, dest)
         return dest
     message = f"could not fetch {f.relpath}:\n  " + "\n  ".join(problems)
-    if mismatches == len(f.sources):
+    if mismatches == len(sources):
         raise ChecksumError(message)
     raise DownloadError(message)
 
 
-def fetch(name: str, root: str | None = None, force: bool = False, progress: bool = True) -> list:
+def fetch(name: str, root: str | None = None, force: bool = False, progress: bool = True,
+          mirror: str | None = None) -> list:
     """Fetches dataset ``name`` (a key of :data:`DATASETS`) under ``root`` (default ``default_root()``); files
-    already present with the pinned hash are kept. Returns the paths of its files."""
+    already present with the pinned hash are kept; ``mirror`` as in :func:`fetch_file`. Returns the paths."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)} (or 'all'); "
                          f"`python -m fastlayers.data.fetch --list` describes them")
@@ -638,7 +647,7 @@ def fetch(name: str, root: str | None = None, force: bool = False, progress: boo
     root = default_root() if root is None else root
     out = []
     for f in tqdm(DATASETS[name].files, desc=name, unit="file", disable=not progress):
-        out.append(fetch_file(f, root, force, progress))
+        out.append(fetch_file(f, root, force, progress, mirror))
     return out
 
 
@@ -681,6 +690,8 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="describe the datasets and what --root already holds")
     ap.add_argument("--force", action="store_true", help="download again even where a file exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--mirror", default=None, help="base URL of a copy in the data root's layout, tried first "
+                                                   "(default $FASTLAYERS_MIRROR); the pinned sha256 still decides")
     args = ap.parse_args(argv)
     root = default_root() if args.root is None else args.root
     if args.list:
@@ -693,7 +704,7 @@ def main(argv=None) -> int:
         if n not in DATASETS:
             ap.error(f"unknown dataset {n!r}: choose from {', '.join(DATASETS)}, or all")
     for n in names:
-        paths = fetch(n, root, force=args.force, progress=not args.quiet)
+        paths = fetch(n, root, force=args.force, progress=not args.quiet, mirror=args.mirror)
         print(f"{n}: {len(paths)} files under {root}")
     return 0
 
