@@ -8,6 +8,7 @@ before the binary is loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -17,9 +18,11 @@ _SOURCE_BUILD = ("build fastlayers from source against the torch you have: pip i
                  "compiler with OpenMP; nvcc too for the CUDA kernels)")
 
 
+@functools.lru_cache(maxsize=None)
 def build_config() -> dict | None:
     """The facts setup.py recorded about the compiled library (version, torch_built, torch_requires, cuda,
-    variant, cuda_arch_list), or None where the library was built without them."""
+    variant, cuda_arch_list), or None where the library was built without them. Read once: the file sits next
+    to a binary that cannot change under a running process. Treat the dict as read-only."""
     try:
         with open(os.path.join(_HERE, "_build_config.json")) as f:
             return json.load(f)

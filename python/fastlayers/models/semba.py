@@ -43,6 +43,23 @@ from ..ops import segment
 TASKS = {"sign": 2, "link": 1, "signlink": 3, "weight": 1}
 
 
+def _task_heads(dim: int) -> nn.ModuleDict:
+    """One MLP per task on a pair's concatenated embeddings [P, 2 * dim] -> [P, TASKS[task]]."""
+    return nn.ModuleDict({task: nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, k))
+                          for task, k in TASKS.items()})
+
+
+def _decode(heads: nn.ModuleDict, max_rating: float, task: str, z_u: torch.Tensor, z_v: torch.Tensor):
+    """Decoder ``task`` on pair embeddings: [P, 2] sign / [P] link / [P, 3] signlink logits, [P] weight (rating
+    units: the head predicts rating / max_rating)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
+    out = heads[task](torch.cat([z_u, z_v], -1))
+    if task == "weight":
+        return out.squeeze(-1) * max_rating
+    return out.squeeze(-1) if task == "link" else out
+
+
 class TimeEncoder(nn.Module):
     """cos(w * log1p(dt / scale) + b). dt: [*] float64 seconds -> [*, dim] in the module's dtype."""
 
@@ -121,8 +138,7 @@ class SEMBA(nn.Module):
         self.att_k = nn.Linear(M + 1 + time_dim, embed_dim)
         self.att_v = nn.Linear(M + 1 + time_dim, embed_dim)
         self.merge = nn.Sequential(nn.Linear(embed_dim + M, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
-        self.heads_out = nn.ModuleDict({task: nn.Sequential(nn.Linear(2 * embed_dim, embed_dim), nn.ReLU(),
-                                                            nn.Linear(embed_dim, k)) for task, k in TASKS.items()})
+        self.heads_out = _task_heads(embed_dim)
         self.register_buffer("memory", torch.zeros(num_nodes, M))
         self.register_buffer("last_update", torch.zeros(num_nodes, dtype=torch.float64))
         self.register_buffer("seen", torch.zeros(num_nodes, dtype=torch.bool))
@@ -274,12 +290,7 @@ class SEMBA(nn.Module):
 
     def decode(self, task: str, z_u: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
         """Decoder ``task`` on pair embeddings [P, embed_dim] each -> [P, 2] / [P] / [P, 3] / [P] (see class)."""
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
-        out = self.heads_out[task](torch.cat([z_u, z_v], -1))
-        if task == "weight":
-            return out.squeeze(-1) * self.max_rating
-        return out.squeeze(-1) if task == "link" else out
+        return _decode(self.heads_out, self.max_rating, task, z_u, z_v)
 
     # ---- forward -------------------------------------------------------------------------------------------
 
@@ -373,9 +384,7 @@ class SGCN(nn.Module):
         self.convs = nn.ModuleList([SignedConv(in_dim, hidden, first_aggr=True)] +
                                    [SignedConv(hidden, hidden, first_aggr=False) for _ in range(layers - 1)])
         self.max_rating = float(max_rating)
-        e = 2 * hidden
-        self.heads_out = nn.ModuleDict({task: nn.Sequential(nn.Linear(2 * e, e), nn.ReLU(), nn.Linear(e, k))
-                                        for task, k in TASKS.items()})
+        self.heads_out = _task_heads(2 * hidden)
 
     def embed(self, x: torch.Tensor, pos: Graph | torch.Tensor, neg: Graph | torch.Tensor) -> torch.Tensor:
         """[N, in_dim] features and the positive / negative graphs -> [N, 2 * hidden] embeddings."""
@@ -386,9 +395,4 @@ class SGCN(nn.Module):
         return x
 
     def decode(self, task: str, z_u: torch.Tensor, z_v: torch.Tensor) -> torch.Tensor:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
-        out = self.heads_out[task](torch.cat([z_u, z_v], -1))
-        if task == "weight":
-            return out.squeeze(-1) * self.max_rating
-        return out.squeeze(-1) if task == "link" else out
+        return _decode(self.heads_out, self.max_rating, task, z_u, z_v)

@@ -19,6 +19,15 @@ from ._double_backward import first_order_only
 
 REDUCES = ("sum", "mean", "min", "max")
 _KERNEL_DEVICES = {"cpu"} | ({"cuda"} if _C.build_info()["cuda"] else set())
+
+
+def _has_kernel(t: torch.Tensor, op: str) -> bool:
+    """Whether ``op`` has a compiled kernel on ``t``'s device; False sends the caller to the reference, except for
+    CUDA tensors in a build without CUDA kernels, which raise (see _compat.require_cuda_kernels)."""
+    if t.device.type in _KERNEL_DEVICES:
+        return True
+    _compat.require_cuda_kernels(t.device, op)
+    return False
 _ops = torch.ops.fastlayers
 
 
@@ -92,8 +101,7 @@ def _scatter(src, index, dim, dim_size, reduce, want_arg):
     reduce = _reduce(reduce)
     shape = tuple(src.shape)
     out_shape = shape[:dim] + (n,) + shape[dim + 1:]
-    if src.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(src.device, "scatter")
+    if not _has_kernel(src, "scatter"):
         out, arg = _ref._scatter(src, index, dim, n, reduce)
         return out, arg
     A, B = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
@@ -225,8 +233,7 @@ def segment(src: torch.Tensor, indptr: torch.Tensor, reduce: str = "sum") -> tor
     elif int(indptr[0]) < 0 or int(indptr[-1]) > E:
         raise IndexError(f"indptr values must lie in [0, src.size(0) = {E}], got [{int(indptr[0])}, {int(indptr[-1])}]")
     n = indptr.numel() - 1
-    if src.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(src.device, "segment")
+    if not _has_kernel(src, "segment"):
         return _ref.segment(src, indptr, reduce)
     need_arg = reduce in ("min", "max") and _needs_grad(src)
     out, _ = _ops.segment_fwd(src.reshape(E, math.prod(src.shape[1:])), indptr, reduce, need_arg)
@@ -332,8 +339,7 @@ def spmm(graph: Graph, x: torch.Tensor, edge_weight: torch.Tensor | None = None,
         if edge_weight.dim() == 2 and edge_weight.size(1) not in (1, H):
             raise ValueError(f"edge_weight has {edge_weight.size(1)} heads but x has {H} (x must be [N, H, F])")
         edge_weight = edge_weight.to(x.dtype)
-    if x.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(x.device, "spmm")
+    if not _has_kernel(x, "spmm"):
         return _ref.spmm(graph, x, edge_weight, reduce)
     x3 = x if x.dim() == 3 else x.unsqueeze(1)
     need_arg = reduce in ("min", "max") and _needs_grad(x, edge_weight)
@@ -423,8 +429,7 @@ def sddmm(graph: Graph, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"a and b must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dtype != b.dtype:
         raise TypeError(f"a and b must have one dtype, got {a.dtype} and {b.dtype}")
-    if a.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(a.device, "sddmm")
+    if not _has_kernel(a, "sddmm"):
         return _ref.sddmm(graph, a, b)
     out = _ops.sddmm(*_csr_args(graph), a if a.dim() == 3 else a.unsqueeze(1), b if b.dim() == 3 else b.unsqueeze(1))
     return out if a.dim() == 3 else out.squeeze(1)
@@ -473,8 +478,7 @@ def edge_softmax(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"scores must be [E] or [E, H] with E = {graph.num_edges}, got {tuple(scores.shape)}")
     if scores.device != graph.device:
         raise ValueError(f"scores is on {scores.device} but the graph is on {graph.device}")
-    if scores.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(scores.device, "edge_softmax")
+    if not _has_kernel(scores, "edge_softmax"):
         return _ref.edge_softmax(graph, scores)
     out = _ops.edge_softmax_fwd(graph.rowptr, graph.perm, scores if scores.dim() == 2 else scores.unsqueeze(1))
     return out if scores.dim() == 2 else out.squeeze(1)
@@ -566,8 +570,7 @@ def block_spmm(graph: Graph, blocks: torch.Tensor, x: torch.Tensor) -> torch.Ten
     if blocks.device != graph.device:
         raise ValueError(f"blocks is on {blocks.device} but the graph is on {graph.device}")
     blocks = blocks.to(x.dtype)
-    if x.device.type not in _KERNEL_DEVICES:
-        _compat.require_cuda_kernels(x.device, "block_spmm")
+    if not _has_kernel(x, "block_spmm"):
         return _ref.block_spmm(graph, blocks, x)
     return _ops.block_spmm_fwd(*_csr_args(graph), blocks, x, False)
 
