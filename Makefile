@@ -1,6 +1,7 @@
 # make test   - create .venv if missing, install pinned deps, build fastlayers, run the test suite
 # make bench  - the same set-up, then every benchmark (benchmarks/run.py), writing benchmarks/results/
 # make build  - set-up and build only
+# make lint   - ruff check over the repository (the ruff pinned in requirements-dev.txt, into .venv; fast: no build)
 # make fuzz   - >= 10,000 generated valid and broken inputs per op family, each run in a child process that may crash
 #              without ending the run; writes benchmarks/results/robustness-fuzz.md (FUZZ_CASES, FUZZ_SEED)
 # make asan   - the extension built with AddressSanitizer + UBSan in build/asan-tree, the test suite and a fuzz slice
@@ -24,7 +25,7 @@ PYTEST_ARGS ?=
 FUZZ_CASES ?= 10000
 FUZZ_SEED ?= 0
 
-.PHONY: all build test bench bench-quick info gpu-check device-check-dry fuzz asan wheel wheel-test clean
+.PHONY: all build lint test bench bench-quick info gpu-check device-check-dry fuzz asan wheel wheel-test clean
 
 all: test
 
@@ -40,6 +41,14 @@ $(DEPS_STAMP): requirements-dev.txt | $(BIN)/python
 			-w $(WHEELS) torch-scatter==2.1.2
 	$(BIN)/pip install -q --no-deps --force-reinstall $(WHEELS)/$(SCATTER)-*.whl
 	touch $@
+
+# Only ruff, at its pin: lint runs first in CI and needs neither the other dependencies nor a build.
+$(BIN)/ruff: requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q "$$(grep -E '^ruff==' requirements-dev.txt)"
+	touch $@
+
+lint: $(BIN)/ruff
+	$(BIN)/ruff check .
 
 build: $(DEPS_STAMP)
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .

@@ -19,14 +19,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
-import torch  # noqa: E402
-from setuptools import setup  # noqa: E402
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 
 def _base_version():
     with open(os.path.join(ROOT, "python", "fastlayers", "_version.py")) as f:
-        return re.search(r'^BASE = "([^"]+)"', f.read(), re.M).group(1)
+        return re.search(r'^BASE = "([^"]+)"', f.read(), re.MULTILINE).group(1)
 
 
 def _torch_minor():

@@ -3,10 +3,9 @@ batch log-domain solver (same 20 iterations, tau 0.1, rows then columns), forwar
 fused hinge score; and one IsoNet++ node and edge forward on fastlayers ops vs the same model on eager ops."""
 
 import torch
-from harness import Case
-
 from fastlayers.ops import align_score, sinkhorn
 from fastlayers.reference import align as eager
+from harness import Case
 
 try:
     import ot.batch as ot_batch
@@ -102,7 +101,6 @@ def _score_case(b, n, device, d=10):
 def _isonet_case(b, device, max_nodes=20, variant="node", mode="forward"):
     # Random pairs of the benchmark's sizes (queries 6-15 nodes, corpus 17-20), so the row runs without the data.
     import numpy as np
-
     from fastlayers.data import make_batch
     from fastlayers.models import IsoNetPP
 

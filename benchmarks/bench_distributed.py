@@ -68,9 +68,8 @@ def _time_single(cache, clock, n, B, batches):
 
 def _rank(rank, world, port, tables, clock, n, B, batches, out):
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
     import fastlayers
+    import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=300))

@@ -3,10 +3,9 @@
 import math
 
 import torch
-from harness import Case
-
 from fastlayers.nn import ECA
 from fastlayers.reference import eca as eager_eca
+from harness import Case
 
 try:
     from timm.layers import EcaModule

@@ -13,12 +13,11 @@ import ctypes
 import gc
 import math
 
-import torch
-from harness import Case
-
 import fastlayers
+import torch
 from fastlayers.ops import hyper_linear
 from fastlayers.reference import hyper_linear as materialise_bmm
+from harness import Case
 
 H = 128
 FULL = [(b, n, t) for b in (256, 1024) for n in (128, 256) for t in (1, 16)]

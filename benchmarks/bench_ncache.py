@@ -9,10 +9,9 @@ the step against the lean peer of benchmarks/ncache_lean.py (one table per hop, 
 same stream."""
 
 import torch
-from harness import Case
-
 from fastlayers import NCache
 from fastlayers.reference import ncache as ref
+from harness import Case
 from ncache_lean import LeanNCache
 
 SIZES = (32, 16)
@@ -112,8 +111,8 @@ def build(spec, device):
         "pair_features": (ours_pairs, peer_pairs, ref_name, pair_bytes),
         "pair_features vs NAT's joint features": (ours_pairs, nat_pairs,
                                                   "NAT's get_joint_feature (compact, no counts)", pair_bytes),
-        "update + pair_features vs a lean peer": (run_ours, run_lean, "lean PyTorch (one table per hop, "
-                                                  "same-slot common keys)", update_bytes + pair_bytes),
+        "update + pair_features vs a lean peer": (run_ours, run_lean, ("lean PyTorch (one table per hop, "
+                                                   "same-slot common keys)"), update_bytes + pair_bytes),
     }
     ours_fn, peer_fn, peer_name, min_bytes = cases[part]
     occupancy = float((ours.keys[:, :SIZES[0]] >= 0).sum()) / (n * SIZES[0])

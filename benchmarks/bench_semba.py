@@ -36,11 +36,11 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 
-from fastlayers.data import load_bitcoin, signed_temporal_split  # noqa: E402
-from fastlayers.data.root import require  # noqa: E402
-from fastlayers.examples.semba import class_weights, median_node_gap  # noqa: E402
-from fastlayers.models import SEMBA  # noqa: E402
-from fastlayers.models.semba import TimeEncoder  # noqa: E402
+from fastlayers.data import load_bitcoin, signed_temporal_split
+from fastlayers.data.root import require
+from fastlayers.examples.semba import class_weights, median_node_gap
+from fastlayers.models import SEMBA
+from fastlayers.models.semba import TimeEncoder
 
 
 class PublishedStyleSEMBA(nn.Module):

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import platform
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch.utils import benchmark
@@ -42,7 +42,7 @@ class Case:
     peer_name: str
     min_bytes: int  # bytes any implementation must move (read inputs once, write outputs once)
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. peak memory figures
-    make_inputs: Optional[Callable[[int], tuple]] = None  # the i-th fresh input tuple (see the module doc)
+    make_inputs: Callable[[int], tuple] | None = None  # the i-th fresh input tuple (see the module doc)
     input_bytes: int = 0  # bytes of one input tuple: sizes the pool
 
 
@@ -192,7 +192,10 @@ def _load_all(out_dir: str) -> list[dict]:
     for name in sorted(os.listdir(out_dir)):
         if name.endswith(".json"):
             with open(os.path.join(out_dir, name)) as f:
-                results.append(json.load(f))
+                res = json.load(f)
+            # Other benchmarks (bench_distributed.py) keep their own JSON beside these: only family results here.
+            if {"family", "machine", "rows"} <= res.keys():
+                results.append(res)
     return results
 
 
@@ -225,7 +228,7 @@ def write_report(out_dir: str) -> str:
         where = m.get("gpu") or f"{m['processor']}, {m['threads']} threads"
         parts += [f"## {res['family']} on {device_tag(m['device'])} ({where})", "",
                   f"torch {m['torch']}, copy bandwidth {res['copy_bandwidth_gbps']:.1f} GB/s, {res['date']}", "",
-                  markdown_table(res), ""]
+                  *([f"Note: {res['note']}", ""] if res.get("note") else []), markdown_table(res), ""]
     path = os.path.join(out_dir, "REPORT.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))

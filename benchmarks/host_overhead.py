@@ -43,7 +43,7 @@ def rows(device):
     out = [("eca forward: nn.ECA", lambda: m(x)),
            ("eca forward: fastlayers.ops.eca", lambda: fastlayers.ops.eca(x, w)),
            ("eca forward: torch.ops.fastlayers.eca_fwd", lambda: torch.ops.fastlayers.eca_fwd(x, w, False)),
-           ("eca forward: Triton launcher alone", lambda: teca.eca_forward(x, w, False))]
+           ("eca forward: Triton launcher alone", lambda: teca.eca_fwd(x, w, False))]
     try:
         from timm.layers import EcaModule
 
@@ -60,7 +60,7 @@ def rows(device):
     wh = torch.randn(8 * 8 + 8, 8, device=device)
     out += [("hyper_linear forward: fastlayers.ops.hyper_linear", lambda: fastlayers.ops.hyper_linear(xh, ph, wh)),
             ("hyper_linear forward: Triton launcher alone",
-             lambda: thyper.hyper_linear_forward(xh.unsqueeze(1), ph, wh, None, None))]
+             lambda: thyper.hyper_linear_fwd(xh.unsqueeze(1), ph, wh, None, None))]
     out.append(("reference: one torch.add", lambda: torch.add(x, x)))
     return out
 
@@ -74,7 +74,7 @@ def main(argv=None):
         for name, fn in rows(args.device):
             try:
                 print(f"| {name} | {per_call_us(fn, args.device):.1f} |", flush=True)
-            except Exception as e:  # a launcher that cannot run here (no GPU): say so, go on
+            except Exception as e:  # noqa: BLE001 - a launcher that cannot run here (no GPU): say so, go on
                 print(f"| {name} | n/a ({type(e).__name__}) |", flush=True)
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import harness  # noqa: E402
+import harness
 
 
 def families() -> list[str]:

@@ -4,13 +4,11 @@ inputs, and raw ops with shapes that disagree."""
 
 from __future__ import annotations
 
-import hypothesis.strategies as st
-import torch
-
 import fastlayers.ops as F
+import torch
 from fastlayers import Graph
 from fastlayers.reference import align as R
-from fastlayers.reference import align_layer as RL
+from fastlayers.reference import isonet_layer as ref_isonet_layer
 
 from fuzz.common import Case, draw_int, grads, kinds_strategy, pick, torch_gen
 
@@ -139,7 +137,7 @@ def raw_sinkhorn_case(draw):
 
 
 def _layer_weights(g, D, Hd, Z, M1, M):
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 0.5  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 0.5
     return [r(Hd, 2 * D), r(Hd), r(Z, Hd), r(Z), r(M1, 2 * Z), r(M1), r(M, M1), r(M), r(3 * D, M), r(3 * D, D),
             r(3 * D), r(3 * D)]
 
@@ -161,9 +159,9 @@ def isonet_layer_case(draw):
     inputs = [h] + w
     if torch.isnan(h).any() or pick(draw, (True, False)):
         return Case("isonet_layer", "valid", lambda: f(F.isonet_layer, graph)(*inputs),
-                    lambda: f(RL.isonet_layer, ei)(*inputs))
+                    lambda: f(ref_isonet_layer, ei)(*inputs))
     return Case("isonet_layer", "valid", lambda: grads(f(F.isonet_layer, graph), inputs, g),
-                lambda: grads(f(RL.isonet_layer, ei), inputs, g))
+                lambda: grads(f(ref_isonet_layer, ei), inputs, g))
 
 
 KINDS = [sinkhorn_case, sinkhorn_bad_case, transport_case, transport_bad_case, raw_sinkhorn_case, isonet_layer_case]

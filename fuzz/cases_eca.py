@@ -4,11 +4,10 @@ inconsistent pooled/gate tensors."""
 
 from __future__ import annotations
 
-import hypothesis.strategies as st
-import torch
+import importlib
 
 import fastlayers.ops as F
-import importlib
+import torch
 
 R = importlib.import_module("fastlayers.reference.eca")  # the package exports a function named eca too
 

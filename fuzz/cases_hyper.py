@@ -4,10 +4,8 @@ shapes, dtypes and raw-op arguments."""
 
 from __future__ import annotations
 
-import hypothesis.strategies as st
-import torch
-
 import fastlayers.ops as F
+import torch
 from fastlayers.reference import hyper as R
 
 from fuzz.common import Case, draw_int, grads, kinds_strategy, pick, torch_gen
@@ -24,7 +22,7 @@ def _shapes(draw):
 def hyper_case(draw):
     g = torch_gen(draw)
     B, I, O, h, T = _shapes(draw)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     x = r(B, I) if T is None else r(B, T, I)
     phi, weight = r(B, h), r(O * I + O, h)
     opt = [r(O * I + O) if pick(draw, (True, False)) else None, r(O, I) if pick(draw, (True, False)) else None,
@@ -50,7 +48,7 @@ def hyper_case(draw):
 def interval_case(draw):
     g = torch_gen(draw)
     B, I, O, h, T = _shapes(draw)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     x_c = r(B, I) if T is None else r(B, T, I)
     x_r = x_c.abs() * 0.1
     phi_c, phi_r, weight = r(B, h), r(B, h).abs() * 0.1, r(O * I + O, h)

@@ -4,10 +4,9 @@ checked against fastlayers.reference.mp in float64 (forward, and backward where 
 
 from __future__ import annotations
 
+import fastlayers.ops as F
 import hypothesis.strategies as st
 import torch
-
-import fastlayers.ops as F
 from fastlayers import Graph
 from fastlayers.reference import mp as R
 
@@ -216,7 +215,7 @@ def raw_spmm_arg_bwd_case(draw):
     out, arg = OPS.spmm_fwd(graph.rowptr, graph.col, graph.perm, graph.colptr, graph.row, graph.cperm, w, x, "max",
                             True)
     go = torch.randn_like(out)
-    rowptr, col, perm, colptr, row, cperm = _csr(graph)
+    _rowptr, _col, _perm, colptr, row, cperm = _csr(graph)
     arg = arg.clone()
     if draw(st.booleans()) or graph.num_edges == 0:
         arg.view(-1)[draw(st.integers(0, arg.numel() - 1))] = pick(draw, ((graph.num_edges + 1, -1,

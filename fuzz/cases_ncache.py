@@ -4,10 +4,9 @@ disagree with each other, ids out of range, and sizes that do not match the tabl
 
 from __future__ import annotations
 
+import fastlayers.ops as F
 import hypothesis.strategies as st
 import torch
-
-import fastlayers.ops as F
 from fastlayers import NCache
 from fastlayers.reference import ncache as R
 
@@ -87,7 +86,7 @@ def constructor_case(draw):
 def public_bad_case(draw):
     """Public functions with out-of-range ids, mismatched lengths, backwards times."""
     g = torch_gen(draw)
-    n, sizes, prob, seed, c = _cache(draw, g)
+    n, _sizes, _prob, _seed, c = _cache(draw, g)
     what = pick(draw, (("lookup id past end", "lookup negative id", "pair u past end", "update dst past end",
                                  "update times backwards", "update lengths differ", "update nan time")))
     if what == "lookup id past end":
@@ -206,7 +205,7 @@ def raw_case(draw):
 def noncontiguous_case(draw):
     """Tables that are views (transposed copies, expanded rows) must give the same rows as contiguous ones."""
     g = torch_gen(draw)
-    n, sizes, prob, seed, c = _cache(draw, g)
+    n, _sizes, _prob, _seed, c = _cache(draw, g)
     nodes = torch.randint(0, n, (4,), generator=g)
     keys = c.keys.t().contiguous().t()
     times = c.times.t().contiguous().t()

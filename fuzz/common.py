@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import hypothesis.strategies as st
 import torch
@@ -123,7 +123,7 @@ def kinds_strategy(kinds):
         kind = kinds[draw_int(draw, 0, len(kinds) - 1)]
         try:
             return kind(draw)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if type(e).__module__.startswith("hypothesis"):
                 raise
             err = f"generator {kind.__name__} raised {type(e).__name__}: {e}"

@@ -39,7 +39,7 @@ def _worker(family: str, n: int, seed: int, log_path: str) -> None:
     from fuzz.common import judge
 
     strategy = importlib.import_module(f"fuzz.cases_{family}").cases()
-    log = open(log_path, "a", buffering=1)
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - open for the whole run, closed at its end
     count = [0]
 
     @hseed(seed)
@@ -86,7 +86,7 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
         with open(err_path, "w") as err:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=err, stderr=subprocess.STDOUT)
             last_size, last_change, hung = -1, time.time(), False
-            log, ended, partial = open(log_path), 0, ""
+            log, ended, partial = open(log_path), 0, ""  # noqa: SIM115 - tailed while the worker runs, closed after
             while proc.poll() is None:
                 time.sleep(0.2)
                 size = os.path.getsize(log_path)
@@ -101,7 +101,8 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
                     proc.wait()
                     hung = True
             log.close()
-        records = [json.loads(line) for line in open(log_path) if line.strip()]
+        with open(log_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
         open_case = None
         finished = False
         for r in records:
@@ -115,7 +116,8 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
                 done += 1
             elif "done" in r:
                 finished = True
-        tail = open(err_path).read()[-3000:]
+        with open(err_path) as f:
+            tail = f.read()[-3000:]
         if open_case is not None:
             outcome = HANG if hung else CRASH
             counts[open_case["op"]][outcome] += 1
@@ -133,8 +135,8 @@ def run_family(family: str, n: int, seed: int, case_timeout: float, progress=Non
 
 
 def report(results: dict, seed: int) -> str:
-    lines = ["| family | op | cases | correct | raised | raised, argument not named | wrong | refused valid | "
-             "accepted invalid | other exception | crashes | hangs | case bugs |",
+    lines = [("| family | op | cases | correct | raised | raised, argument not named | wrong | refused valid | "
+              "accepted invalid | other exception | crashes | hangs | case bugs |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for family, res in results.items():
         for op in sorted(res["counts"]):

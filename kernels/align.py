@@ -13,6 +13,7 @@ import struct
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _alloc
 
@@ -70,11 +71,11 @@ def _sinkhorn_fwd_kernel(l_ptr, rm_ptr, cm_ptr, p_ptr, rl_ptr, cl_ptr, N, M, inv
                          REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     inv_tau = _join(inv_tau_hi, inv_tau_lo, ACC)
-    x, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE, ACC,
+    x, active, _real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE, ACC,
                                                        BN, BM)
     offs_n = tl.arange(0, BN)
     offs_m = tl.arange(0, BM)
-    for t in range(0, ITERS):
+    for t in range(ITERS):
         a = _lse(x, 1, row_active)
         x = x - a[:, None]
         tl.store(rl_ptr + (pid * ITERS + t) * N + offs_n, a, mask=offs_n < N)
@@ -91,7 +92,7 @@ def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, 
                          ITERS, REFERENCE: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     inv_tau = _join(inv_tau_hi, inv_tau_lo, ACC)
-    x0, active, real, row_active, col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE,
+    x0, active, real, _row_active, _col_active = _load_x0(l_ptr, rm_ptr, cm_ptr, pid, N, M, inv_tau, REFERENCE,
                                                         ACC, BN, BM)
     offs_n = tl.arange(0, BN)
     offs_m = tl.arange(0, BM)
@@ -99,14 +100,14 @@ def _sinkhorn_bwd_kernel(g_ptr, l_ptr, rm_ptr, cm_ptr, rl_ptr, cl_ptr, out_ptr, 
     in_m = offs_m < M
     A = tl.zeros([BN], dtype=ACC)
     B = tl.zeros([BM], dtype=ACC)
-    for t in range(0, ITERS):
+    for t in range(ITERS):
         A += tl.load(rl_ptr + (pid * ITERS + t) * N + offs_n, mask=in_n, other=0.0).to(ACC)
         B += tl.load(cl_ptr + (pid * ITERS + t) * M + offs_m, mask=in_m, other=0.0).to(ACC)
     off = pid * N * M + offs_n[:, None] * M + offs_m[None, :]
     inb = in_n[:, None] & in_m[None, :]
     g = tl.load(g_ptr + off, mask=inb & active, other=0.0).to(ACC)
     g = g * tl.where(active, tl.exp(x0 - A[:, None] - B[None, :]), 0.0)
-    for tt in range(0, ITERS):
+    for tt in range(ITERS):
         t = ITERS - 1 - tt
         e = tl.where(active, tl.exp(x0 - A[:, None] - B[None, :]), 0.0)
         g = g - e * tl.sum(g, axis=0)[None, :]
@@ -176,7 +177,7 @@ def sinkhorn_fwd(logits, row_mask, col_mask, tau, num_iters, reference):
     if b * n * m == 0:
         return P, rl.zero_(), cl.zero_()
     bn, bm = _blocks(n, m)
-    _sinkhorn_fwd_kernel[(b,)](logits, row_mask.contiguous(), col_mask.contiguous(), P, rl, cl, n, m,
+    wrap_triton(_sinkhorn_fwd_kernel)[(b,)](logits, row_mask.contiguous(), col_mask.contiguous(), P, rl, cl, n, m,
                                *_split(1.0 / tau), num_iters, REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm,
                                num_warps=_warps(bn * bm))
     return P, rl, cl
@@ -202,7 +203,7 @@ def sinkhorn_bwd(grad_P, logits, row_mask, col_mask, row_lse, col_lse, tau, refe
     if b * n * m == 0:
         return out
     bn, bm = _blocks(n, m)
-    _sinkhorn_bwd_kernel[(b,)](grad_P.contiguous(), logits, row_mask.contiguous(), col_mask.contiguous(),
+    wrap_triton(_sinkhorn_bwd_kernel)[(b,)](grad_P.contiguous(), logits, row_mask.contiguous(), col_mask.contiguous(),
                                row_lse.to(acc_t).contiguous(), col_lse.to(acc_t).contiguous(), out, n, m,
                                *_split(1.0 / tau), row_lse.shape[1], REFERENCE=reference, ACC=acc_tl, BN=bn, BM=bm,
                                num_warps=_warps(bn * bm))
@@ -252,7 +253,7 @@ def _mm(a_ptr, a_rs, a_ks, b_ptr, b_ks, b_cs, R, K, C, ACC: tl.constexpr, PREC: 
 def _score_fwd_kernel(q_ptr, c_ptr, p_ptr, s_ptr, N, M, D, ACC: tl.constexpr, PREC: tl.constexpr,
                       BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
-    P, q, c = p_ptr + pid * N * M, q_ptr + pid * N * D, c_ptr + pid * M * D
+    P, c = p_ptr + pid * N * M, c_ptr + pid * M * D
     t = _mm(P, M, 1, c, D, 1, N, M, D, ACC, PREC, BN, BD)  # P c
     r = _load(q_ptr, pid, N, D, ACC, BN, BD) - t
     r = tl.where(r < 0.0, 0.0, r)  # not tl.maximum: fmax would turn a NaN into 0, as torch.relu does not
@@ -356,7 +357,8 @@ def align_score_fwd(hq, hc, P):
     if n * m * hq.shape[2] == 0:
         return s.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _score_fwd_kernel[(b,)](hq, hc, P, s, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm, BD=bd,
+    wrap_triton(_score_fwd_kernel)[(b,)](hq, hc, P, s, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn,
+                                         BM=bm, BD=bd,
                             num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return s
 
@@ -374,7 +376,7 @@ def align_score_bwd(grad_s, hq, hc, P):
     if b * n * m * hq.shape[2] == 0:
         return gq.zero_(), gc.zero_(), gp.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _score_bwd_kernel[(b,)](grad_s.contiguous(), hq, hc, P, gq, gc, gp, n, m, hq.shape[2], ACC=_acc(P)[1],
+    wrap_triton(_score_bwd_kernel)[(b,)](grad_s.contiguous(), hq, hc, P, gq, gc, gp, n, m, hq.shape[2], ACC=_acc(P)[1],
                             PREC=_prec(P), BN=bn, BM=bm, BD=bd,
                             num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return gq, gc, gp
@@ -390,7 +392,8 @@ def partner_fwd(P, hq, hc):
     if b * n * m * hq.shape[2] == 0:
         return qp.zero_(), cp.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _partner_fwd_kernel[(b,)](P, hq, hc, qp, cp, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm,
+    wrap_triton(_partner_fwd_kernel)[(b,)](P, hq, hc, qp, cp, n, m, hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P),
+                                           BN=bn, BM=bm,
                               BD=bd, num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return qp, cp
 
@@ -407,7 +410,7 @@ def partner_bwd(grad_qp, grad_cp, P, hq, hc):
     if b * n * m * hq.shape[2] == 0:
         return gp.zero_(), gq.zero_(), gc.zero_()
     bn, bm, bd = _tblocks(P, hq)
-    _partner_bwd_kernel[(b,)](grad_qp.contiguous(), grad_cp.contiguous(), P, hq, hc, gp, gq, gc, n, m,
+    wrap_triton(_partner_bwd_kernel)[(b,)](grad_qp.contiguous(), grad_cp.contiguous(), P, hq, hc, gp, gq, gc, n, m,
                               hq.shape[2], ACC=_acc(P)[1], PREC=_prec(P), BN=bn, BM=bm, BD=bd,
                             num_warps=_warps(bn * bm, bn * bd, bm * bd))
     return gp, gq, gc

@@ -18,6 +18,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .._validate import is_channels_last_dense
 from . import _alloc
@@ -53,7 +54,7 @@ def _conv_matrix(rows, cols, cols_ok, w_ptr, K, PAD, C, CIRCULAR: tl.constexpr, 
     # A[r, q] = sum_j w[j] [tap(rows[r], j) == cols[q]]: (A @ v)[r] = conv(v)[rows[r]] for v indexed by cols.
     # TRANSPOSE: A[r, q] = sum_j w[j] [tap(cols[q], j) == rows[r]], the transposed conv (the gradient's).
     a = (rows[:, None] * 0 + cols[None, :] * 0).to(ACC)
-    for j in range(0, K):
+    for j in range(K):
         wj = tl.load(w_ptr + j).to(ACC)
         if TRANSPOSE:
             hit = _tap(cols[None, :], j, PAD, C, CIRCULAR) == rows[:, None]
@@ -139,7 +140,7 @@ def _bwd_kernel(g_ptr, x_ptr, dx_ptr, w_ptr, pooled_ptr, gate_ptr, dw_part_ptr, 
             gah = hgs * sh * (1.0 - sh)
             gp += tl.sum(_conv_matrix(rows, hch, hok, w_ptr, K, PAD, C, CIRCULAR, True, ACC) * gah[None, :], axis=1)
         # dw[j] = sum over block channels c of ga[c] * p[tap(c, j)]: this program's share.
-        for j in range(0, K):
+        for j in range(K):
             t = _tap(rows, j, PAD, C, CIRCULAR)
             pv = tl.load(pooled_ptr + n * C + t, mask=row_ok & (t >= 0) & (t < C), other=0.0)
             tl.store(dw_part_ptr + tl.cast(item, tl.int64) * K + j, tl.sum(ga * pv, axis=0))
@@ -160,7 +161,7 @@ _BLOCK_ELEMS = 1 << 15  # elements of one block (BC x S) the two passes share th
 _PROGRAMS_PER_SM = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_programs(device_index: int) -> int:
     return _PROGRAMS_PER_SM * torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -227,7 +228,7 @@ def _check(op, x, weight):
         raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
 
 
-def eca_forward(x, weight, circular):
+def eca_fwd(x, weight, circular):
     """Triton launcher of fastlayers::eca_fwd: returns (y like x, pooled [N, C], gate [N, C]) (float32, or
     float64 for float64 x)."""
     _check("eca_fwd", x, weight)
@@ -243,13 +244,13 @@ def eca_forward(x, weight, circular):
     pad = (k - 1) // 2
     bc, bs, hp, halo = _blocks(c, s, pad, circular, cl)
     n_cb = triton.cdiv(c, bc)
-    _fwd_kernel[(_grid(n * n_cb, x.device),)](x, y, w, pooled, gate, n, c, s, k, pad, n_cb, sn, sc, ss,
+    wrap_triton(_fwd_kernel)[(_grid(n * n_cb, x.device),)](x, y, w, pooled, gate, n, c, s, k, pad, n_cb, sn, sc, ss,
                                                CIRCULAR=circular, HALO=halo, ACC=acc_tl,
                                                BC=bc, BS=bs, HP=hp, num_warps=_NUM_WARPS)
     return y, pooled, gate
 
 
-def eca_backward(grad_y, x, weight, pooled, gate, circular):
+def eca_bwd(grad_y, x, weight, pooled, gate, circular):
     """Triton launcher of fastlayers::eca_bwd: returns (grad_x like x, grad_weight [k] in weight's dtype)."""
     _check("eca_bwd", x, weight)
     if tuple(grad_y.shape) != tuple(x.shape):
@@ -271,7 +272,8 @@ def eca_backward(grad_y, x, weight, pooled, gate, circular):
     bc, bs, hp, halo = _blocks(c, s, pad, circular, cl)
     n_cb = triton.cdiv(c, bc)
     dw_part = _alloc.empty((n * n_cb, k), acc_t, x.device)
-    _bwd_kernel[(_grid(n * n_cb, x.device),)](g, x, dx, w, pooled.to(acc_t).contiguous(), gate.to(acc_t).contiguous(),
+    wrap_triton(_bwd_kernel)[(_grid(n * n_cb, x.device),)](g, x, dx, w, pooled.to(acc_t).contiguous(),
+                                                           gate.to(acc_t).contiguous(),
                                                dw_part, n, c, s, k, pad, n_cb, sn, sc, ss,
                                                CIRCULAR=circular, HALO=halo, ACC=acc_tl, BC=bc, BS=bs, HP=hp,
                                                num_warps=_NUM_WARPS)

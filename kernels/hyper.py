@@ -15,6 +15,7 @@ Nothing of size B*O*I is written in either direction.
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import _alloc
 
@@ -29,7 +30,7 @@ def _outer_fwd_kernel(x_ptr, phi_ptr, hm_ptr, base_ptr, y_ptr, B, I, O, H,
     rows = offs_b.to(tl.int64)
     cols_o = offs_o.to(tl.int64) * I * H
     acc = tl.zeros([BM, BO], dtype=ACC)
-    for i in range(0, I):
+    for i in range(I):
         xi = tl.load(x_ptr + rows * I + i, mask=mb, other=0.0).to(ACC)
         for j0 in range(0, H, BJ):
             offs_j = j0 + tl.arange(0, BJ)
@@ -131,7 +132,7 @@ def _outer_dinput_kernel(g_ptr, x_ptr, phi_ptr, hm_ptr, dx_base_ptr, dx_ptr, dph
         p = tl.load(phi_ptr + rows[:, None] * H + offs_j[None, :], mask=mb[:, None] & mj[None, :], other=0.0)
         p = p.to(ACC)
         dphi_acc = tl.zeros([BM, BJ], dtype=ACC)
-        for ii in range(0, BI):
+        for ii in range(BI):
             i = i0 + ii
             v = tl.zeros([BM, BJ], dtype=ACC)
             for o0 in range(0, O, BO):
@@ -188,7 +189,7 @@ def _sample_grad_tile(g_ptr, x_ptr, phi_ptr, hm_ptr, w0_ptr, offs_b, o, offs_i, 
     mi = offs_i < I
     rows = offs_b.to(tl.int64)
     dw = tl.zeros([BM, BI], dtype=ACC)
-    for t in range(0, T):
+    for t in range(T):
         g = tl.load(g_ptr + (rows * T + t) * O + o, mask=mb, other=0.0).to(ACC)
         xv = tl.load(x_ptr + (rows[:, None] * T + t) * I + offs_i[None, :], mask=mb[:, None] & mi[None, :],
                      other=0.0).to(ACC)
@@ -322,7 +323,7 @@ def _dims(x, phi, weight):
     return n_batch, n_tok, n_in, weight.shape[0] // (n_in + 1), h
 
 
-def hyper_linear_forward(x, phi, weight, w0, b0):
+def hyper_linear_fwd(x, phi, weight, w0, b0):
     """Triton launcher of fastlayers::hyper_linear_fwd: x [B, T, I], phi [B, h], weight [O*I + O, h],
     w0 [O, I] or None, b0 [O] or None; returns y [B, T, O] in x's dtype."""
     _check("hyper_linear_fwd", x, phi, weight, x.shape[-1] + 1 if x.dim() == 3 else 1, w0, b0)
@@ -341,22 +342,21 @@ def hyper_linear_forward(x, phi, weight, w0, b0):
     if n_in == 0 or h == 0:
         return y.copy_(base)
     _, acc_tl, prec = _acc(x.dtype)
-    bj = _pow2(h, 16, 64)
     if n_tok == 1:
         bm, bo = _pow2(n_batch, 16, 64), _pow2(n_out, 16, 64)
         grid = (triton.cdiv(n_batch, bm), triton.cdiv(n_out, bo))
-        _outer_fwd_kernel[grid](x, phi, weight, base, y, n_batch, n_in, n_out, h,
+        wrap_triton(_outer_fwd_kernel)[grid](x, phi, weight, base, y, n_batch, n_in, n_out, h,
                                 ACC=acc_tl, PREC=prec, BM=bm, BO=bo, BJ=K_BLOCK, num_warps=_warps(bm * bo))
     else:
-        bt, bo, bi = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32)
+        bt, bo = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32)
         grid = (n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))
-        _tile_fwd_kernel[grid](x, phi, weight, x, base, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
+        wrap_triton(_tile_fwd_kernel)[grid](x, phi, weight, x, base, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
                                HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=bo, BI=K_BLOCK,
                                BJ=_gen_bj(bo, K_BLOCK, x.dtype), num_warps=_warps(bt * bo))
     return y
 
 
-def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
+def hyper_linear_bwd(grad_y, x, phi, weight, w0, need_input, need_weight):
     """Triton launcher of fastlayers::hyper_linear_bwd: returns (grad_x [B, T, I], grad_phi [B, h],
     grad_weight [O*I + O, h], grad_w0 [O, I], grad_b0 [O]). Gradients not asked for (need_input for x and phi,
     need_weight for the first O*I rows of weight) come back as zeros."""
@@ -386,11 +386,11 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
     if not (need_weight and contract):
         grad_weight[: n_out * n_in] = 0
     elif outer:
-        _outer_dhm_kernel[(triton.cdiv(n_out, bo), n_in, triton.cdiv(h, bj))](
+        wrap_triton(_outer_dhm_kernel)[(triton.cdiv(n_out, bo), n_in, triton.cdiv(h, bj))](
             g, x, phi, grad_weight, n_batch, n_in, n_out, h, ACC=acc_tl, PREC=prec, BM=K_BLOCK, BO=bo, BJ=bj,
             num_warps=_warps(bo * bj))
     else:
-        _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
+        wrap_triton(_tile_dh_kernel)[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
             g, x, phi, weight, x, grad_weight, x, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
             HAS_W0=False, ABS=False, BM=K_BLOCK, BI=bi, BJ=bj, num_warps=_warps(bi * bj))
     if not (need_input and contract):
@@ -399,27 +399,27 @@ def hyper_linear_backward(grad_y, x, phi, weight, w0, need_input, need_weight):
     if outer:
         n_parts = triton.cdiv(n_in, bi)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
-        _outer_dinput_kernel[(triton.cdiv(n_batch, bm), n_parts)](
+        wrap_triton(_outer_dinput_kernel)[(triton.cdiv(n_batch, bm), n_parts)](
             g, x, phi, weight, dx_base, dx, part, n_batch, n_in, n_out, h,
             ACC=acc_tl, PREC=prec, BM=bm, BO=K_BLOCK, BI=bi, BJ=min(bj, 32),
             num_warps=_warps(2 * bm * min(bj, 32)))  # V and the dphi accumulator: two [BM, BJ] tiles
     else:
         bt = _pow2(n_tok, 16, 64)
-        _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
+        wrap_triton(_tile_dx_kernel)[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
             g, phi, weight, x, dx_base, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
             HAS_W0=False, ABS=False, HAS_BASE=True, BT=bt, BO=K_BLOCK, BI=bi, BJ=_gen_bj(K_BLOCK, bi, x.dtype),
             num_warps=_warps(bt * bi))
         o_per = 16  # output rows per dphi program: partial sums of cdiv(O, 16) x B x h, added below
         n_parts = triton.cdiv(n_out, o_per)
         part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
-        _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
+        wrap_triton(_tile_dphi_kernel)[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
             g, x, phi, weight, x, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
             HAS_W0=False, ABS=False, BM=bm, BI=K_BLOCK, BJ=bj, num_warps=_warps(bm * bj))
     dphi = dphi + part.sum(0).to(dphi.dtype)
     return dx, dphi, grad_weight, grad_w0, grad_b0
 
 
-def hyper_abs_linear_forward(x, phi, weight, w0):
+def hyper_abs_linear_fwd(x, phi, weight, w0):
     """Triton launcher of fastlayers::hyper_abs_linear_fwd: y[b, t] = |reshape(weight phi_b) + w0| x[b, t];
     x [B, T, I], phi [B, h], weight [O*I, h], w0 [O, I] or None. Tiles of W_b are generated in registers."""
     _check("hyper_abs_linear_fwd", x, phi, weight, x.shape[-1] if x.dim() == 3 else 1, w0)
@@ -431,14 +431,14 @@ def hyper_abs_linear_forward(x, phi, weight, w0):
     x, phi, weight = x.contiguous(), phi.contiguous(), weight.contiguous()
     w0c = w0.contiguous() if w0 is not None else x
     _, acc_tl, prec = _acc(x.dtype)
-    bt, bo, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(h, 16, 32)
-    _tile_fwd_kernel[(n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))](
+    bt, bo = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32)
+    wrap_triton(_tile_fwd_kernel)[(n_batch, triton.cdiv(n_out, bo), triton.cdiv(n_tok, bt))](
         x, phi, weight, w0c, x, y, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=w0 is not None, ABS=True,
         HAS_BASE=False, BT=bt, BO=bo, BI=K_BLOCK, BJ=_gen_bj(bo, K_BLOCK, x.dtype), num_warps=_warps(bt * bo))
     return y
 
 
-def hyper_abs_linear_backward(grad_y, x, phi, weight, w0):
+def hyper_abs_linear_bwd(grad_y, x, phi, weight, w0):
     """Triton launcher of fastlayers::hyper_abs_linear_bwd: returns (grad_x, grad_phi, grad_weight, grad_w0)."""
     _check("hyper_abs_linear_bwd", x, phi, weight, x.shape[-1] if x.dim() == 3 else 1, w0)
     n_batch, n_tok, n_in = x.shape
@@ -450,22 +450,22 @@ def hyper_abs_linear_backward(grad_y, x, phi, weight, w0):
     g = grad_y.to(x.dtype).contiguous()
     w0c = w0.contiguous() if w0 is not None else x
     acc_t, acc_tl, prec = _acc(x.dtype)
-    bt, bo, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_out, 16, 32), _pow2(n_in, 16, 32), _pow2(h, 16, 64)
+    bt, bi, bj = _pow2(n_tok, 16, 64), _pow2(n_in, 16, 32), _pow2(h, 16, 64)
     bm = _pow2(n_batch, 16, 32)
     has_w0 = w0 is not None
     dx = _alloc.empty(tuple(x.shape), x.dtype, x.device)
-    _tile_dx_kernel[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
+    wrap_triton(_tile_dx_kernel)[(n_batch, triton.cdiv(n_in, bi), triton.cdiv(n_tok, bt))](
         g, phi, weight, w0c, x, dx, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec, HAS_W0=has_w0, ABS=True,
         HAS_BASE=False, BT=bt, BO=K_BLOCK, BI=bi, BJ=_gen_bj(K_BLOCK, bi, x.dtype), num_warps=_warps(bt * bi))
     grad_weight = _alloc.empty(tuple(weight.shape), weight.dtype, x.device)
     grad_w0 = _alloc.empty((n_out, n_in), x.dtype, x.device)
-    _tile_dh_kernel[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
+    wrap_triton(_tile_dh_kernel)[(n_out, triton.cdiv(n_in, bi), triton.cdiv(h, bj))](
         g, x, phi, weight, w0c, grad_weight, grad_w0, n_batch, n_tok, n_in, n_out, h, ACC=acc_tl, PREC=prec,
         HAS_W0=has_w0, ABS=True, BM=K_BLOCK, BI=bi, BJ=bj, num_warps=_warps(bi * bj))
     o_per = 16
     n_parts = triton.cdiv(n_out, o_per)
     part = _alloc.empty((n_parts, n_batch, h), acc_t, x.device)
-    _tile_dphi_kernel[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
+    wrap_triton(_tile_dphi_kernel)[(triton.cdiv(n_batch, bm), triton.cdiv(h, bj), n_parts)](
         g, x, phi, weight, w0c, part, n_batch, n_tok, n_in, n_out, h, o_per, ACC=acc_tl, PREC=prec,
         HAS_W0=has_w0, ABS=True, BM=bm, BI=K_BLOCK, BJ=bj, num_warps=_warps(bm * bj))
     return dx, part.sum(0).to(phi.dtype), grad_weight, grad_w0

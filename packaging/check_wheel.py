@@ -50,13 +50,13 @@ def check(path: str) -> list[str]:
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         wheel = z.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
         req = f"torch=={config['torch_requires']}.*"
-        if not re.search(rf"^Requires-Dist: {re.escape(req)}$", meta, re.M):
+        if not re.search(rf"^Requires-Dist: {re.escape(req)}$", meta, re.MULTILINE):
             bad.append(f"METADATA does not require {req}")
-        version = re.search(r"^Version: (.+)$", meta, re.M).group(1)
+        version = re.search(r"^Version: (.+)$", meta, re.MULTILINE).group(1)
         tag = "+pt" + config["torch_requires"].replace(".", "") + config["variant"]
         if not version.endswith(tag) or version != config["version"]:
             bad.append(f"version {version} should end with {tag} and equal the build's {config['version']}")
-        if not re.search(r"^Tag: cp310-abi3-", wheel, re.M):
+        if not re.search(r"^Tag: cp310-abi3-", wheel, re.MULTILINE):
             bad.append("not tagged cp310-abi3")
         if config["cuda"]:
             bad += _check_cuda_binary(z, config)

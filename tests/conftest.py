@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 import sys
@@ -10,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import fastlayers  # noqa: E402,F401
+import fastlayers
 
 if os.environ.get("FASTLAYERS_TEST_INSTALLED") == "1":
     # make wheel-test: the suite must exercise the installed wheel, not a source tree on sys.path.
@@ -21,6 +22,50 @@ if os.environ.get("FASTLAYERS_TEST_INSTALLED") == "1":
           file=sys.stderr)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+# Optional test dependencies: peers the tests cross-check against and test tools. requirements-dev.txt pins each
+# and the dev extra lists each; a machine without one (the GPU check machine, a user's venv) skips what needs it.
+# Every test imports them one way (tests/test_optional_deps.py checks it):
+#   - a file that needs one throughout: ``ts = importorskip("torch_scatter")`` at module level;
+#   - a test that needs one: ``@needs("timm")`` on the test, and the import inside the test
+#     (hypothesis too: ``@given`` goes on an inner function the test calls).
+OPTIONAL_TEST_DEPS = {  # import name -> pip package
+    "torch_scatter": "torch-scatter",
+    "torch_geometric": "torch-geometric",
+    "timm": "timm",
+    "ot": "POT",
+    "networkx": "networkx",
+    "sklearn": "scikit-learn",
+    "hypothesis": "hypothesis",
+}
+
+
+def _skip_reason(module: str) -> str:
+    top = module.split(".")[0]
+    if top not in OPTIONAL_TEST_DEPS:
+        raise ValueError(f"{top} is not an optional test dependency (add it to OPTIONAL_TEST_DEPS)")
+    return f"needs {OPTIONAL_TEST_DEPS[top]} (optional; pip install -r requirements-dev.txt)"
+
+
+def has(module: str) -> bool:
+    """Whether the optional test dependency ``module`` imports."""
+    _skip_reason(module)
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def needs(module: str):
+    """Marks a test that needs the optional test dependency ``module``: skipped, with the package named, where it
+    does not import."""
+    return pytest.mark.skipif(not has(module), reason=_skip_reason(module))
+
+
+def importorskip(module: str):
+    """The optional test dependency ``module``, or skip the calling module (at module level) or test."""
+    return pytest.importorskip(module, reason=_skip_reason(module))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,10 +14,11 @@ import threading
 import types
 
 import pytest
-
 from fastlayers.data import fetch as F
 from fastlayers.data import load_subgraph_split
 from fastlayers.data.root import require
+
+from .conftest import importorskip
 
 SHARED = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "README.md").exists(), reason="../shared/data absent")
@@ -310,7 +311,7 @@ def test_convert_isonet_missing_source():
 def test_real_networkx_pickles_convert_to_the_pinned_json():
     # Rebuild every published split as networkx objects (views cached, as after use), pickle them, convert back:
     # the JSON must be byte-identical to the pinned files, for old and new pickle protocols.
-    nx = pytest.importorskip("networkx")
+    nx = importorskip("networkx")
     for i, f in enumerate(F.DATASETS["isonet"].files):
         doc = json.loads((SHARED / f.relpath).read_text())
         if doc["kind"] == "relation":

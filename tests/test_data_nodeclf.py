@@ -6,11 +6,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from fastlayers import data
 from fastlayers.examples import nodeclf
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, needs
 
 NODECLF = os.path.join(SHARED_DATA, "nodeclf")
 needs_shared = pytest.mark.skipif(not os.path.isdir(NODECLF), reason="../shared/data not present")
@@ -26,8 +25,7 @@ def _write_film_like(folder, n=7, width_in_header=5, splits=2):
     labels = rng.integers(0, 3, n)
     with open(os.path.join(folder, "out1_node_feature_label.txt"), "w") as f:
         f.write(f"node_id\tfeature(feature_amount:{width_in_header})\tlabel\n")
-        for i in rng.permutation(n):
-            f.write(f"{i}\t{','.join(map(str, active[i]))}\t{labels[i]}\n")
+        f.writelines(f"{i}\t{','.join(map(str, active[i]))}\t{labels[i]}\n" for i in rng.permutation(n))
     with open(os.path.join(folder, "out1_graph_edges.txt"), "w") as f:
         f.write("node_id\tnode_id\n0\t1\n1\t2\n2\t2\n")
     name = os.path.basename(folder)
@@ -163,10 +161,10 @@ def test_example_names_the_fetch_command_for_a_missing_dataset(tmp_path):
         nodeclf.main(["--dataset", "nosuch", "--root", str(tmp_path), "--quiet"])
 
 
+@needs("torch_scatter")
 @pytest.mark.parametrize("variant", ["diag", "orthogonal", "general"])
 def test_benchmark_peer_is_the_same_model(variant, one_thread):
     """The torch_scatter NSD the example times against computes the same function and gradients (float64)."""
-    pytest.importorskip("torch_scatter")
     torch.manual_seed(0)
     ei = torch.randint(0, 12, (2, 40))
     x = torch.randn(12, 5, dtype=torch.float64)

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from fastlayers.data import chronological_split, load_jodie_csv, load_snap_temporal
 
 from .conftest import SHARED_DATA

@@ -10,11 +10,10 @@ import warnings
 
 import pytest
 import torch
-from torch.autograd import gradgradcheck
-
 from fastlayers import Graph, ops, reference
 from fastlayers.ops import DoubleBackwardError
 from fastlayers.reference import mp as ref_mp
+from torch.autograd import gradgradcheck
 
 F64 = torch.float64
 
@@ -68,8 +67,8 @@ REDUCES = ["sum", "mean", "max", "min"]
 def test_scatter(reduce):
     src = _rand(3, 7, 2)
     index = torch.tensor([0, 3, 3, 1, 0, 3, 0])  # slot 2 is empty
-    fn = lambda s: ops.scatter(s, index, 1, 4, reduce)  # noqa: E731
-    ref = lambda s: reference.mp.scatter(s, index, 1, 4, reduce)  # noqa: E731
+    fn = lambda s: ops.scatter(s, index, 1, 4, reduce)
+    ref = lambda s: reference.mp.scatter(s, index, 1, 4, reduce)
     assert gradgradcheck(lambda s: fn(s) ** 2, (src,))
     _check_against_reference(lambda s: fn(s) ** 2, lambda s: ref(s) ** 2, (src,))
 
@@ -78,7 +77,7 @@ def test_scatter(reduce):
 def test_segment(reduce):
     src = _rand(8, 3)
     indptr = torch.tensor([1, 3, 3, 7])  # row 0 and row 7 outside every segment, segment 1 empty
-    fn = lambda s: ops.segment(s, indptr, reduce) ** 2  # noqa: E731
+    fn = lambda s: ops.segment(s, indptr, reduce) ** 2
     assert gradgradcheck(fn, (src,))
     _check_against_reference(fn, lambda s: ref_mp.segment(s, indptr, reduce) ** 2, (src,))
 
@@ -90,7 +89,7 @@ def test_spmm(reduce, layout):
     x = _rand(6, 3) if layout == "2d" else _rand(6, 2, 3)
     w = {"2d": _rand(10), "3d-shared-w": _rand(10), "3d-per-head-w": _rand(10, 2), "no-w": None}[layout]
     inputs = (x,) if w is None else (x, w)
-    fn = lambda x, w=None: ops.spmm(g, x, w, reduce) ** 2  # noqa: E731
+    fn = lambda x, w=None: ops.spmm(g, x, w, reduce) ** 2
     assert gradgradcheck(fn, inputs)
     _check_against_reference(fn, lambda x, w=None: ref_mp.spmm(g, x, w, reduce) ** 2, inputs)
 

@@ -1,24 +1,13 @@
 """ECA: fused C++ (CPU) and Triton (interpreter here, GPU under -m cuda) kernels against the eager reference."""
 
+import fastlayers
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import fastlayers
 from fastlayers import reference
 from fastlayers.nn import ECA, convert_timm
 from fastlayers.ops import eca
 
-from .conftest import triton_available, triton_launchers
-
-try:
-    import timm
-    from timm.layers import CecaModule, EcaModule
-except ImportError:  # the GPU check machine may lack timm: its tests skip, the kernel tests still run
-    timm = None
-
-needs_timm = pytest.mark.skipif(timm is None, reason="timm not installed")
+from .conftest import needs, triton_available, triton_launchers
 
 
 def _layouts(dtype=torch.float64, device="cpu"):
@@ -59,28 +48,35 @@ def test_forward_matches_reference_float64(layout, k, circular):
         assert y.stride() == x.stride(), "output must keep the input's memory format"
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    n=st.integers(1, 4),
-    c=st.integers(1, 70),
-    spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
-    k=st.sampled_from([1, 3, 5, 7, 9, 15]),
-    circular=st.booleans(),
-    channels_last=st.booleans(),
-)
-def test_random_shapes_match_reference(n, c, spatial, k, circular, channels_last):
-    x = torch.randn(n, *spatial, c, dtype=torch.float64).movedim(-1, 1)  # channels-last strides
-    if not channels_last:
-        x = x.contiguous()
-    x.requires_grad_()
-    w = torch.randn(k, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(x.shape, dtype=torch.float64)
-    y = eca(x, w, circular)
-    r = reference.eca(x, w, circular)
-    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
-    got = torch.autograd.grad(y, (x, w), g)
-    want = torch.autograd.grad(r, (x, w), g)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
+@needs("hypothesis")
+def test_random_shapes_match_reference():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        n=st.integers(1, 4),
+        c=st.integers(1, 70),
+        spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+        k=st.sampled_from([1, 3, 5, 7, 9, 15]),
+        circular=st.booleans(),
+        channels_last=st.booleans(),
+    )
+    def check(n, c, spatial, k, circular, channels_last):
+        x = torch.randn(n, *spatial, c, dtype=torch.float64).movedim(-1, 1)  # channels-last strides
+        if not channels_last:
+            x = x.contiguous()
+        x.requires_grad_()
+        w = torch.randn(k, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(x.shape, dtype=torch.float64)
+        y = eca(x, w, circular)
+        r = reference.eca(x, w, circular)
+        torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+        got = torch.autograd.grad(y, (x, w), g)
+        want = torch.autograd.grad(r, (x, w), g)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
+
+    check()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -176,17 +172,21 @@ def test_torch_compile_fullgraph():
 # ---- nn.ECA and timm ----------------------------------------------------------------------------------------
 
 
-@needs_timm
+@needs("timm")
 @pytest.mark.parametrize("channels", [1, 2, 16, 64, 100, 128, 256, 512, 1024, 2048, 4096])
 def test_kernel_size_rule_matches_timm(channels):
+    from timm.layers import EcaModule
+
     assert ECA(channels=channels).kernel_size == EcaModule(channels=channels).conv.weight.shape[-1]
 
 
-@needs_timm
-@pytest.mark.parametrize("cls, circular", [(EcaModule, False), (CecaModule, True)])
+@needs("timm")
+@pytest.mark.parametrize("cls, circular", [("EcaModule", False), ("CecaModule", True)])
 @pytest.mark.parametrize("cl", [False, True])
 def test_same_outputs_as_timm(cls, circular, cl):
-    ref = cls(channels=256)
+    import timm.layers
+
+    ref = getattr(timm.layers, cls)(channels=256)
     ours = ECA(channels=256, circular=circular)
     ours.load_state_dict(ref.state_dict())  # same key and shape: conv.weight [1, 1, k]
     assert ours.conv.weight.shape == (1, 1, 5)
@@ -211,8 +211,11 @@ def test_state_dict_round_trip():
     assert torch.equal(a.conv.weight, b.conv.weight)
 
 
-@needs_timm
+@needs("timm")
 def test_convert_timm_ecaresnet():
+    import timm
+    from timm.layers import EcaModule
+
     model = timm.create_model("ecaresnet26t", pretrained=False).eval()
     n_eca = sum(isinstance(m, EcaModule) for m in model.modules())
     assert n_eca > 0
@@ -227,8 +230,10 @@ def test_convert_timm_ecaresnet():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-@needs_timm
+@needs("timm")
 def test_convert_timm_bare_and_unsupported():
+    from timm.layers import CecaModule, EcaModule
+
     c = CecaModule(channels=64)
     new = convert_timm(c)
     assert isinstance(new, ECA) and new.circular
@@ -324,13 +329,13 @@ def test_triton_matches_reference(layout, circular, dtype):
     x = _case(layout, dtype=dtype)
     w = torch.randn(5, dtype=dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
-    y, p, s = tk.eca_forward(x, w, circular)
+    y, p, s = tk.eca_fwd(x, w, circular)
     torch.testing.assert_close(y, reference.eca(x, w, circular), **tol)
     xr = x.clone().requires_grad_()
     wr = w.clone().requires_grad_()
     g = torch.randn(x.shape, dtype=dtype)
     rx, rw = torch.autograd.grad(reference.eca(xr, wr, circular), (xr, wr), g)
-    dx, dw = tk.eca_backward(g, x, w, p, s, circular)
+    dx, dw = tk.eca_bwd(g, x, w, p, s, circular)
     torch.testing.assert_close(dx, rx, **tol)
     torch.testing.assert_close(dw, rw, **tol)
 
@@ -348,13 +353,13 @@ def test_triton_channel_blocks_and_halo(c, k, circular, cl):
     if cl:
         x = x.to(memory_format=torch.channels_last)
     w = torch.randn(k, dtype=torch.float64)
-    y, p, s = tk.eca_forward(x, w, circular)
+    y, p, s = tk.eca_fwd(x, w, circular)
     torch.testing.assert_close(y, reference.eca(x, w, circular), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(p, x.mean((2, 3)), rtol=1e-12, atol=1e-12)
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     g = torch.randn(x.shape, dtype=torch.float64)
     rx, rw = torch.autograd.grad(reference.eca(xr, wr, circular), (xr, wr), g)
-    dx, dw = tk.eca_backward(g, x, w, p, s, circular)
+    dx, dw = tk.eca_bwd(g, x, w, p, s, circular)
     torch.testing.assert_close(dx, rx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dw, rw, rtol=1e-12, atol=1e-12)
 
@@ -366,12 +371,12 @@ def test_triton_large_planes_take_narrow_blocks(circular):
     tk = triton_launchers("eca")
     x = torch.randn(1, 20, 64, 64, dtype=torch.float64)
     w = torch.randn(5, dtype=torch.float64)
-    y, p, s = tk.eca_forward(x, w, circular)
+    y, p, s = tk.eca_fwd(x, w, circular)
     torch.testing.assert_close(y, reference.eca(x, w, circular), rtol=1e-12, atol=1e-12)
     g = torch.randn(x.shape, dtype=torch.float64)
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     rx, rw = torch.autograd.grad(reference.eca(xr, wr, circular), (xr, wr), g)
-    dx, dw = tk.eca_backward(g, x, w, p, s, circular)
+    dx, dw = tk.eca_bwd(g, x, w, p, s, circular)
     torch.testing.assert_close(dx, rx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dw, rw, rtol=1e-12, atol=1e-12)
 
@@ -383,7 +388,7 @@ def test_triton_agrees_with_cpu_kernel():
     x = torch.randn(3, 40, 9, 9, dtype=torch.float64)
     w = torch.randn(7, dtype=torch.float64)
     y_cpu, p_cpu, s_cpu = torch.ops.fastlayers.eca_fwd(x, w, True)
-    y_tr, p_tr, s_tr = tk.eca_forward(x, w, True)
+    y_tr, p_tr, s_tr = tk.eca_fwd(x, w, True)
     torch.testing.assert_close(y_tr, y_cpu)
     torch.testing.assert_close(p_tr, p_cpu)
     torch.testing.assert_close(s_tr, s_cpu)

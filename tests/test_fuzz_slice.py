@@ -7,6 +7,10 @@ import os
 
 import pytest
 
+from .conftest import importorskip
+
+importorskip("hypothesis")  # the fuzz case generators draw through hypothesis
+
 from fuzz.common import RAISED_VAGUE
 from fuzz.run import FAMILIES, report, run_family
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from fastlayers import reference
 from fastlayers.ops import hyper_linear
 
@@ -81,7 +80,7 @@ def test_partial_gradients(wanted, tokens):
 def test_gradcheck(tokens):
     args, kw = _inputs((3, tokens, 4, 2, 3), "all", grad=True)
     names = list(kw)
-    fn = lambda x, p, w, *rest: hyper_linear(x, p, w, **dict(zip(names, rest)))  # noqa: E731
+    fn = lambda x, p, w, *rest: hyper_linear(x, p, w, **dict(zip(names, rest)))
     assert torch.autograd.gradcheck(fn, (*args, *kw.values()))
 
 
@@ -119,7 +118,7 @@ def test_shapes_and_squeeze():
 def test_empty(shape):
     args, kw = _inputs(shape, "all", grad=True)
     y = hyper_linear(*args, **kw)
-    b, t, i, o, h = shape
+    b, t, _i, o, _h = shape
     assert y.shape == ((b, o) if t is None else (b, t, o))
     grads = torch.autograd.grad(y.sum(), [*args, *kw.values()])
     for g, leaf in zip(grads, [*args, *kw.values()]):
@@ -214,7 +213,7 @@ def test_bad_optional_input(kw, exc, match):
 
 def _op_args(shape, dtype):
     b, t, i, o, h = shape
-    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    r = lambda *s: torch.randn(*s, dtype=dtype)
     return r(b, t, i), r(b, h), r(o * i + o, h), r(o, i), r(o)
 
 
@@ -235,11 +234,11 @@ def test_triton_matches_reference(shape, dtype):
     leaves = [t.clone().requires_grad_() for t in (x, phi, w, w0, b0)]
     bias = torch.cat([torch.zeros(w.shape[0] - b0.shape[0], dtype=dtype), leaves[4]])
     ref = reference.hyper_linear(leaves[0], leaves[1], leaves[2], bias=bias, base_weight=leaves[3])
-    y = tk.hyper_linear_forward(x, phi, w, w0, b0)
+    y = tk.hyper_linear_fwd(x, phi, w, w0, b0)
     torch.testing.assert_close(y, ref, **tol)
     g = torch.randn_like(ref)
     expect = torch.autograd.grad(ref, leaves, g)
-    got = tk.hyper_linear_backward(g, x, phi, w, w0, True, True)
+    got = tk.hyper_linear_bwd(g, x, phi, w, w0, True, True)
     for a, b in zip(got, expect):
         torch.testing.assert_close(a, b, **tol)
 
@@ -252,10 +251,10 @@ def test_triton_partial_and_no_static(tokens):
     x, phi, w, _, _ = _op_args((6, tokens, 5, 4, 3), torch.float64)
     cpu = torch.ops.fastlayers.hyper_linear_bwd
     g = torch.randn(6, tokens, 4, dtype=torch.float64)
-    torch.testing.assert_close(tk.hyper_linear_forward(x, phi, w, None, None),
+    torch.testing.assert_close(tk.hyper_linear_fwd(x, phi, w, None, None),
                                torch.ops.fastlayers.hyper_linear_fwd(x, phi, w, None, None))
     for need in [(True, False), (False, True)]:
-        got = tk.hyper_linear_backward(g, x, phi, w, None, *need)
+        got = tk.hyper_linear_bwd(g, x, phi, w, None, *need)
         want = cpu(g, x, phi, w, None, *need)
         if need[0]:
             torch.testing.assert_close(got[0], want[0])
@@ -273,9 +272,9 @@ def test_triton_empty(shape):
     tk = triton_launchers("hyper")
 
     x, phi, w, w0, b0 = _op_args(shape, torch.float32)
-    y = tk.hyper_linear_forward(x, phi, w, w0, b0)
+    y = tk.hyper_linear_fwd(x, phi, w, w0, b0)
     assert y.shape == (shape[0], shape[1], shape[3])
-    gx, gphi, gw, gw0, gb0 = tk.hyper_linear_backward(torch.randn(y.shape), x, phi, w, w0, True, True)
+    gx, gphi, gw, gw0, gb0 = tk.hyper_linear_bwd(torch.randn(y.shape), x, phi, w, w0, True, True)
     assert gx.shape == x.shape and gphi.shape == phi.shape and gw.shape == w.shape
     assert torch.all(gw == 0) and torch.all(gw0 == 0) and torch.all(gb0 == 0)
 
@@ -304,7 +303,7 @@ def test_cuda_matches_reference(tokens, dtype):
 def test_cuda_gradcheck_and_opcheck():
     args, kw = _inputs((3, 2, 4, 2, 3), "all", device="cuda", grad=True)
     names = list(kw)
-    fn = lambda x, p, w, *rest: hyper_linear(x, p, w, **dict(zip(names, rest)))  # noqa: E731
+    fn = lambda x, p, w, *rest: hyper_linear(x, p, w, **dict(zip(names, rest)))
     assert torch.autograd.gradcheck(fn, (*args, *kw.values()))
     torch.library.opcheck(torch.ops.fastlayers.hyper_linear_fwd, (*args, kw["base_weight"], kw["base_bias"]))
 
@@ -314,7 +313,7 @@ def test_cuda_gradcheck_and_opcheck():
 
 def _abs_args(shape, dtype=torch.float64, w0=True, grad=False):
     b, t, i, o, h = shape
-    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=grad)  # noqa: E731
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=grad)
     return r(b, t, i), r(b, h), r(o * i, h), (r(o, i) if w0 else None)
 
 
@@ -428,8 +427,8 @@ def test_triton_abs_linear_matches_reference(shape, w0):
     args = _abs_args(shape, w0=w0)
     leaves = [a.clone().requires_grad_() for a in args if a is not None]
     r = reference.hyper_abs_linear(*leaves, *([] if w0 else [None]))
-    torch.testing.assert_close(tk.hyper_abs_linear_forward(*args), r, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(tk.hyper_abs_linear_fwd(*args), r, rtol=1e-11, atol=1e-11)
     g = torch.randn_like(r)
-    got = tk.hyper_abs_linear_backward(g, *args)
+    got = tk.hyper_abs_linear_bwd(g, *args)
     for a, b in zip(got, torch.autograd.grad(r, leaves, g)):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from fastlayers import reference
 from fastlayers.nn import HyperLinear, HyperNetwork, IntervalHyperNetwork, mip_encode
+from torch import nn
 
 
 def test_mip_encode_constant_norm():
@@ -103,7 +102,7 @@ def test_interval_hypernetwork_matches_reference_and_contains_samples():
         z = mu + r * (2 * torch.rand_like(r) - 1)
         y, _ = net(x, z)  # a point embedding: radius 0
         assert torch.all(y >= y_c - y_r - 1e-12) and torch.all(y <= y_c + y_r + 1e-12)
-    y0, r0 = net(x, mu)
+    _y0, r0 = net(x, mu)
     assert torch.all(r0.abs() < 1e-12)
     assert net.generate(mu).shape == (5 * 6 + 5 + 3 * 5 + 3,)
 

@@ -5,11 +5,10 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from fastlayers import data
 from fastlayers.nn import GCNConv
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, needs
 
 NODECLF = os.path.join(SHARED_DATA, "nodeclf")
 needs_shared = pytest.mark.skipif(not os.path.isdir(NODECLF), reason="../shared/data not present")
@@ -22,8 +21,8 @@ def _write_geom_gcn(folder, name, n=6, splits=2):
     labels = rng.integers(0, 3, n)
     with open(os.path.join(folder, "out1_node_feature_label.txt"), "w") as f:
         f.write("node_id\tfeature\tlabel\n")
-        for i in reversed(range(n)):  # any row order
-            f.write(f"{i}\t{','.join(map(str, feats[i]))}\t{labels[i]}\n")
+        f.writelines(f"{i}\t{','.join(map(str, feats[i]))}\t{labels[i]}\n"
+                     for i in reversed(range(n)))  # any row order
     edges = [(0, 1), (1, 2), (2, 2), (5, 0)]
     with open(os.path.join(folder, "out1_graph_edges.txt"), "w") as f:
         f.write("node_id\tnode_id\n" + "".join(f"{a}\t{b}\n" for a, b in edges))
@@ -103,8 +102,9 @@ def test_gcn_trains_on_cora():
 
 
 @needs_shared
+@needs("torch_geometric")
 def test_signed_conv_on_bitcoin_matches_pyg():
-    pyg = pytest.importorskip("torch_geometric.nn", reason="torch_geometric not installed")
+    import torch_geometric.nn as pyg
     from fastlayers.nn import SignedConv
 
     b = data.load_bitcoin(os.path.join(SHARED_DATA, "signed", "bitcoin_otc.csv"))

@@ -3,11 +3,12 @@ inputs, gradients, and an empty edge list."""
 
 import pytest
 import torch
-
 from fastlayers import Graph
 from fastlayers import nn as fnn
 
-pyg = pytest.importorskip("torch_geometric.nn", reason="torch_geometric not installed")
+from .conftest import importorskip
+
+pyg = importorskip("torch_geometric.nn")
 
 D = torch.float64
 

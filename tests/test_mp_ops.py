@@ -3,16 +3,11 @@ reference in float64, gradcheck, opcheck, torch_scatter, edge cases and argument
 
 import pytest
 import torch
-
 from fastlayers import Graph, ops
 from fastlayers.reference import mp as ref
 
-try:
-    import torch_scatter
-except ImportError:  # the GPU check machine may lack it: those comparisons skip
-    torch_scatter = None
+from .conftest import needs
 
-needs_ts = pytest.mark.skipif(torch_scatter is None, reason="torch_scatter not installed")
 REDUCES = ["sum", "mean", "max", "min"]
 D = torch.float64
 
@@ -149,9 +144,11 @@ def test_spmm_empty_graph(reduce):
     assert ops.spmm(g0, torch.randn(0, 3), reduce=reduce).shape == (0, 3)
 
 
-@needs_ts
+@needs("torch_scatter")
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_spmm_matches_torch_scatter(reduce):
+    import torch_scatter
+
     g = _graph(n=500, e=5000, seed=3)
     x = torch.randn(g.num_nodes, 16)
     w = torch.rand(g.num_edges)
@@ -222,9 +219,11 @@ def test_scatter_gradcheck(reduce):
     assert torch.autograd.gradcheck(lambda s: ops.scatter(s, index, 0, 7, reduce), (src,))
 
 
-@needs_ts
+@needs("torch_scatter")
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_scatter_matches_torch_scatter(reduce):
+    import torch_scatter
+
     src = torch.randn(400, 8)
     index = torch.randint(0, 60, (400,))
     torch.testing.assert_close(ops.scatter(src, index, 0, reduce=reduce),
@@ -234,9 +233,11 @@ def test_scatter_matches_torch_scatter(reduce):
                                torch_scatter.scatter(src3, index, 1, dim_size=70, reduce=reduce))
 
 
-@needs_ts
+@needs("torch_scatter")
 @pytest.mark.parametrize("which", ["max", "min"])
 def test_scatter_arg_matches_torch_scatter(which):
+    import torch_scatter
+
     src = torch.randn(300, 5)
     index = torch.randint(0, 40, (300,))
     ours = getattr(ops, f"scatter_{which}")(src, index, 0, 45)
@@ -275,7 +276,7 @@ def test_scatter_ties_and_broadcast_index():
 
 
 @pytest.mark.parametrize("reduce", REDUCES)
-def test_segment_matches_reference_and_torch_scatter(reduce):
+def test_segment_matches_reference(reduce):
     src = torch.randn(60, 2, 3, dtype=D, requires_grad=True)
     indptr = torch.tensor([2, 2, 10, 11, 30, 30, 55])  # empty segments, rows 0-1 and 55-59 outside
     y = ops.segment(src, indptr, reduce)
@@ -286,8 +287,16 @@ def test_segment_matches_reference_and_torch_scatter(reduce):
     torch.testing.assert_close(gs, torch.autograd.grad(r, src, go)[0])
     assert torch.all(gs[:2] == 0) and torch.all(gs[55:] == 0)
     assert torch.autograd.gradcheck(lambda s: ops.segment(s, indptr, reduce), (src[:56].detach().requires_grad_(),))
-    if torch_scatter is not None:
-        torch.testing.assert_close(y, torch_scatter.segment_csr(src.detach(), indptr, reduce=reduce))
+
+
+@needs("torch_scatter")
+@pytest.mark.parametrize("reduce", REDUCES)
+def test_segment_matches_torch_scatter(reduce):
+    import torch_scatter
+
+    src = torch.randn(60, 2, 3, dtype=D)
+    indptr = torch.tensor([2, 2, 10, 11, 30, 30, 55])
+    torch.testing.assert_close(ops.segment(src, indptr, reduce), torch_scatter.segment_csr(src, indptr, reduce=reduce))
 
 
 def test_scatter_segment_empty():
@@ -534,16 +543,16 @@ def test_cuda_gradcheck_and_opcheck():
     x = torch.randn(g.num_nodes, 3, dtype=D, device="cuda", requires_grad=True)
     w = torch.randn(g.num_edges, dtype=D, device="cuda", requires_grad=True)
     for reduce in REDUCES:
-        assert torch.autograd.gradcheck(lambda a, b: ops.spmm(g, a, b, reduce), (x, w))
+        assert torch.autograd.gradcheck(lambda a, b, reduce=reduce: ops.spmm(g, a, b, reduce), (x, w))
     s = torch.randn(g.num_edges, dtype=D, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ops.edge_softmax(g, t), (s,))
     assert torch.autograd.gradcheck(lambda a, b: ops.sddmm(g, a, b), (x, x.detach().clone().requires_grad_()))
     src = torch.randn(40, 3, dtype=D, device="cuda", requires_grad=True)
     index = torch.randint(0, 9, (40,), device="cuda")
+    indptr = torch.tensor([0, 5, 5, 30], device="cuda")
     for reduce in REDUCES:
-        assert torch.autograd.gradcheck(lambda t: ops.scatter(t, index, 0, 10, reduce), (src,))
-        assert torch.autograd.gradcheck(lambda t: ops.segment(t, torch.tensor([0, 5, 5, 30], device="cuda"), reduce),
-                                        (src,))
+        assert torch.autograd.gradcheck(lambda t, reduce=reduce: ops.scatter(t, index, 0, 10, reduce), (src,))
+        assert torch.autograd.gradcheck(lambda t, reduce=reduce: ops.segment(t, indptr, reduce), (src,))
     csr = (g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm)
     torch.library.opcheck(torch.ops.fastlayers.spmm_fwd, (*csr, w, x.unsqueeze(1), "max", True))
     xb = torch.randn(g.num_nodes, 3, 4, dtype=D, device="cuda", requires_grad=True)
@@ -554,18 +563,15 @@ def test_cuda_gradcheck_and_opcheck():
 
 # ---- property test over random small graphs -------------------------------------------------------------------
 
-try:
+@needs("hypothesis")
+def test_spmm_property():
     from hypothesis import given, settings
     from hypothesis import strategies as st
-except ImportError:  # the GPU check machine may lack hypothesis
-    given = None
-
-if given is not None:
 
     @settings(max_examples=40, deadline=None)
     @given(n=st.integers(0, 12), e=st.integers(0, 40), f=st.integers(1, 5), heads=st.integers(0, 2),
            reduce=st.sampled_from(REDUCES), weighted=st.booleans(), seed=st.integers(0, 2**31 - 1))
-    def test_spmm_property(n, e, f, heads, reduce, weighted, seed):
+    def check(n, e, f, heads, reduce, weighted, seed):
         gen = torch.Generator().manual_seed(seed)
         e = e if n else 0
         g = Graph.from_edge_index(torch.randint(0, max(n, 1), (2, e), generator=gen), num_nodes=n)
@@ -579,10 +585,18 @@ if given is not None:
         for a, b in zip(_grads(y, (x, w), go), _grads(r, (x, w), go)):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
+    check()
+
+
+@needs("hypothesis")
+def test_scatter_property():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     @settings(max_examples=40, deadline=None)
     @given(L=st.integers(0, 50), n=st.integers(1, 10), b=st.integers(1, 6), reduce=st.sampled_from(REDUCES),
            seed=st.integers(0, 2**31 - 1))
-    def test_scatter_property(L, n, b, reduce, seed):
+    def check(L, n, b, reduce, seed):
         gen = torch.Generator().manual_seed(seed)
         src = torch.randint(-2, 3, (L, b), generator=gen).to(D).requires_grad_()
         index = torch.randint(0, n, (L,), generator=gen)
@@ -590,3 +604,5 @@ if given is not None:
         torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
         go = torch.randn(y.shape, dtype=D, generator=gen)
         torch.testing.assert_close(torch.autograd.grad(y, src, go)[0], torch.autograd.grad(r, src, go)[0])
+
+    check()

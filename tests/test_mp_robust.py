@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-
 from fastlayers import Graph, ops
 
 D = torch.float64
@@ -76,11 +75,11 @@ CRASHES = [
     ("edge_softmax_bwd_perm",
      "perm[2] = 100\ny = torch.rand(E, 2, dtype=torch.float64)\nT.edge_softmax_bwd(rowptr, perm, y, y)",
      ["edge_softmax_bwd", "perm[2] = 100"]),
-    ("block_fwd_col", "col[1] = 10**9\nT.block_spmm_fwd(rowptr, col, perm, colptr, row, cperm, "
-                      "torch.rand(E, 1, 1, dtype=torch.float64), x, False)",
+    ("block_fwd_col", ("col[1] = 10**9\nT.block_spmm_fwd(rowptr, col, perm, colptr, row, cperm, "
+                       "torch.rand(E, 1, 1, dtype=torch.float64), x, False)"),
      ["block_spmm_fwd", "col[1] = 1000000000", "[0, 5)"]),
-    ("block_fwd_perm", "perm[1] = 10**9\nT.block_spmm_fwd(rowptr, col, perm, colptr, row, cperm, "
-                       "torch.rand(E, 1, dtype=torch.float64), x, False)",
+    ("block_fwd_perm", ("perm[1] = 10**9\nT.block_spmm_fwd(rowptr, col, perm, colptr, row, cperm, "
+                        "torch.rand(E, 1, dtype=torch.float64), x, False)"),
      ["block_spmm_fwd", "perm[1] = 1000000000", "[0, 6)"]),
     # corrupted the heap ("free(): invalid next size") before
     ("block_bwd_perm", "perm[:] = 10**5\nT.block_spmm_bwd_blocks(rowptr, col, perm, x, x, False)",
@@ -89,31 +88,31 @@ CRASHES = [
      ["block_spmm_bwd_blocks", "col[3] = -7"]),
     ("block_bwd_rowptr", "rowptr[-1] = 2**40\nT.block_spmm_bwd_blocks(rowptr, col, perm, x, x, False)",
      ["block_spmm_bwd_blocks", "rowptr[-1]"]),
-    ("spmm_arg_bwd_row", "row[2] = 99\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
-                         "dtype=torch.long), True, True)",
+    ("spmm_arg_bwd_row", ("row[2] = 99\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
+                          "dtype=torch.long), True, True)"),
      ["spmm_arg_bwd", "row[2] = 99", "[0, 5)"]),
-    ("spmm_arg_bwd_cperm", "cperm[2] = 99\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
-                           "dtype=torch.long), True, True)",
+    ("spmm_arg_bwd_cperm", ("cperm[2] = 99\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
+                            "dtype=torch.long), True, True)"),
      ["spmm_arg_bwd", "cperm[2] = 99", "[0, 6)"]),
-    ("spmm_arg_bwd_colptr", "colptr[1] = 10**6\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
-                            "dtype=torch.long), True, True)",
+    ("spmm_arg_bwd_colptr", ("colptr[1] = 10**6\nT.spmm_arg_bwd(colptr, row, cperm, w, x, x, torch.zeros(N, 1, 4, "
+                             "dtype=torch.long), True, True)"),
      ["spmm_arg_bwd", "colptr"]),
 ]
 
 # arg values past the source size were compared, never matched, and the gradient came back as zeros silently.
 SILENT = [
-    ("segment_bwd_arg", "src = torch.randn(6, 3, dtype=torch.float64)\nindptr = torch.tensor([0, 2, 6])\n"
-                        "arg = torch.tensor([[0, 1, 7], [2, 3, 4]])\n"
-                        "T.segment_bwd(torch.ones(2, 3, dtype=torch.float64), indptr, arg, 6, 'max')",
+    ("segment_bwd_arg", ("src = torch.randn(6, 3, dtype=torch.float64)\nindptr = torch.tensor([0, 2, 6])\n"
+                         "arg = torch.tensor([[0, 1, 7], [2, 3, 4]])\n"
+                         "T.segment_bwd(torch.ones(2, 3, dtype=torch.float64), indptr, arg, 6, 'max')"),
      ["segment_bwd", "arg", "= 7", "[0, 6)"]),
-    ("spmm_arg_bwd_arg", "a = torch.zeros(N, 1, 4, dtype=torch.long)\na[1, 0, 2] = 10**6\n"
-                         "T.spmm_arg_bwd(colptr, row, cperm, None, x, x, a, True, False)",
+    ("spmm_arg_bwd_arg", ("a = torch.zeros(N, 1, 4, dtype=torch.long)\na[1, 0, 2] = 10**6\n"
+                          "T.spmm_arg_bwd(colptr, row, cperm, None, x, x, a, True, False)"),
      ["spmm_arg_bwd", "arg", "= 1000000", "[0, 6)"]),
-    ("scatter_bwd_arg", "arg = torch.tensor([[[0], [9]]])\n"
-                        "T.scatter_bwd(torch.ones(1, 2, 1, dtype=torch.float64), torch.tensor([0, 1, 1]), arg, 'max')",
+    ("scatter_bwd_arg", ("arg = torch.tensor([[[0], [9]]])\n"
+                         "T.scatter_bwd(torch.ones(1, 2, 1, dtype=torch.float64), torch.tensor([0, 1, 1]), arg, 'max')"),
      ["scatter_bwd", "arg", "= 9", "[0, 3)"]),
-    ("scatter_fwd_index", "T.scatter_fwd(torch.ones(1, 3, 2, dtype=torch.float64), torch.tensor([0, 5, 1]), 2, "
-                          "'sum', False)",
+    ("scatter_fwd_index", ("T.scatter_fwd(torch.ones(1, 3, 2, dtype=torch.float64), torch.tensor([0, 5, 1]), 2, "
+                           "'sum', False)"),
      ["scatter_fwd", "index[1] = 5", "[0, dim_size = 2)"]),
 ]
 
@@ -132,7 +131,7 @@ def test_sentinel_args_are_accepted():
     """The forward's 'no element' sentinel (source size) in arg is valid input to the backward ops."""
     g = Graph.from_edge_index(torch.tensor([[0, 1], [1, 1]]), num_nodes=3)  # nodes 0 and 2 receive nothing
     x = torch.randn(3, 1, 2, dtype=D)
-    out, arg = torch.ops.fastlayers.spmm_fwd(g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm, None, x, "max", True)
+    _out, arg = torch.ops.fastlayers.spmm_fwd(g.rowptr, g.col, g.perm, g.colptr, g.row, g.cperm, None, x, "max", True)
     assert (arg[0] == g.num_edges).all() and (arg[2] == g.num_edges).all()
     gx, _ = torch.ops.fastlayers.spmm_arg_bwd(g.colptr, g.row, g.cperm, None, x, torch.ones_like(x), arg, True, False)
     assert gx.shape == x.shape

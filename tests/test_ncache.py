@@ -1,9 +1,9 @@
 """N-cache: C++ (CPU) and CUDA kernels against the plain-PyTorch reference on random temporal streams."""
 
+import pathlib
+
 import pytest
 import torch
-
-import fastlayers
 from fastlayers import NCache
 from fastlayers.reference import ncache as R
 
@@ -408,7 +408,7 @@ def test_advise_huge_pages_edges():
     big = torch.empty(16 << 20, dtype=torch.uint8)
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     took = _C.advise_huge_pages(big.data_ptr(), big.numel())
-    if os.path.exists(thp) and "[never]" not in open(thp).read():
+    if os.path.exists(thp) and "[never]" not in pathlib.Path(thp).read_text():
         assert took is True
     # No whole 2 MiB page inside: nothing to advise, and no error.
     assert _C.advise_huge_pages(big.data_ptr() + 1, 4096) is False

@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 
+import fastlayers
 import pytest
 import torch
-
-import fastlayers
 from fastlayers import _compat
 
 CPU = {"version": "0.1.0+pt214cpu", "torch_built": "2.14.1+cpu", "torch_requires": "2.14", "cuda": None,

@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 import torch
-
 from fastlayers import NCache, ops, reference
+
 from .conftest import triton_available
 
 # ---- helpers -------------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_isonet_layer_propagates_nan_like_reference(sizes, which):
     else:
         w[int(which[1:])].view(-1)[1] = float("nan")
     got = ops.isonet_layer(h, p, ei, mask, *w)
-    want = reference.align_layer.isonet_layer(h, p, ei, mask, *w)
+    want = reference.isonet_layer(h, p, ei, mask, *w)
     real = mask
     assert want[real].isnan().any()
     assert torch.equal(got[real].isnan(), want[real].isnan())
@@ -450,9 +450,9 @@ def test_triton_launchers_check_arguments():
 
     x = torch.randn(2, 8, 4, 4)
     with pytest.raises(TypeError, match="eca_fwd: weight must have a floating dtype"):
-        keca.eca_forward(x, torch.ones(3, dtype=torch.int64), False)
+        keca.eca_fwd(x, torch.ones(3, dtype=torch.int64), False)
     with pytest.raises(ValueError, match="eca_fwd: weight must be 1-D"):
-        keca.eca_forward(x, torch.ones(1, 3), False)
+        keca.eca_fwd(x, torch.ones(1, 3), False)
     logits = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match=_escape("sinkhorn_fwd: col_mask must be [2, 4]")):
         kalign.sinkhorn_fwd(logits, torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool), 0.1, 3,
@@ -460,9 +460,9 @@ def test_triton_launchers_check_arguments():
     with pytest.raises(ValueError, match="align_score_fwd: hc must be"):
         kalign.align_score_fwd(torch.randn(2, 3, 4), torch.randn(2, 5, 3), torch.rand(2, 3, 5))
     with pytest.raises(ValueError, match="hyper_linear_fwd: weight rows must be a multiple of 4"):
-        khyper.hyper_linear_forward(torch.randn(2, 1, 3), torch.randn(2, 5), torch.randn(9, 5), None, None)
+        khyper.hyper_linear_fwd(torch.randn(2, 1, 3), torch.randn(2, 5), torch.randn(9, 5), None, None)
     with pytest.raises(ValueError, match="hyper_abs_linear_fwd: x must have I >= 1"):
-        khyper.hyper_abs_linear_forward(torch.randn(2, 1, 0), torch.randn(2, 5), torch.randn(0, 5), None)
+        khyper.hyper_abs_linear_fwd(torch.randn(2, 1, 0), torch.randn(2, 5), torch.randn(0, 5), None)
 
 
 # ---- hyper -----------------------------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """fastlayers.data: subgraph-pair loader, pair generator, padded batches, and the MAP / HITS@k metrics."""
 
+import json
 import os
 
 import numpy as np
 import pytest
-import torch
+from fastlayers.data import (
+    generate_pairs,
+    hits_at_k,
+    is_subgraph,
+    load_subgraph_split,
+    make_batch,
+    mean_average_precision,
+)
 
-from fastlayers.data import (generate_pairs, hits_at_k, is_subgraph, load_subgraph_split, make_batch,
-                             mean_average_precision)
-
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, needs
 
 ROOT = os.path.join(SHARED_DATA, "subgraph")
 needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "splits")), reason="../shared/data absent")
@@ -34,6 +39,7 @@ def test_load_aids_splits(split, nq):
 
 
 @needs_data
+@needs("networkx")
 def test_labels_are_node_induced_subgraph_isomorphism():
     s = load_subgraph_split(ROOT, "aids", "test")
     rng = np.random.default_rng(0)
@@ -44,12 +50,14 @@ def test_labels_are_node_induced_subgraph_isomorphism():
             assert not is_subgraph(s.queries[q], s.corpus[c])
 
 
+@needs("networkx")
 def test_is_subgraph_is_node_induced():
     path3 = _g(3, [(0, 1), (1, 2)])
     assert is_subgraph(path3, _ring(5))
     assert not is_subgraph(path3, _g(3, [(0, 1), (1, 2), (0, 2)]))  # monomorphic only: induced needs no 0-2 edge
 
 
+@needs("networkx")
 def test_generate_pairs_labels_every_corpus_graph():
     corpus = [_ring(8), _g(6, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 2)]), _g(4, [(0, 1), (0, 2), (0, 3)])]
     s = generate_pairs(corpus, num_queries=5, min_nodes=3, max_nodes=5, seed=3)
@@ -61,9 +69,9 @@ def test_generate_pairs_labels_every_corpus_graph():
             assert (c in p) == is_subgraph(q, corpus[c])
 
 
+@needs("networkx")
 def test_generate_pairs_filters():
     import networkx as nx
-
     from fastlayers.data.subgraph import _nx
 
     corpus = [_ring(8), _g(6, [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 2)]), _g(4, [(0, 1), (0, 2), (0, 3)])]
@@ -82,11 +90,75 @@ def test_generate_pairs_filters():
     assert len(s.queries) < 50
 
 
+def _write_split(root, dataset, split, corpus, queries, relations):
+    """A split in the IsoNet++ JSON layout of ../shared/data/subgraph (see its README)."""
+    folder = root / "splits" / split
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def graphs(gs, kind, split):
+        return {"dataset": f"{dataset}240k", "split": split, "kind": kind, "source_file": None,
+                "num_graphs": len(gs), "graphs": [{"num_nodes": n, "edges": e} for n, e in gs]}
+
+    (root / "splits" / f"{dataset}240k_corpus_subgraphs.json").write_text(json.dumps(graphs(corpus, "corpus", None)))
+    (folder / f"{split}_{dataset}240k_query_subgraphs.json").write_text(json.dumps(graphs(queries, "query", split)))
+    (folder / f"{split}_{dataset}240k_rel_nx_is_subgraph_iso.json").write_text(json.dumps(
+        {"dataset": f"{dataset}240k", "split": split, "kind": "relation", "source_file": None,
+         "num_queries": len(queries), "num_corpus_graphs": len(corpus), "relations": relations}))
+
+
+_CORPUS = [(4, [[0, 1], [1, 2], [2, 3], [3, 0]]), (3, [[0, 1], [1, 2], [0, 2]]), (3, [[0, 1], [1, 2]])]
+_QUERIES = [(3, [[0, 1], [1, 2]]), (2, [[0, 1]])]
+_RELATIONS = [{"query": 0, "pos": [0, 2], "neg": [1]}, {"query": 1, "pos": [0, 1, 2], "neg": []}]
+
+
+def test_any_dataset_name_in_the_layout_loads(tmp_path):
+    # Not one of the published five: a PTC_MR split in the same JSON layout reads like any other.
+    _write_split(tmp_path, "ptc_mr", "train", _CORPUS, _QUERIES, _RELATIONS)
+    s = load_subgraph_split(str(tmp_path), "ptc_mr", "train")
+    assert [n for n, _ in s.corpus] == [4, 3, 3] and [n for n, _ in s.queries] == [3, 2]
+    assert s.corpus[1][1].tolist() == [[0, 1], [1, 2], [0, 2]] and s.queries[1][1].dtype == np.int64
+    assert s.pos == [[0, 2], [0, 1, 2]] and s.neg == [[1], []]
+    # The splits folder itself works as root, and any split name whose files exist is read.
+    assert load_subgraph_split(str(tmp_path / "splits"), "ptc_mr", "train").pos == s.pos
+    _write_split(tmp_path, "ptc_mr", "fold3", _CORPUS, _QUERIES[:1], _RELATIONS[:1])
+    assert len(load_subgraph_split(str(tmp_path), "ptc_mr", "fold3").queries) == 1
+
+
+def test_missing_files_name_the_path_and_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cora240k_corpus_subgraphs\.json.*expected .*"
+                                                r"train_cora240k_query_subgraphs\.json \(the queries\)"):
+        load_subgraph_split(str(tmp_path), "cora")
+    _write_split(tmp_path, "ptc_mr", "train", _CORPUS, _QUERIES, _RELATIONS)
+    with pytest.raises(FileNotFoundError, match=r"missing .*dev/dev_ptc_mr240k_query_subgraphs\.json"):
+        load_subgraph_split(str(tmp_path), "ptc_mr", "dev")
+    for bad in ("../aids", "", None):
+        with pytest.raises(ValueError, match="dataset must be a file-name part"):
+            load_subgraph_split(str(tmp_path), bad)
+
+
+@pytest.mark.parametrize("which, content, match", [
+    ("corpus", "{not json", r"corpus_subgraphs\.json: not valid JSON"),
+    ("corpus", json.dumps({"graphs": {"num_nodes": 3}}), r"corpus_subgraphs\.json: no 'graphs' list"),
+    ("corpus", json.dumps([1, 2]), r"no 'graphs' list at the top level; expected \{\"graphs\""),
+    ("query", json.dumps({"graphs": [{"edges": [[0, 1]]}]}), r"query_subgraphs\.json: graph 0 is malformed"),
+    ("query", json.dumps({"graphs": [{"num_nodes": 3, "edges": [[0, 1, 2]]}]}), r"graph 0 is malformed"),
+    ("query", json.dumps({"graphs": [{"num_nodes": 2, "edges": [[0, 1]]}, {"num_nodes": 2, "edges": [[0, 5]]}]}),
+     r"query_subgraphs\.json: graph 1: edge endpoint out of range 0\.\.1"),
+    ("relation", json.dumps({"relations": [{"query": 0, "pos": [0]}]}), r"rel_nx_is_subgraph_iso\.json: malformed"),
+    ("relation", json.dumps({"relations": [{"query": 7, "pos": [], "neg": []}]}), r"query id 7 out of range 0\.\.1"),
+    ("relation", json.dumps({"relations": [{"query": 0, "pos": [3], "neg": []}]}), r"corpus id out of range 0\.\.2"),
+])
+def test_malformed_files_raise_naming_the_file(tmp_path, which, content, match):
+    _write_split(tmp_path, "ptc_mr", "test", _CORPUS, _QUERIES, _RELATIONS)
+    path = {"corpus": tmp_path / "splits" / "ptc_mr240k_corpus_subgraphs.json",
+            "query": tmp_path / "splits" / "test" / "test_ptc_mr240k_query_subgraphs.json",
+            "relation": tmp_path / "splits" / "test" / "test_ptc_mr240k_rel_nx_is_subgraph_iso.json"}[which]
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_subgraph_split(str(tmp_path), "ptc_mr", "test")
+
+
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="dataset"):
-        load_subgraph_split(ROOT, "cora")
-    with pytest.raises(ValueError, match="split"):
-        load_subgraph_split(ROOT, "aids", "dev")
     with pytest.raises(ValueError, match="min_nodes"):
         generate_pairs([_ring(5)], 1, min_nodes=4, max_nodes=3)
     with pytest.raises(ValueError, match="pos_fraction"):
@@ -107,6 +179,7 @@ def test_make_batch_layout():
     assert b.q_edge_pairs[1, 0].tolist() == [5, 6]
 
 
+@needs("sklearn")
 def test_mean_average_precision():
     from sklearn.metrics import average_precision_score
 
@@ -132,13 +205,13 @@ def test_hits_at_k():
 
 
 @needs_data
+@needs("networkx")
 def test_committed_extra_training_queries_are_disjoint_and_labelled():
     # benchmarks/results/isonet/aids-extra-queries.json trained the reported IsoNet++ model: no query may be
     # isomorphic to a validation or test query, and its labels must be node-induced subgraph isomorphism.
     import random
 
     import networkx as nx
-
     from fastlayers.data.subgraph import _nx
     from fastlayers.examples.isonet import extra_queries
 
@@ -159,3 +232,15 @@ def test_committed_extra_training_queries_are_disjoint_and_labelled():
         k = rng.randrange(170)
         c = rng.randrange(800)
         assert is_subgraph(extra.queries[k], train.corpus[c]) == (c in extra.pos[k])
+
+
+def test_isonet_example_takes_any_dataset_in_the_layout(tmp_path):
+    from fastlayers.examples.isonet import split_folder
+
+    with pytest.raises(FileNotFoundError, match=r"ptc_mr240k_corpus_subgraphs\.json does not exist: --dataset "
+                                                r"ptc_mr reads the JSON files"):
+        split_folder(str(tmp_path), "ptc_mr")
+    for s in ("train", "val", "test"):
+        _write_split(tmp_path / "subgraph", "ptc_mr", s, _CORPUS, _QUERIES, _RELATIONS)
+    base = split_folder(str(tmp_path), "ptc_mr")
+    assert base == str(tmp_path / "subgraph") and load_subgraph_split(base, "ptc_mr", "val").neg == [[1], []]

@@ -6,14 +6,13 @@ import subprocess
 import sys
 import types
 
-import torch
-
 import fastlayers
+import torch
 from fastlayers.__main__ import info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import harness  # noqa: E402
+import harness
 
 
 def test_info_reports_build_and_ops():
@@ -54,8 +53,10 @@ def test_harness_writes_json_report_and_plot(tmp_path):
     assert abs(row["copy_bw_fraction"] - row["gbps"] / result["copy_bandwidth_gbps"]) < 1e-9
     path = harness.write_json(result, str(tmp_path))
     assert os.path.basename(path) == "cpu-toy.json"
-    assert json.load(open(path))["family"] == "toy"
+    with open(path) as f:
+        assert json.load(f)["family"] == "toy"
     report = harness.write_report(str(tmp_path))
-    text = open(report).read()
+    with open(report) as f:
+        text = f.read()
     assert "## toy on cpu" in text and "double a" in text and "tiny" in text
     assert os.path.getsize(tmp_path / "cpu-speedups.png") > 0

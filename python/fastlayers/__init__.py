@@ -5,19 +5,19 @@ Importing the package loads the compiled kernels (``fastlayers._C``), registers 
 CUDA when Triton is importable.
 """
 
-from ._version import BASE as __version__  # noqa: E402  (replaced by the build's version below)
-
 import torch  # noqa: F401  (the compiled library links against torch's symbols)
 
-from . import _compat  # noqa: E402
-from ._compat import build_config as _build_config, load_library as _load_library  # noqa: E402
+from . import _compat  # noqa: F401  (fastlayers._compat: the build/torch compatibility check, public for info)
+from ._compat import build_config as _build_config
+from ._compat import load_library as _load_library
+from ._version import BASE as __version__
 
 _C = _load_library()  # the op schemas and the CPU/CUDA kernels; a clear ImportError under a mismatched torch
 __version__ = (_build_config() or {}).get("version", __version__)
-from . import cpu_cache, nn, ops, reference  # noqa: E402
-from .graph import Graph  # noqa: E402
-from .ncache import NCache  # noqa: E402
+from . import cpu_cache, nn, ops, reference
+from .graph import Graph
+from .ncache import NCache
 
-__all__ = ["ops", "nn", "reference", "cpu_cache", "__version__"]
+__all__ = ["__version__", "cpu_cache", "nn", "ops", "reference"]
 __all__ += ["Graph"]
 __all__ += ["NCache"]

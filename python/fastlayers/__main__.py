@@ -78,6 +78,12 @@ def main(argv=None) -> int:
         if key == "ops":
             value = ", ".join(value)
         print(f"{key:>22}: {value}")
+    from fastlayers.ops import _backend
+
+    # Per op and device: the backend a float32 input runs on and why each other backend does not
+    # (fastlayers.ops.backend_table(); fastlayers.ops.explain(op, device, dtype, side) for any other input).
+    print("\nbackends (float32 input; fastlayers.ops.explain() for others):")
+    print(_backend.format_table())
     return 0
 
 

@@ -18,7 +18,7 @@ _SOURCE_BUILD = ("build fastlayers from source against the torch you have: pip i
                  "compiler with OpenMP; nvcc too for the CUDA kernels)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_config() -> dict | None:
     """The facts setup.py recorded about the compiled library (version, torch_built, torch_requires, cuda,
     variant, cuda_arch_list), or None where the library was built without them. Read once: the file sits next

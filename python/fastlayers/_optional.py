@@ -7,6 +7,7 @@ import importlib
 # module -> (pip package, fastlayers extra that installs it)
 _EXTRAS = {
     "sklearn": ("scikit-learn", "examples"),
+    "networkx": ("networkx", "examples"),
     "timm": ("timm", "timm"),
     "torch_geometric": ("torch_geometric", "pyg"),
 }

@@ -13,10 +13,11 @@ def tensor(name: str, t) -> torch.Tensor:
 
 
 def floating(name: str, t: torch.Tensor) -> None:
-    allowed = CPU_FLOATS if t.device.type == "cpu" else FLOATS
-    if t.dtype not in allowed:
-        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name} must have a floating dtype ({names} on {t.device.type}), got {t.dtype}")
+    """A floating dtype fastlayers knows. Which of them runs on which device is the backend module's answer
+    (fastlayers.ops._backend): an op's choose() raises for a dtype none of its backends takes there."""
+    if t.dtype not in FLOATS:
+        names = ", ".join(str(d).replace("torch.", "") for d in FLOATS)
+        raise TypeError(f"{name} must have a floating dtype ({names}), got {t.dtype}")
 
 
 def same_device(**tensors: torch.Tensor) -> None:

@@ -6,16 +6,15 @@ import os
 
 import torch
 
-from . import _C
-
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def _csr(key: torch.Tensor, other: torch.Tensor, n: int):
     """Stable sort of the edges by ``key``: (rowptr [n+1], other endpoint per slot, slot -> caller edge id, counts)."""
     # Stable, so the edges of one row keep the caller's order: ties of max/min then go to the lowest edge id.
-    if key.device.type in ("cpu", "cuda") and hasattr(torch.ops.fastlayers, "csr_index") and \
-            (key.device.type == "cpu" or _C.build_info()["cuda"]):
+    from .ops import _backend
+
+    if _backend.choose("csr_index", key) != _backend.REFERENCE:
         rowptr, perm = torch.ops.fastlayers.csr_index(key, n)  # a counting sort on the CPU: O(E + N)
     else:
         key_sorted, perm = torch.sort(key, stable=True)
@@ -57,8 +56,20 @@ class Graph:
     - ``edge_weight``: the optional [E] or [E, H] floating weights given at construction (caller order).
     """
 
-    __slots__ = ("edge_index", "num_nodes", "rowptr", "col", "perm", "colptr", "row", "cperm", "in_degree",
-                 "out_degree", "edge_weight", "_derived")
+    __slots__ = (
+        "_derived",
+        "col",
+        "colptr",
+        "cperm",
+        "edge_index",
+        "edge_weight",
+        "in_degree",
+        "num_nodes",
+        "out_degree",
+        "perm",
+        "row",
+        "rowptr",
+    )
 
     def __init__(self, *, edge_index, num_nodes, rowptr, col, perm, colptr, row, cperm, in_degree, out_degree,
                  edge_weight=None, _trusted: bool = False):
@@ -105,7 +116,11 @@ class Graph:
             raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
         ei = edge_index.to(torch.int64).contiguous()
         num_edges = ei.size(1)
-        if num_edges:
+        if num_edges and num_nodes is not None and torch.compiler.is_compiling():
+            # Traced (torch.compile / torch.export) with num_nodes given: the range checks need the data; the CSR
+            # build (csr_index) still refuses ids outside [0, num_nodes).
+            hi = -1
+        elif num_edges:
             lo, hi = int(ei.min()), int(ei.max())
             if lo < 0:
                 raise IndexError(f"edge_index has a negative node id ({lo}); ids must be in [0, num_nodes)")

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fastlayers import Graph
 from fastlayers.models import HEI
 from fastlayers.models.hei import GCN, MLP, irm_penalty, local_homophily, neighbourhood_score

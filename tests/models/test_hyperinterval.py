@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from fastlayers.examples.hyperinterval import TASKS, accuracy, split_digits
 from fastlayers.models import HyperInterval
 

@@ -5,11 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from fastlayers.data import make_batch
 from fastlayers.examples.isonet import pairwise_hinge
 from fastlayers.models import IsoNet, IsoNetPP
 from fastlayers.models.isonet import _edge_embed, _mlp
+
+from ..conftest import needs
 
 
 def _graphs(rng, count, lo, hi):
@@ -177,7 +178,7 @@ def test_edge_variant_partner_features_are_zero_in_round_one_only(rounds, batch)
 
 
 def test_edge_variant_ignores_what_padded_edge_slots_hold(batch):
-    q, c, b = batch
+    _q, _c, b = batch
     model = IsoNetPP(variant="edge", rounds=2, layers=2)
     s = model(b)
     s.sum().backward()
@@ -218,11 +219,11 @@ def test_edge_variant_is_invariant_to_node_labels_and_edge_order(batch):
     torch.testing.assert_close(s2, s, rtol=1e-4, atol=1e-4)
 
 
+@needs("networkx")
 def test_example_extra_queries_generate_filter_and_cache(tmp_path):
     # The example's generated training queries: labelled on the split's corpus, none isomorphic to a held-out
     # query, cached as JSON and read back identically.
     import networkx as nx
-
     from fastlayers.data import SubgraphSplit
     from fastlayers.data.subgraph import _nx
     from fastlayers.examples.isonet import extra_queries

@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-
 from fastlayers.examples import nat as nat_example
 from fastlayers.models import NAT
 

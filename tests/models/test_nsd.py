@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from fastlayers import Graph
 from fastlayers.models import NSD
 from fastlayers.models.nsd import _orthogonal, sym_inv_sqrt

@@ -8,8 +8,13 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from fastlayers.data import SignedEdges, check_signed_edges, load_bitcoin, sample_non_edges, signed_temporal_split
+from fastlayers.data import (
+    SignedEdges,
+    check_signed_edges,
+    load_bitcoin,
+    sample_non_edges,
+    signed_temporal_split,
+)
 from fastlayers.examples import semba as semba_example
 from fastlayers.models import SEMBA, SGCN
 from fastlayers.models.semba import spectral_features

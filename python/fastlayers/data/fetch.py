@@ -304,7 +304,8 @@ def _node_ids(g, where, index):
     nodes = state.get("_node", state.get("node"))
     adj = state.get("_adj", state.get("adj"))
     if not isinstance(nodes, dict) or not isinstance(adj, dict):
-        raise ValueError(f"{where}: graph {index} has no node and adjacency dicts; not a networkx Graph pickle")
+        raise ValueError(  # noqa: TRY004 - bad file content, not a bad argument
+            f"{where}: graph {index} has no node and adjacency dicts; not a networkx Graph pickle")
     ids = list(nodes)
     if any(type(u) is not int for u in ids):
         bad = next(u for u in ids if type(u) is not int)

@@ -118,8 +118,8 @@ def load_geom_gcn(root: str, name: str | None = None, split: int | None = None) 
     masks = {k: [] for k in ("train_mask", "val_mask", "test_mask")}
     for p in split_files:
         with np.load(p) as z:
-            for k in masks:
-                masks[k].append(torch.from_numpy(z[k].astype(bool)))  # stored as bool or uint8
+            for k, m in masks.items():
+                m.append(torch.from_numpy(z[k].astype(bool)))  # stored as bool or uint8
     if split is not None:
         if not 0 <= split < len(split_files):
             raise ValueError(f"split must be in [0, {len(split_files)}), got {split}")

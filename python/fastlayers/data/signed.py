@@ -75,8 +75,8 @@ def signed_temporal_split(data: SignedEdges, val: float = 0.15, test: float = 0.
     check_signed_edges(data, max_rating)
     E = data.edge_index.size(1)
     order = torch.from_numpy(np.argsort(data.time.numpy(), kind="stable")).long()
-    n_train = int(round((1 - val - test) * E))
-    n_val = int(round(val * E))
+    n_train = round((1 - val - test) * E)
+    n_val = round(val * E)
     tr, va, te = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
     seen = torch.zeros(data.num_nodes, dtype=torch.bool)
     seen[data.edge_index[:, tr].reshape(-1)] = True

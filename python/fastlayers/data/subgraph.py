@@ -16,8 +16,17 @@ import random
 import numpy as np
 import torch
 
-DATASETS = ("aids", "mutag", "ptc_fm", "ptc_fr", "ptc_mm")
+from .._optional import require
+
+# The three splits of the IsoNet/IsoNet++ benchmark. load_subgraph_split reads any dataset and split name whose
+# files are present: these names only document the benchmark's layout.
 SPLITS = ("train", "val", "test")
+
+LAYOUT = ("{base}/{dataset}240k_corpus_subgraphs.json (the corpus), "
+          "{base}/{split}/{split}_{dataset}240k_query_subgraphs.json (the queries) and "
+          "{base}/{split}/{split}_{dataset}240k_rel_nx_is_subgraph_iso.json (the relation)")
+_GRAPHS_DOC = '{"graphs": [{"num_nodes": n, "edges": [[u, v], ...]}, ...]} with 0 <= u, v < n'
+_RELATION_DOC = '{"relations": [{"query": q, "pos": [corpus ids], "neg": [corpus ids]}, ...]}'
 
 
 @dataclasses.dataclass
@@ -37,41 +46,107 @@ class SubgraphSplit:
         return out
 
 
-def _graphs(doc):
+def _read_json(path, key, expected):
+    """The list under ``key`` of the JSON object in ``path``; ValueError naming the path and the expected layout."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); expected {expected}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+        raise ValueError(f"{path}: no {key!r} list at the top level; expected {expected}")  # noqa: TRY004 - bad file content
+    return doc[key]
+
+
+def _graphs(path):
     out = []
-    for g in doc["graphs"]:
-        e = np.asarray(g["edges"], dtype=np.int64).reshape(-1, 2)
-        n = int(g["num_nodes"])
+    for i, g in enumerate(_read_json(path, "graphs", _GRAPHS_DOC)):
+        try:
+            n = g["num_nodes"]
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError
+            if n < 0:
+                raise ValueError
+            e = np.asarray(g["edges"], dtype=np.int64)
+            if e.size and (e.ndim != 2 or e.shape[1] != 2):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: graph {i} is malformed; expected {_GRAPHS_DOC}") from None
+        e = e.reshape(-1, 2)
         if e.size and (e.min() < 0 or e.max() >= n):
-            raise ValueError(f"edge endpoint out of range 0..{n - 1} in {doc.get('source_file')}")
+            raise ValueError(f"{path}: graph {i}: edge endpoint out of range 0..{n - 1}")
         out.append((n, e))
     return out
 
 
-def load_subgraph_split(root: str, dataset: str = "aids", split: str = "train") -> SubgraphSplit:
-    """Reads ``root/splits/{split}/{split}_{dataset}240k_*.json`` and the shared corpus
-    ``root/splits/{dataset}240k_corpus_subgraphs.json`` (root: the folder holding ``splits``, e.g.
-    ``../shared/data/subgraph``)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+def _relation(path, num_queries, num_corpus):
+    pos, neg = [[] for _ in range(num_queries)], [[] for _ in range(num_queries)]
+    for r in _read_json(path, "relations", _RELATION_DOC):
+        try:
+            q, p, n = r["query"], [int(c) for c in r["pos"]], [int(c) for c in r["neg"]]
+            if isinstance(q, bool) or not isinstance(q, int):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: malformed relation {r!r:.80}; expected {_RELATION_DOC}") from None
+        if not 0 <= q < num_queries:
+            raise ValueError(f"{path}: query id {q} out of range 0..{num_queries - 1} (the query file holds "
+                             f"{num_queries} graphs)")
+        if any(not 0 <= c < num_corpus for c in p + n):
+            raise ValueError(f"{path}: query {q}: corpus id out of range 0..{num_corpus - 1} (the corpus holds "
+                             f"{num_corpus} graphs)")
+        pos[q], neg[q] = p, n
+    return pos, neg
+
+
+def _name(what, v):
+    if not isinstance(v, str) or not v or v in (".", "..") or "/" in v or os.sep in v:
+        raise ValueError(f"{what} must be a file-name part (no path separator), got {v!r}")
+
+
+def subgraph_split_files(root: str, dataset: str, split: str) -> tuple[str, str, str]:
+    """The (corpus, queries, relation) paths :func:`load_subgraph_split` reads: under ``root/splits``, or under
+    ``root`` itself when it is the ``splits`` folder (holds the corpus file and no ``splits`` folder)."""
+    _name("dataset", dataset)
+    _name("split", split)
     base = os.path.join(root, "splits")
-    with open(os.path.join(base, f"{dataset}240k_corpus_subgraphs.json")) as f:
-        corpus = _graphs(json.load(f))
-    with open(os.path.join(base, split, f"{split}_{dataset}240k_query_subgraphs.json")) as f:
-        queries = _graphs(json.load(f))
-    with open(os.path.join(base, split, f"{split}_{dataset}240k_rel_nx_is_subgraph_iso.json")) as f:
-        rel = json.load(f)["relations"]
-    pos, neg = [[] for _ in queries], [[] for _ in queries]
-    for r in rel:
-        pos[r["query"]] = list(r["pos"])
-        neg[r["query"]] = list(r["neg"])
+    if not os.path.isdir(base) and os.path.isfile(os.path.join(root, f"{dataset}240k_corpus_subgraphs.json")):
+        base = root
+    return (os.path.join(base, f"{dataset}240k_corpus_subgraphs.json"),
+            os.path.join(base, split, f"{split}_{dataset}240k_query_subgraphs.json"),
+            os.path.join(base, split, f"{split}_{dataset}240k_rel_nx_is_subgraph_iso.json"))
+
+
+def load_subgraph_split(root: str, dataset: str = "aids", split: str = "train") -> SubgraphSplit:
+    """Reads one split of a subgraph-matching dataset in the IsoNet/IsoNet++ JSON layout: the shared corpus
+    ``root/splits/{dataset}240k_corpus_subgraphs.json``, the queries
+    ``root/splits/{split}/{split}_{dataset}240k_query_subgraphs.json`` and the relation
+    ``root/splits/{split}/{split}_{dataset}240k_rel_nx_is_subgraph_iso.json``.
+
+    Any dataset and split name whose files are present is read (aids, mutag, ptc_fm, ... as published, or a split
+    of your own in the same layout). ``root`` is the folder holding ``splits`` (e.g. ``../shared/data/subgraph``)
+    or the ``splits`` folder itself.
+
+    Raises:
+        FileNotFoundError: a file is missing (the message names it and the expected layout).
+        ValueError: a name with a path separator, or a malformed file (invalid JSON, a graph without
+            num_nodes/edges, an edge endpoint, query id or corpus id out of range); the message names the file.
+    """
+    files = subgraph_split_files(root, dataset, split)
+    missing = [p for p in files if not os.path.isfile(p)]
+    if missing:
+        base = os.path.dirname(files[0])
+        raise FileNotFoundError(
+            f"subgraph dataset {dataset!r}, split {split!r}: missing {', '.join(missing)}; expected "
+            + LAYOUT.format(base=base, dataset=dataset, split=split))
+    corpus_path, query_path, relation_path = files
+    corpus = _graphs(corpus_path)
+    queries = _graphs(query_path)
+    pos, neg = _relation(relation_path, len(queries), len(corpus))
     return SubgraphSplit(queries, corpus, pos, neg)
 
 
 def _nx(g):
-    import networkx as nx
+    nx = require("networkx", "fastlayers.data.is_subgraph / generate_pairs")
 
     n, e = g
     G = nx.Graph()
@@ -82,8 +157,7 @@ def _nx(g):
 
 def is_subgraph(query, corpus_graph) -> bool:
     """Node-induced subgraph isomorphism (networkx VF2), the label of the benchmark."""
-    from networkx.algorithms import isomorphism
-
+    isomorphism = require("networkx.algorithms.isomorphism", "fastlayers.data.is_subgraph")
     return isomorphism.GraphMatcher(_nx(corpus_graph), _nx(query)).subgraph_is_isomorphic()
 
 
@@ -106,9 +180,9 @@ def generate_pairs(corpus: list, num_queries: int, min_nodes: int = 6, max_nodes
         raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}")
     if pos_fraction is not None and not (len(pos_fraction) == 2 and 0 <= pos_fraction[0] <= pos_fraction[1] <= 1):
         raise ValueError(f"pos_fraction must be (lo, hi) with 0 <= lo <= hi <= 1, got {pos_fraction}")
-    import networkx as nx
     from tqdm import tqdm
 
+    nx = require("networkx", "fastlayers.data.generate_pairs")
     rng = random.Random(seed)
     seen = {}  # WL hash -> graphs, for the isomorphism filter
     for g in exclude or ():

@@ -82,9 +82,9 @@ def load_jodie_csv(path: str, edge_feat_path: str | None = None) -> TemporalEdge
             raise ValueError(f"{path}: expected columns u, i, ts (label, idx optional), got {reader.fieldnames}")
         cols = {k: [] for k in ("u", "i", "ts", "label", "idx")}
         for row in reader:
-            for k in cols:
+            for k, col in cols.items():
                 if k in row and row[k] not in (None, ""):
-                    cols[k].append(float(row[k]))
+                    col.append(float(row[k]))
     E = len(cols["u"])
     label = np.array(cols["label"], dtype=np.int64) if len(cols["label"]) == E else None
     idx = np.array(cols["idx"], dtype=np.int64) if len(cols["idx"]) == E else np.arange(1, E + 1)

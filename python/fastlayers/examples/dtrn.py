@@ -16,7 +16,7 @@ def run(steps: int = 300, seed: int = 0, verbose: bool = True):
     """Trains DTRN on 2 synthetic tasks; returns the per-task test accuracies after training."""
     torch.manual_seed(seed)
     fields, seqs, labels = synthetic_multitask(2400, n_tasks=2, seed=seed)
-    tr, te = slice(0, 2000), slice(2000, None)
+    te = slice(2000, None)  # the first 2000 rows train
     model = DTRN([10, 10, 10], n_items=50, n_behaviours=2, n_tasks=2, dim=16, heads=2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 

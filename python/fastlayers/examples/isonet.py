@@ -24,27 +24,40 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastlayers.data import (SubgraphSplit, generate_pairs, hits_at_k, load_subgraph_split, make_batch,
-                             mean_average_precision)
+from fastlayers.data import (
+    SubgraphSplit,
+    generate_pairs,
+    hits_at_k,
+    load_subgraph_split,
+    make_batch,
+    mean_average_precision,
+)
+from fastlayers.data.fetch import ISONET_DATASETS
 from fastlayers.data.root import default_root, require
-from fastlayers.data.subgraph import DATASETS as SUBGRAPH_DATASETS
+from fastlayers.data.subgraph import subgraph_split_files
 from fastlayers.models import IsoNet, IsoNetPP
 
 
 def split_folder(root: str | None, dataset: str) -> str:
     """The folder holding ``splits/`` for ``root`` (the data root; default ``default_root()``): ``root/subgraph``,
     or ``root`` itself when it holds ``splits/`` directly (how --root was given before the data root existed).
-    A missing split file raises FileNotFoundError naming it and the fetch command."""
+    Any dataset name whose split files are there is accepted. A missing split file raises FileNotFoundError naming
+    it, and the fetch command for the published datasets (fastlayers.data.fetch.ISONET_DATASETS)."""
     root = default_root() if root is None else root
     if not os.path.isdir(os.path.join(root, "subgraph")) and os.path.isdir(os.path.join(root, "splits")):
         base, prefix = root, ""
     else:
         base, prefix = os.path.join(root, "subgraph"), "subgraph/"
-    files = [f"splits/{dataset}240k_corpus_subgraphs.json"]
-    files += [f"splits/{s}/{s}_{dataset}240k_{k}.json" for s in ("train", "val", "test")
-              for k in ("query_subgraphs", "rel_nx_is_subgraph_iso")]
-    for f in files:
-        require(root, prefix + f, "isonet")
+    for s in ("train", "val", "test"):
+        for path in subgraph_split_files(base, dataset, s):
+            if dataset in ISONET_DATASETS:  # one `fetch isonet` gets these
+                require(root, prefix + os.path.relpath(path, base), "isonet")
+            elif not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} does not exist: --dataset {dataset} reads the JSON files "
+                                        f"splits/{dataset}240k_corpus_subgraphs.json and "
+                                        f"splits/{{train,val,test}}/{{split}}_{dataset}240k_{{query_subgraphs,"
+                                        f"rel_nx_is_subgraph_iso}}.json under {base} (see "
+                                        f"fastlayers.data.load_subgraph_split)")
     return base
 
 
@@ -112,7 +125,8 @@ def evaluate(model, split, batch, neg_per_query=None, rng=None, desc="eval"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="aids", choices=SUBGRAPH_DATASETS)
+    ap.add_argument("--dataset", default="aids", help="aids, mutag, ptc_fm, ptc_fr, ptc_mm (published), or any "
+                    "name whose split files (same JSON layout) are under ROOT/subgraph/splits")
     ap.add_argument("--variant", default="node", choices=["node", "edge"])
     ap.add_argument("--model", default="isonetpp", choices=["isonetpp", "isonet"])
     ap.add_argument("--root", default=None, help="data root holding subgraph/splits/ (default: $FASTLAYERS_DATA or "

@@ -180,7 +180,7 @@ def run_split(args, data, g, split, hom, hei_features):
     model.load_state_dict(best_state)
     (tr, va, te), _, pred = evaluate(model, x, g, y, (train, val, test))
     low, high = homophily_halves(test, hom)
-    acc = lambda m: float((pred[m] == y[m]).float().mean()) if m.any() else float("nan")  # noqa: E731
+    acc = lambda m: float((pred[m] == y[m]).float().mean()) if m.any() else float("nan")
     return {"split": split, "train": tr, "val": va, "test": te, "test_low_hom": acc(low), "test_high_hom": acc(high),
             "epochs": epoch + 1, "best_epoch": best_epoch, "sec_per_step": statistics.median(step_times)}
 

@@ -93,7 +93,7 @@ def scores_of(task, out):
 
 def task_metrics(task, y, s) -> dict:
     """The paper's metrics of one task on targets y and scores s (NaN where a class is missing)."""
-    n = int(len(y))
+    n = len(y)
     if n == 0:
         return {"n": 0}
     skm = _skm()

@@ -1,8 +1,8 @@
 """DTRN (task-specific bottom representations, 2023), compact: multi-task prediction from feature fields and
 behaviour sequences.
 
-TIM: per task and behaviour type, a hypernetwork fed [task embedding, behaviour-type embedding] generates the
-LayerNorm gain and bias of a conditional Transformer encoder layer (weights otherwise shared) that encodes that
+TIM: per task and behaviour type, a hypernetwork (fastlayers.nn.HyperNetwork) fed [task embedding, behaviour-type
+embedding] generates the LayerNorm gain and bias of a conditional Transformer encoder layer (weights otherwise shared) that encodes that
 behaviour sequence. TRM: per task, an SE-like gate over the feature-field embeddings re-weights them. Tasks are
 stacked in the batch ([n_tasks * N, L, d]), so both are batched, group-indexed ops. One tower per task.
 """
@@ -10,6 +10,8 @@ stacked in the batch ([n_tasks * N, L, d]), so both are batched, group-indexed o
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..nn import HyperNetwork
 
 
 class _ConditionalEncoder(nn.Module):
@@ -28,6 +30,19 @@ class _ConditionalEncoder(nn.Module):
         h = self._ln(x, g1, b1)
         x = x + self.attn(h, h, h, need_weights=False)[0]
         return x + self.ffn(self._ln(x, g2, b2))
+
+
+def _rename_sequential_hyper(module, state_dict, prefix, *args):
+    """Loads checkpoints saved when the TIM hypernetwork was an nn.Sequential (Linear, ReLU, Linear): the same
+    numbers under HyperNetwork's names; the frozen LayerNorm templates keep their values."""
+    renames = {f"{prefix}hyper.0.": f"{prefix}hyper.trunk.0.", f"{prefix}hyper.2.": f"{prefix}hyper.head."}
+    old = [k for k in state_dict if any(k.startswith(o) for o in renames)]
+    for k in old:
+        o = next(o for o in renames if k.startswith(o))
+        state_dict[renames[o] + k[len(o):]] = state_dict.pop(k)
+    if old:
+        for name, t in module.hyper.target.state_dict().items():
+            state_dict.setdefault(f"{prefix}hyper.target.{name}", t)
 
 
 class DTRN(nn.Module):
@@ -49,10 +64,15 @@ class DTRN(nn.Module):
         self.items = nn.Embedding(n_items, dim, padding_idx=0)
         self.task_emb = nn.Parameter(torch.randn(n_tasks, dim) * 0.1)
         self.beh_emb = nn.Parameter(torch.randn(n_behaviours, dim) * 0.1)
-        # TIM hypernetwork: [task, behaviour] -> gains and biases of both LayerNorms (4d), residual around (1, 0).
-        self.hyper = nn.Sequential(nn.Linear(2 * dim, hyper_hidden), nn.ReLU(), nn.Linear(hyper_hidden, 4 * dim))
-        nn.init.zeros_(self.hyper[-1].weight)
-        nn.init.zeros_(self.hyper[-1].bias)
+        # TIM hypernetwork: [task, behaviour] -> the parameters of the encoder's two LayerNorms (gain1, bias1,
+        # gain2, bias2: 4d, in the target's parameter order), residual around (1, 0). The head starts at zero, so
+        # every generated LayerNorm starts as the identity affine map. The target LayerNorms are only the template
+        # of the generated parameters (HyperNetwork freezes them): the encoder applies the generated gains per row.
+        norms = nn.ModuleDict({"norm1": nn.LayerNorm(dim), "norm2": nn.LayerNorm(dim)})
+        self.hyper = HyperNetwork(norms, 2 * dim, hidden=(hyper_hidden,))
+        nn.init.zeros_(self.hyper.head.weight)
+        nn.init.zeros_(self.hyper.head.bias)
+        self.register_load_state_dict_pre_hook(_rename_sequential_hyper)
         self.encoder = _ConditionalEncoder(dim, heads)
         # TRM: per-task SE gate over fields (task-indexed weights, applied as batched matmuls).
         r = max(1, n_fields // gate_reduction)
@@ -66,7 +86,8 @@ class DTRN(nn.Module):
         """[n_tasks, n_behaviours, 4, d]: generated (gain1, bias1, gain2, bias2) per task and behaviour."""
         t = self.task_emb[:, None, :].expand(-1, self.n_beh, -1)
         b = self.beh_emb[None, :, :].expand(self.n_tasks, -1, -1)
-        out = self.hyper(torch.cat([t, b], dim=-1)).view(self.n_tasks, self.n_beh, 4, self.dim)
+        z = torch.cat([t, b], dim=-1).reshape(self.n_tasks * self.n_beh, 2 * self.dim)
+        out = self.hyper.flat(z).view(self.n_tasks, self.n_beh, 4, self.dim)
         return out + torch.tensor([1.0, 0.0, 1.0, 0.0], device=out.device)[:, None]
 
     def forward(self, fields: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,13 @@ and scatter have double backward; tests/models/test_hei.py runs gradgradcheck th
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import Graph, as_graph
+from ..graph import as_graph
 from ..nn.mp import GCNConv
 from ..ops.mp import spmm
 
@@ -69,7 +71,7 @@ class MLP(nn.Module):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         sizes = [in_channels] + [hidden] * (layers - 1) + [out_channels]
-        self.lins = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.lins = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, edge_index=None) -> torch.Tensor:
@@ -90,7 +92,7 @@ class GCN(nn.Module):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         sizes = [in_channels] + [hidden] * (layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in itertools.pairwise(sizes))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, edge_index) -> torch.Tensor:
@@ -202,4 +204,4 @@ class HEI(nn.Module):
                 "erm": erm.detach(), "penalty": pen_cls.detach()}
 
 
-__all__ = ["HEI", "GCN", "MLP", "irm_penalty", "local_homophily", "neighbourhood_score"]
+__all__ = ["GCN", "HEI", "MLP", "irm_penalty", "local_homophily", "neighbourhood_score"]

@@ -3,22 +3,39 @@ for subgraph-matching retrieval, on fastlayers' alignment ops.
 
 Both score a padded batch of (query, corpus) pairs (fastlayers.data.PairBatch); higher means "more likely the
 query is a subgraph of the corpus graph". ``ops="eager"`` runs the same model on the plain-PyTorch references of
-the ops (the published code path), for benchmarks and checks.
+the ops (the published code path, under fastlayers.ops.use_reference()), for benchmarks and checks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
 
 from .. import ops as _fast
 from ..graph import Graph
-from ..reference import align as _eager
-from ..reference import align_layer as _eager_layer
 
 
 def _mlp(d_in, d_hidden, d_out):
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+
+class _OnReference:
+    """fastlayers.ops with every call made under use_reference(): the ops' plain-PyTorch references."""
+
+    def __getattr__(self, name):
+        fn = getattr(_fast, name)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with _fast.use_reference():
+                return fn(*args, **kwargs)
+
+        return call
+
+
+_ON_REFERENCE = _OnReference()
 
 
 class _Ops:
@@ -30,15 +47,18 @@ class _Ops:
 
     @property
     def m(self):
-        return _fast if self.fast else _eager
+        return _fast if self.fast else _ON_REFERENCE
 
     @property
     def layer(self):
-        return _fast.isonet_layer if self.fast else _eager_layer.isonet_layer
+        return self.m.isonet_layer
 
     def graph(self, edge_index, num_nodes):
-        # The fused layer takes the CSR that a Graph builds once per batch; the eager layer takes the edges as is.
-        return Graph.from_edge_index(edge_index, num_nodes) if self.fast else edge_index
+        # The layer takes the CSR that a Graph builds once per batch (on the reference sort for the eager model).
+        if self.fast:
+            return Graph.from_edge_index(edge_index, num_nodes)
+        with _fast.use_reference():
+            return Graph.from_edge_index(edge_index, num_nodes)
 
 
 class _Propagate(nn.Module):
@@ -90,9 +110,8 @@ class IsoNetPP(nn.Module):
         # variants' code paths evolve independently.
         if variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
-        if cls is IsoNetPP and variant == "edge":
-            cls = _IsoNetPPEdge
-        return super().__new__(cls)
+        target = _IsoNetPPEdge if cls is IsoNetPP and variant == "edge" else cls
+        return super().__new__(target)
 
     def __init__(self, variant: str = "node", rounds: int = 3, layers: int = 5, node_dim: int = 10,
                  msg_dim: int = 20, sinkhorn_dim: int = 16, tau: float = 0.1, sinkhorn_iters: int = 20,
@@ -213,7 +232,7 @@ class _IsoNetPPEdge(IsoNetPP):
     @staticmethod
     def _side(batch, side):
         mask, pairs, emask = (getattr(batch, f"{side}_{name}") for name in ("mask", "edge_pairs", "edge_mask"))
-        b, n = mask.shape
+        b, _n = mask.shape
         if pairs.dim() != 3 or pairs.shape[0] != b or pairs.shape[2] != 2:
             raise ValueError(f"batch.{side}_edge_pairs must be [B, E, 2] with B = {b}, got {tuple(pairs.shape)}")
         if tuple(emask.shape) != tuple(pairs.shape[:2]):
@@ -232,7 +251,7 @@ class _IsoNetPPEdge(IsoNetPP):
     def forward(self, batch) -> torch.Tensor:
         qm, qem, qends = self._side(batch, "q")
         cm, cem, cends = self._side(batch, "c")
-        b, n = qm.shape
+        b, _n = qm.shape
         eq, ec = qem.shape[1], cem.shape[1]
         dt = self.encoder.weight.dtype
         qnf, cnf = qm.reshape(-1, 1).to(dt), cm.reshape(-1, 1).to(dt)

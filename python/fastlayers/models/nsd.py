@@ -254,7 +254,7 @@ class NSD(nn.Module):
     def laplacian(self, xs: torch.Tensor, g: Graph, step: int = 0) -> SheafLaplacian:
         """The normalised sheaf Laplacian learned from stalk states xs [N, D, C] on the simple graph g."""
         fv, fu, wv, wu = self.restriction_maps(xs, g, step)
-        src, dst = g.edge_index
+        _src, dst = g.edge_index
         n = g.num_nodes
         if self.variant == "diag":
             off = -(fv * fu)

@@ -6,6 +6,6 @@ from .linkx import LINKX
 from .mp import DirGNNConv, GATConv, GCNConv, GINConv, SAGEConv, SheafConv, SignedConv
 
 __all__ = ["ECA", "convert_timm"]
-__all__ += ["GCNConv", "SAGEConv", "GINConv", "GATConv", "DirGNNConv", "SignedConv", "SheafConv"]
+__all__ += ["DirGNNConv", "GATConv", "GCNConv", "GINConv", "SAGEConv", "SheafConv", "SignedConv"]
 __all__ += ["HyperLinear", "HyperNetwork", "IntervalHyperNetwork", "mip_encode"]
 __all__ += ["LINKX"]

@@ -10,7 +10,7 @@ from ..ops.eca import eca
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     """ECA-Net's adaptive kernel size: t = int(|log2(C) + beta| / gamma), made odd, at least 3 (timm's rule)."""
-    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    t = int(abs(math.log2(channels) + beta) / gamma)
     return max(t if t % 2 else t + 1, 3)
 
 

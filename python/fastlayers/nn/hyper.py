@@ -6,6 +6,7 @@ IntervalHyperNetwork propagates an interval embedding through the trunk and a ge
 MIP (magnitude-invariant parametrisation) is an option of each: the input encoding and the residual output.
 """
 
+import itertools
 import math
 
 import torch
@@ -24,7 +25,7 @@ def mip_encode(g: torch.Tensor) -> torch.Tensor:
 
 def _mlp(sizes):
     layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -202,7 +203,7 @@ class IntervalHyperNetwork(nn.Module):
         self.trunk = nn.ModuleList(nn.Linear(a, b) for a, b in zip((embedding_dim, *hidden[:-1]), hidden))
         h = hidden[-1]
         self.heads = nn.ModuleList()
-        for i, o in zip(layer_sizes[:-1], layer_sizes[1:]):
+        for i, o in itertools.pairwise(layer_sizes):
             head = nn.Linear(h, o * i + o)
             bound = math.sqrt(6 / (i * h))  # generated W with He-uniform variance for phi entries of O(1)
             nn.init.uniform_(head.weight, -bound / 2, bound / 2)

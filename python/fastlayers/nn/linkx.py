@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,7 @@ from ..ops.mp import spmm
 
 
 def _mlp(sizes: list[int]) -> nn.ModuleList:
-    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+    return nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
 
 
 def _run_mlp(layers: nn.ModuleList, h: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Alignment refinement ops: batched log-domain Sinkhorn, the asymmetric hinge score and partner transport.
 
-Kernels: C++ on the CPU (csrc/align/), Triton on CUDA (kernels/align.py). This module holds the public
-functions, the fake kernels and the autograd formulas (backward ops, never autograd through the loop).
+Kernels: C++ on the CPU (csrc/align/), Triton on CUDA (kernels/align.py, as the triton ops
+fastlayers::{sinkhorn,align_score,partner}_triton_fwd/_bwd that torch.compile traces into). Which one runs is
+fastlayers.ops._backend's answer (the Triton kernels keep a pair on chip: sides up to 64). This module holds the
+public functions, the fake kernels and the autograd formulas (backward ops, never autograd through the loop).
 """
 
 import math
@@ -10,15 +12,8 @@ import torch
 
 from .. import _validate as V
 from ..reference import align as _ref
+from . import _backend as B
 
-_KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
-_GPU_MAX_SIDE = 64  # the Triton kernels keep a pair on chip: larger pairs (and D) take the eager reference
-
-
-def _has_kernel(t: torch.Tensor, *sides: int) -> bool:
-    if t.device.type not in _KERNEL_DEVICES:
-        return False
-    return t.device.type == "cpu" or max(sides, default=0) <= _GPU_MAX_SIDE
 _MODES = ("masked", "reference")
 # The forward keeps [B, num_iters, N] lse vectors for its backward: beyond this the sizes overflow before memory
 # runs out, which ATen reports as a SymInt conversion error naming nothing.
@@ -75,11 +70,13 @@ def sinkhorn(logits: torch.Tensor, row_mask=None, col_mask=None, tau: float = 0.
     b, n, m = logits.shape
     rm = _mask("row_mask", row_mask, b, n, logits.device)
     cm = _mask("col_mask", col_mask, b, m, logits.device)
-    if not _has_kernel(logits, n, m):
+    backend = B.choose("sinkhorn", logits, side=(n, m))
+    if backend == B.REFERENCE:
         return _ref.sinkhorn(logits, rm, cm, tau, num_iters, mode, noise, generator)
     if noise:
         logits = logits + noise * _ref.gumbel_noise(logits.shape, logits.dtype, logits.device, generator)
-    return torch.ops.fastlayers.sinkhorn_fwd(logits, rm, cm, float(tau), num_iters, mode == "reference")[0]
+    fwd = torch.ops.fastlayers.sinkhorn_triton_fwd if backend == B.TRITON else torch.ops.fastlayers.sinkhorn_fwd
+    return fwd(logits, rm, cm, float(tau), num_iters, mode == "reference")[0]
 
 
 def _check_transport(hq, hc, P):
@@ -105,8 +102,11 @@ def align_score(hq: torch.Tensor, hc: torch.Tensor, P: torch.Tensor) -> torch.Te
     First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     _check_transport(hq, hc, P)
-    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
+    backend = B.choose("align_score", P, side=(*P.shape[1:], hq.shape[2]))
+    if backend == B.REFERENCE:
         return _ref.align_score(hq, hc, P)
+    if backend == B.TRITON:
+        return torch.ops.fastlayers.align_score_triton_fwd(hq, hc, P)
     return torch.ops.fastlayers.align_score_fwd(hq, hc, P)
 
 
@@ -117,8 +117,11 @@ def partner(P: torch.Tensor, hq: torch.Tensor, hc: torch.Tensor):
     First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     _check_transport(hq, hc, P)
-    if not _has_kernel(P, *P.shape[1:], hq.shape[2]):
+    backend = B.choose("partner", P, side=(*P.shape[1:], hq.shape[2]))
+    if backend == B.REFERENCE:
         return _ref.partner(P, hq, hc)
+    if backend == B.TRITON:
+        return torch.ops.fastlayers.partner_triton_fwd(P, hq, hc)
     return torch.ops.fastlayers.partner_fwd(P, hq, hc)
 
 
@@ -161,7 +164,7 @@ def _partner_bwd_fake(grad_qp, grad_cp, P, hq, hc):
 # ---- autograd --------------------------------------------------------------------------------------------------
 
 
-from ._double_backward import first_order_only  # noqa: E402
+from ._double_backward import first_order_only
 
 # The backward kernels below have no derivatives of their own (sinkhorn's runs the iterations backwards from the
 # saved log-sum-exps; align_score's hinge and partner's products are fused): double backward is refused.
@@ -175,52 +178,90 @@ def _sinkhorn_setup(ctx, inputs, output):
     ctx.tau, ctx.reference = tau, reference
 
 
-def _sinkhorn_backward(ctx, grad_P, _g_row, _g_col):
-    logits, row_mask, col_mask, row_lse, col_lse = ctx.saved_tensors
-    grad = first_order_only(
-        "sinkhorn", "fastlayers.reference.sinkhorn",
-        lambda g, lg: torch.ops.fastlayers.sinkhorn_bwd(g, lg, row_mask, col_mask, row_lse, col_lse, ctx.tau,
-                                                        ctx.reference), grad_P, logits)
-    return grad, None, None, None, None, None
+def _sinkhorn_backward_of(bwd):
+    def _sinkhorn_backward(ctx, grad_P, _g_row, _g_col):
+        logits, row_mask, col_mask, row_lse, col_lse = ctx.saved_tensors
+        grad = first_order_only(
+            "sinkhorn", "fastlayers.reference.sinkhorn",
+            lambda g, lg: bwd()(g, lg, row_mask, col_mask, row_lse, col_lse, ctx.tau, ctx.reference), grad_P, logits)
+        return grad, None, None, None, None, None
+
+    return _sinkhorn_backward
 
 
-torch.library.register_autograd("fastlayers::sinkhorn_fwd", _sinkhorn_backward, setup_context=_sinkhorn_setup)
+torch.library.register_autograd("fastlayers::sinkhorn_fwd",
+                                _sinkhorn_backward_of(lambda: torch.ops.fastlayers.sinkhorn_bwd),
+                                setup_context=_sinkhorn_setup)
 
 
 def _score_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _score_backward(ctx, grad_s):
-    hq, hc, P = ctx.saved_tensors
-    return first_order_only("align_score", "fastlayers.reference.align_score",
-                            torch.ops.fastlayers.align_score_bwd, grad_s, hq, hc, P)
+def _score_backward_of(bwd):
+    def _score_backward(ctx, grad_s):
+        hq, hc, P = ctx.saved_tensors
+        return first_order_only("align_score", "fastlayers.reference.align_score", lambda *a: bwd()(*a),
+                                grad_s, hq, hc, P)
+
+    return _score_backward
 
 
-torch.library.register_autograd("fastlayers::align_score_fwd", _score_backward, setup_context=_score_setup)
+torch.library.register_autograd("fastlayers::align_score_fwd",
+                                _score_backward_of(lambda: torch.ops.fastlayers.align_score_bwd),
+                                setup_context=_score_setup)
 
 
 def _partner_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _partner_backward(ctx, grad_qp, grad_cp):
-    P, hq, hc = ctx.saved_tensors
-    # A partner output that did not reach the loss comes back as None.
-    grad_qp = torch.zeros_like(hq) if grad_qp is None else grad_qp
-    grad_cp = torch.zeros_like(hc) if grad_cp is None else grad_cp
-    return first_order_only("partner", "fastlayers.reference.partner",
-                            torch.ops.fastlayers.partner_bwd, grad_qp, grad_cp, P, hq, hc)
+def _partner_backward_of(bwd):
+    def _partner_backward(ctx, grad_qp, grad_cp):
+        P, hq, hc = ctx.saved_tensors
+        # A partner output that did not reach the loss comes back as None.
+        grad_qp = torch.zeros_like(hq) if grad_qp is None else grad_qp
+        grad_cp = torch.zeros_like(hc) if grad_cp is None else grad_cp
+        return first_order_only("partner", "fastlayers.reference.partner", lambda *a: bwd()(*a),
+                                grad_qp, grad_cp, P, hq, hc)
+
+    return _partner_backward
 
 
-torch.library.register_autograd("fastlayers::partner_fwd", _partner_backward, setup_context=_partner_setup)
+torch.library.register_autograd("fastlayers::partner_fwd",
+                                _partner_backward_of(lambda: torch.ops.fastlayers.partner_bwd),
+                                setup_context=_partner_setup)
 
 try:
     from ..kernels import align as _triton_align
-except ImportError:  # no Triton: CUDA tensors take the eager reference
+except ImportError:  # no Triton: CUDA tensors take the eager reference (the backend module says why)
     _triton_align = None
 else:
-    for _name in ("sinkhorn_fwd", "sinkhorn_bwd", "align_score_fwd", "align_score_bwd", "partner_fwd",
-                  "partner_bwd"):
-        torch.library.register_kernel(f"fastlayers::{_name}", "cuda", getattr(_triton_align, _name))
-    _KERNEL_DEVICES.add("cuda")
+    # Triton ops: their bodies launch the kernels through wrap_triton, so torch.compile/Inductor trace into them.
+    for _name, _schema in (
+            ("sinkhorn_fwd", ("(Tensor logits, Tensor row_mask, Tensor col_mask, float tau, int num_iters, "
+                              "bool reference) -> (Tensor, Tensor, Tensor)")),
+            ("sinkhorn_bwd", ("(Tensor grad_P, Tensor logits, Tensor row_mask, Tensor col_mask, Tensor row_lse, "
+                              "Tensor col_lse, float tau, bool reference) -> Tensor")),
+            ("align_score_fwd", "(Tensor hq, Tensor hc, Tensor P) -> Tensor"),
+            ("align_score_bwd", "(Tensor grad_s, Tensor hq, Tensor hc, Tensor P) -> (Tensor, Tensor, Tensor)"),
+            ("partner_fwd", "(Tensor P, Tensor hq, Tensor hc) -> (Tensor, Tensor)"),
+            ("partner_bwd", ("(Tensor grad_qp, Tensor grad_cp, Tensor P, Tensor hq, Tensor hc) "
+                             "-> (Tensor, Tensor, Tensor)"))):
+        _triton_name = _name.replace("_fwd", "_triton_fwd").replace("_bwd", "_triton_bwd")
+        torch.library.triton_op(f"fastlayers::{_triton_name}", getattr(_triton_align, _name), mutates_args=(),
+                                schema=_schema)
+        # The C++-defined op keeps a CUDA kernel for direct torch.ops calls: the same Triton op.
+        torch.library.register_kernel(f"fastlayers::{_name}", "cuda",
+                                      lambda *a, _op=_triton_name: getattr(torch.ops.fastlayers, _op)(*a))
+    torch.library.register_autograd(
+        "fastlayers::sinkhorn_triton_fwd", _sinkhorn_backward_of(lambda: torch.ops.fastlayers.sinkhorn_triton_bwd),
+        setup_context=_sinkhorn_setup)
+    torch.library.register_autograd(
+        "fastlayers::align_score_triton_fwd", _score_backward_of(lambda: torch.ops.fastlayers.align_score_triton_bwd),
+        setup_context=_score_setup)
+    torch.library.register_autograd(
+        "fastlayers::partner_triton_fwd", _partner_backward_of(lambda: torch.ops.fastlayers.partner_triton_bwd),
+        setup_context=_partner_setup)
+    B.triton_registered("align", {op: (f"{op}_triton_fwd", f"{op}_triton_bwd")
+                                  for op in ("sinkhorn", "align_score", "partner")})

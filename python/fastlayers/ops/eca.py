@@ -1,15 +1,15 @@
 """ECA (efficient channel attention) op: fused pool -> conv across channels -> sigmoid -> rescale.
 
-Kernels: C++ on the CPU (csrc/eca/eca_cpu.cpp), Triton on CUDA (kernels/eca.py). This module holds the public
-function, the fake kernels and the autograd formula.
+Kernels: C++ on the CPU (csrc/eca/eca_cpu.cpp), Triton on CUDA (kernels/eca.py, as the triton ops
+fastlayers::eca_triton_fwd/_bwd that torch.compile traces into). Which one runs is fastlayers.ops._backend's
+answer. This module holds the public function, the fake kernels and the autograd formulas.
 """
 
 import torch
 
 from .. import _validate as V
 from ..reference import eca as _reference_eca
-
-_KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
+from . import _backend as B
 
 
 def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.Tensor:
@@ -41,11 +41,12 @@ def eca(x: torch.Tensor, weight: torch.Tensor, circular: bool = False) -> torch.
     if not weight.dtype.is_floating_point:
         raise TypeError(f"weight must have a floating dtype, got {weight.dtype}")
     V.same_device(x=x, weight=weight)
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        return _reference_eca(x, weight, circular)  # CPU autocast: correct, unfused (no half CPU kernel)
     V.floating("x", x)
-    if x.device.type not in _KERNEL_DEVICES:
+    backend = B.choose("eca", x)  # CPU float16/bfloat16 (autocast): the reference, correct and unfused
+    if backend == B.REFERENCE:
         return _reference_eca(x, weight, circular)
+    if backend == B.TRITON:
+        return torch.ops.fastlayers.eca_triton_fwd(x, weight, circular)[0]
     return torch.ops.fastlayers.eca_fwd(x, weight, circular)[0]
 
 
@@ -65,7 +66,7 @@ def _eca_bwd_fake(grad_y, x, weight, pooled, gate, circular):
     return V.dense_like(x), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-from ._double_backward import first_order_only  # noqa: E402
+from ._double_backward import first_order_only
 
 
 def _setup_context(ctx, inputs, output):
@@ -76,23 +77,43 @@ def _setup_context(ctx, inputs, output):
     ctx.circular = circular
 
 
-def _backward(ctx, grad_y, _grad_pooled, _grad_gate):
-    x, weight, pooled, gate = ctx.saved_tensors
-    # eca_bwd has no derivative of its own (its formula runs through the sigmoid gate and the channel conv):
-    # double backward is refused rather than computed.
-    grad_x, grad_w = first_order_only(
-        "eca", "fastlayers.reference.eca",
-        lambda g, xx, w: torch.ops.fastlayers.eca_bwd(g, xx, w, pooled, gate, ctx.circular), grad_y, x, weight)
-    return (grad_x if ctx.needs_input_grad[0] else None), (grad_w if ctx.needs_input_grad[1] else None), None
+def _make_backward(bwd):
+    def _backward(ctx, grad_y, _grad_pooled, _grad_gate):
+        x, weight, pooled, gate = ctx.saved_tensors
+        # The backward op has no derivative of its own (its formula runs through the sigmoid gate and the channel
+        # conv): double backward is refused rather than computed.
+        grad_x, grad_w = first_order_only(
+            "eca", "fastlayers.reference.eca",
+            lambda g, xx, w: bwd()(g, xx, w, pooled, gate, ctx.circular), grad_y, x, weight)
+        return (grad_x if ctx.needs_input_grad[0] else None), (grad_w if ctx.needs_input_grad[1] else None), None
+
+    return _backward
 
 
-torch.library.register_autograd("fastlayers::eca_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("fastlayers::eca_fwd", _make_backward(lambda: torch.ops.fastlayers.eca_bwd),
+                                setup_context=_setup_context)
 
 try:
     from ..kernels import eca as _triton_eca
-except ImportError:  # no Triton: CUDA tensors take the eager reference
+except ImportError:  # no Triton: CUDA tensors take the eager reference (the backend module says why)
     _triton_eca = None
 else:
-    torch.library.register_kernel("fastlayers::eca_fwd", "cuda", _triton_eca.eca_forward)
-    torch.library.register_kernel("fastlayers::eca_bwd", "cuda", _triton_eca.eca_backward)
-    _KERNEL_DEVICES.add("cuda")
+    # Triton ops: their bodies launch the kernels through wrap_triton, so torch.compile/Inductor trace into them.
+    @torch.library.triton_op("fastlayers::eca_triton_fwd", mutates_args=(),
+                             schema="(Tensor x, Tensor weight, bool circular) -> (Tensor, Tensor, Tensor)")
+    def _eca_triton_fwd(x, weight, circular):
+        return _triton_eca.eca_fwd(x, weight, circular)
+
+    @torch.library.triton_op("fastlayers::eca_triton_bwd", mutates_args=(),
+                             schema="(Tensor grad_y, Tensor x, Tensor weight, Tensor pooled, Tensor gate, "
+                                    "bool circular) -> (Tensor, Tensor)")
+    def _eca_triton_bwd(grad_y, x, weight, pooled, gate, circular):
+        return _triton_eca.eca_bwd(grad_y, x, weight, pooled, gate, circular)
+
+    torch.library.register_autograd("fastlayers::eca_triton_fwd",
+                                    _make_backward(lambda: torch.ops.fastlayers.eca_triton_bwd),
+                                    setup_context=_setup_context)
+    # The C++-defined ops keep a CUDA kernel for direct torch.ops calls: the same Triton ops.
+    torch.library.register_kernel("fastlayers::eca_fwd", "cuda", lambda *a: torch.ops.fastlayers.eca_triton_fwd(*a))
+    torch.library.register_kernel("fastlayers::eca_bwd", "cuda", lambda *a: torch.ops.fastlayers.eca_triton_bwd(*a))
+    B.triton_registered("eca", {"eca": ("eca_triton_fwd", "eca_triton_bwd")})

@@ -1,15 +1,16 @@
 """Hypernetwork ops: fused generate-and-apply of a generated linear layer.
 
-Kernels: C++ on the CPU (csrc/hyper/), Triton on CUDA (kernels/hyper.py). This module holds the public function,
-the fake kernels and the autograd formula.
+Kernels: C++ on the CPU (csrc/hyper/), Triton on CUDA (kernels/hyper.py, as the triton ops
+fastlayers::hyper_linear_triton_fwd/_bwd and hyper_abs_linear_triton_fwd/_bwd that torch.compile traces into).
+Which one runs is fastlayers.ops._backend's answer. This module holds the public function, the fake kernels and
+the autograd formulas.
 """
 
 import torch
 
 from .. import _validate as V
 from ..reference import hyper as _reference
-
-_KERNEL_DEVICES = {"cpu"}  # "cuda" joins when the Triton kernels register (bottom of this file)
+from . import _backend as B
 
 
 def _check_linear(x, phi, weight, bias, base_weight, base_bias, xn="x", phin="phi"):
@@ -70,7 +71,8 @@ def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
     First order only: a second derivative (double backward) raises DoubleBackwardError.
     """
     n_out, n_in = _check_linear(x, phi, weight, bias, base_weight, base_bias)
-    if x.device.type not in _KERNEL_DEVICES:
+    backend = B.choose("hyper_linear", x)
+    if backend == B.REFERENCE:
         return _reference.hyper_linear(x, phi, weight, bias, base_weight, base_bias)
     w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
     b0 = None if bias is None else bias[n_out * n_in:]
@@ -79,7 +81,9 @@ def hyper_linear(x, phi, weight, bias=None, base_weight=None, base_bias=None):
     if base_bias is not None:
         b0 = base_bias if b0 is None else b0 + base_bias
     x3 = x.unsqueeze(1) if x.dim() == 2 else x
-    y = torch.ops.fastlayers.hyper_linear_fwd(x3, phi, weight, w0, b0)
+    ops = torch.ops.fastlayers
+    fwd = ops.hyper_linear_triton_fwd if backend == B.TRITON else ops.hyper_linear_fwd
+    y = fwd(x3, phi, weight, w0, b0)
     return y.squeeze(1) if x.dim() == 2 else y
 
 
@@ -95,29 +99,33 @@ def _bwd_fake(grad_y, x, phi, weight, w0, need_input, need_weight):
             x.new_empty((n_out, n_in)), x.new_empty((n_out,)))
 
 
-from ._double_backward import first_order_only  # noqa: E402
+from ._double_backward import first_order_only
 
 
 def _setup_context(ctx, inputs, output):
-    x, phi, weight, w0, b0 = inputs
+    x, phi, weight, w0, _b0 = inputs
     ctx.save_for_backward(x, phi, weight, w0)
 
 
-def _backward(ctx, grad_y):
-    x, phi, weight, w0 = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    # hyper_linear_bwd has no derivative of its own: double backward is refused rather than computed.
-    gx, gphi, gw, gw0, gb0 = first_order_only(
-        "hyper_linear (and fastlayers.ops.interval_hyper_linear, built on it)",
-        "fastlayers.reference.hyper_linear (or fastlayers.reference.interval_hyper_linear)",
-        lambda g, xx, p, w, w0_: torch.ops.fastlayers.hyper_linear_bwd(g, xx, p, w, w0_, need[0] or need[1],
-                                                                       need[2]),
-        grad_y, x, phi, weight, w0)
-    return (gx if need[0] else None, gphi if need[1] else None, gw if need[2] else None,
-            gw0 if need[3] else None, gb0 if need[4] else None)
+def _make_backward(bwd):
+    def _backward(ctx, grad_y):
+        x, phi, weight, w0 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        # The backward op has no derivative of its own: double backward is refused rather than computed.
+        gx, gphi, gw, gw0, gb0 = first_order_only(
+            "hyper_linear (and fastlayers.ops.interval_hyper_linear, built on it)",
+            "fastlayers.reference.hyper_linear (or fastlayers.reference.interval_hyper_linear)",
+            lambda g, xx, p, w, w0_: bwd()(g, xx, p, w, w0_, need[0] or need[1], need[2]),
+            grad_y, x, phi, weight, w0)
+        return (gx if need[0] else None, gphi if need[1] else None, gw if need[2] else None,
+                gw0 if need[3] else None, gb0 if need[4] else None)
+
+    return _backward
 
 
-torch.library.register_autograd("fastlayers::hyper_linear_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("fastlayers::hyper_linear_fwd",
+                                _make_backward(lambda: torch.ops.fastlayers.hyper_linear_bwd),
+                                setup_context=_setup_context)
 
 # ---- interval propagation (HyperInterval) ----------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
         term are hyper_linear calls, the |W_c| term a tiled op of its own.
     """
     n_out, n_in = _check_linear(x_c, phi_c, weight, bias, None, None, "x_c", "phi_c")
+    backend = B.choose("interval_hyper_linear", x_c)
     V.tensor("x_r", x_r)
     V.tensor("phi_r", phi_r)
     if x_r.shape != x_c.shape:
@@ -160,7 +169,9 @@ def interval_hyper_linear(x_c, x_r, phi_c, phi_r, weight, bias=None):
     rows = weight[: n_out * n_in]
     w0 = None if bias is None else bias[: n_out * n_in].reshape(n_out, n_in)
     x3 = x_r.unsqueeze(1) if x_r.dim() == 2 else x_r
-    if x_c.device.type in _KERNEL_DEVICES:
+    if backend == B.TRITON:
+        abs_term = torch.ops.fastlayers.hyper_abs_linear_triton_fwd(x3, phi_c, rows, w0)
+    elif backend == B.CPP:
         abs_term = torch.ops.fastlayers.hyper_abs_linear_fwd(x3, phi_c, rows, w0)
     else:
         abs_term = _reference.hyper_abs_linear(x3, phi_c, rows, w0)
@@ -182,23 +193,47 @@ def _abs_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _abs_backward(ctx, grad_y):
-    x, phi, weight, w0 = ctx.saved_tensors
-    # |W| has no useful second derivative and hyper_abs_linear_bwd no derivative of its own: refused.
-    grads = first_order_only("interval_hyper_linear", "fastlayers.reference.interval_hyper_linear",
-                             torch.ops.fastlayers.hyper_abs_linear_bwd, grad_y, x, phi, weight, w0)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+def _make_abs_backward(bwd):
+    def _abs_backward(ctx, grad_y):
+        x, phi, weight, w0 = ctx.saved_tensors
+        # |W| has no useful second derivative and the backward op no derivative of its own: refused.
+        grads = first_order_only("interval_hyper_linear", "fastlayers.reference.interval_hyper_linear",
+                                 lambda *a: bwd()(*a), grad_y, x, phi, weight, w0)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+    return _abs_backward
 
 
-torch.library.register_autograd("fastlayers::hyper_abs_linear_fwd", _abs_backward, setup_context=_abs_setup_context)
+torch.library.register_autograd("fastlayers::hyper_abs_linear_fwd",
+                                _make_abs_backward(lambda: torch.ops.fastlayers.hyper_abs_linear_bwd),
+                                setup_context=_abs_setup_context)
 
 try:
     from ..kernels import hyper as _triton_hyper
-except ImportError:  # no Triton: CUDA tensors take the eager reference
+except ImportError:  # no Triton: CUDA tensors take the eager reference (the backend module says why)
     _triton_hyper = None
 else:
-    torch.library.register_kernel("fastlayers::hyper_linear_fwd", "cuda", _triton_hyper.hyper_linear_forward)
-    torch.library.register_kernel("fastlayers::hyper_linear_bwd", "cuda", _triton_hyper.hyper_linear_backward)
-    torch.library.register_kernel("fastlayers::hyper_abs_linear_fwd", "cuda", _triton_hyper.hyper_abs_linear_forward)
-    torch.library.register_kernel("fastlayers::hyper_abs_linear_bwd", "cuda", _triton_hyper.hyper_abs_linear_backward)
-    _KERNEL_DEVICES.add("cuda")
+    # Triton ops: their bodies launch the kernels through wrap_triton, so torch.compile/Inductor trace into them.
+    for _name, _launcher, _schema in (
+            ("hyper_linear_triton_fwd", _triton_hyper.hyper_linear_fwd,
+             "(Tensor x, Tensor phi, Tensor weight, Tensor? w0, Tensor? b0) -> Tensor"),
+            ("hyper_linear_triton_bwd", _triton_hyper.hyper_linear_bwd,
+             ("(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0, bool need_input, "
+              "bool need_weight) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")),
+            ("hyper_abs_linear_triton_fwd", _triton_hyper.hyper_abs_linear_fwd,
+             "(Tensor x, Tensor phi, Tensor weight, Tensor? w0) -> Tensor"),
+            ("hyper_abs_linear_triton_bwd", _triton_hyper.hyper_abs_linear_bwd,
+             "(Tensor grad_y, Tensor x, Tensor phi, Tensor weight, Tensor? w0) -> (Tensor, Tensor, Tensor, Tensor)")):
+        torch.library.triton_op(f"fastlayers::{_name}", _launcher, mutates_args=(), schema=_schema)
+        # The C++-defined op of the same computation keeps a CUDA kernel for direct torch.ops calls.
+        torch.library.register_kernel(f"fastlayers::{_name.replace('_triton', '')}", "cuda",
+                                      lambda *a, _op=_name: getattr(torch.ops.fastlayers, _op)(*a))
+    torch.library.register_autograd("fastlayers::hyper_linear_triton_fwd",
+                                    _make_backward(lambda: torch.ops.fastlayers.hyper_linear_triton_bwd),
+                                    setup_context=_setup_context)
+    torch.library.register_autograd("fastlayers::hyper_abs_linear_triton_fwd",
+                                    _make_abs_backward(lambda: torch.ops.fastlayers.hyper_abs_linear_triton_bwd),
+                                    setup_context=_abs_setup_context)
+    B.triton_registered("hyper", {"hyper_linear": ("hyper_linear_triton_fwd", "hyper_linear_triton_bwd"),
+                                  "interval_hyper_linear": ("hyper_abs_linear_triton_fwd",
+                                                            "hyper_abs_linear_triton_bwd")})

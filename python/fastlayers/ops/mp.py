@@ -11,23 +11,21 @@ import math
 
 import torch
 
-from .. import _C, _compat
 from .. import _validate as V
 from ..graph import Graph, check_edge_weight
 from ..reference import mp as _ref
+from . import _backend as B
 from ._double_backward import first_order_only
 
 REDUCES = ("sum", "mean", "min", "max")
-_KERNEL_DEVICES = {"cpu"} | ({"cuda"} if _C.build_info()["cuda"] else set())
 
 
 def _has_kernel(t: torch.Tensor, op: str) -> bool:
-    """Whether ``op`` has a compiled kernel on ``t``'s device; False sends the caller to the reference, except for
-    CUDA tensors in a build without CUDA kernels, which raise (see _compat.require_cuda_kernels)."""
-    if t.device.type in _KERNEL_DEVICES:
-        return True
-    _compat.require_cuda_kernels(t.device, op)
-    return False
+    """Whether ``op`` runs a compiled kernel (C++ CPU or CUDA C++) for ``t`` -- fastlayers.ops._backend's answer;
+    False sends the caller to the reference. CUDA tensors in a build without CUDA kernels raise there."""
+    return B.choose(op, t) != B.REFERENCE
+
+
 _ops = torch.ops.fastlayers
 
 
@@ -155,7 +153,7 @@ def _scatter_bwd_fake(grad_out, index, arg, reduce):
 
 
 def _scatter_setup(ctx, inputs, output):
-    src, index, dim_size, reduce, need_arg = inputs
+    _src, index, _dim_size, reduce, need_arg = inputs
     _, arg = output
     ctx.mark_non_differentiable(arg)
     ctx.save_for_backward(index, arg)
@@ -188,7 +186,7 @@ class _ScatterBwd(torch.autograd.Function):
     def backward(ctx, gg):
         index, arg = ctx.saved_tensors
         if ctx.reduce in ("min", "max"):
-            A, L, B = gg.shape
+            A, _L, B = gg.shape
             # Empty slots hold arg = L: the zero row appended at position L.
             return torch.cat([gg, gg.new_zeros(A, 1, B)], 1).gather(1, arg), None, None, None
         return _ops.scatter_fwd(gg.contiguous(), index, ctx.n, ctx.reduce, False)[0], None, None, None

@@ -8,23 +8,21 @@ parameters: no op here is differentiable.
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import torch
 
 from .. import _compat
 from ..reference import ncache as _ref
+from . import _backend as B
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_kernel(op: str, device_type: str) -> bool:
-    # The dispatcher query costs several microseconds, a fifth of a small batch's update: kernels are all
-    # registered when fastlayers is imported, so the answer per device type is fixed.
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlayers::{op}", key)
+def _has_kernel(op: str, keys: torch.Tensor) -> bool:
+    # fastlayers.ops._backend's answer (cached per kind of device: well under a microsecond). A CUDA cache in a
+    # build without CUDA kernels raises there.
+    return B.choose(op, keys) != B.REFERENCE
 
 
 def _ids(name: str, x, device: torch.device, length: int | None = None) -> torch.Tensor:
@@ -196,7 +194,7 @@ def ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_v
         edge_values = edge_values.detach().to(torch.float32)
     if B == 0:
         return
-    if _has_kernel("ncache_update", device.type):
+    if _has_kernel("ncache_update", keys):
         # The kernels check ids and times themselves (the CUDA one with a single host sync).
         torch.ops.fastlayers.ncache_update(keys, eids, times, values, last_time, src, dst, t, eid, edge_values,
                                            sizes, replace_prob, seed)
@@ -216,7 +214,7 @@ def ncache_lookup(keys, eids, times, values, nodes):
     tb = _tables("lookup", False, keys=keys, eids=eids, times=times, values=values)
     keys, eids, times, values = tb["keys"], tb["eids"], tb["times"], tb["values"]
     nodes = _ids("nodes", nodes, keys.device)
-    if _has_kernel("ncache_lookup", keys.device.type):
+    if _has_kernel("ncache_lookup", keys):
         return torch.ops.fastlayers.ncache_lookup(keys, eids, times, values, nodes)
     _compat.require_cuda_kernels(keys.device, "NCache.lookup")
     _check_nodes_on_device("lookup", "nodes", nodes, keys.shape[0])
@@ -240,7 +238,7 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16), seed: int = 0):
     _check_columns("pair_features", keys, sizes)
     u = _ids("u", u, keys.device)
     v = _ids("v", v, keys.device, u.numel())
-    if _has_kernel("ncache_pair_features", keys.device.type):
+    if _has_kernel("ncache_pair_features", keys):
         return torch.ops.fastlayers.ncache_pair_features(keys, values, u, v, sizes, seed)
     _compat.require_cuda_kernels(keys.device, "NCache.pair_features")
     _check_nodes_on_device("pair_features", "u", u, keys.shape[0])

@@ -101,7 +101,7 @@ def ncache_update(keys, eids, times, values, src, dst, t, eid, edge_values=None,
     B = src.numel()
     if B == 0:
         return
-    n, S = keys.shape
+    _n, S = keys.shape
     D = values.shape[2]
     off = offsets(sizes)
     hops = len(off) - 1

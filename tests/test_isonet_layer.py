@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-
 from fastlayers import Graph
 from fastlayers.ops import isonet_layer
-from fastlayers.reference import align_layer as ref
+from fastlayers.reference import isonet_layer as ref_isonet_layer
 
 
 def _weights(d, hid, z, m1, m, dtype=torch.float64, scale=0.5):
@@ -35,7 +34,7 @@ SIZES = [dict(d=10, hid=10, z=10, m1=20, m=20), dict(d=3, hid=5, z=4, m1=7, m=6)
 def test_matches_reference_float64(sizes, partner):
     h, p, ei, mask, w = _case(partner=partner, **sizes)
     out = isonet_layer(h, p, ei, mask, *w)
-    want = ref.isonet_layer(h, p, ei, mask, *w)
+    want = ref_isonet_layer(h, p, ei, mask, *w)
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
     assert (out[~mask] == 0).all()
     assert (out[mask] != 0).any()
@@ -46,13 +45,13 @@ def test_matches_reference_float32_with_graph():
     g = Graph.from_edge_index(ei, 300)
     out = isonet_layer(h, p, g, mask, *w)
     # The kernel folds consecutive Linears into one product: float32 rounding differs by a few ulps of the sums.
-    torch.testing.assert_close(out, ref.isonet_layer(h, p, ei, mask, *w), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, ref_isonet_layer(h, p, ei, mask, *w), rtol=1e-4, atol=1e-4)
 
 
 def test_no_edges_and_no_nodes():
     h, p, _, mask, w = _case(n=9)
     empty = torch.zeros(2, 0, dtype=torch.int64)
-    torch.testing.assert_close(isonet_layer(h, p, empty, mask, *w), ref.isonet_layer(h, p, empty, mask, *w))
+    torch.testing.assert_close(isonet_layer(h, p, empty, mask, *w), ref_isonet_layer(h, p, empty, mask, *w))
     h0 = torch.zeros(0, 10, dtype=torch.float64)
     out = isonet_layer(h0, None, empty, torch.zeros(0, dtype=torch.bool), *w)
     assert out.shape == (0, 10)
@@ -82,7 +81,7 @@ def test_gradients_match_reference(sizes, partner):
         pp = leaves[1] if partner else None
         return torch.autograd.grad(layer(leaves[0], pp, ei, mask, *leaves[-12:]), leaves, g)
 
-    for a, b in zip(run(isonet_layer), run(ref.isonet_layer)):
+    for a, b in zip(run(isonet_layer), run(ref_isonet_layer)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
         assert b.abs().sum() > 0
 
@@ -97,7 +96,7 @@ def test_transport_gradients_match_reference_float32(transpose):
         out = layer(leaves[0], None, ei, mask, *leaves[3:], P=leaves[1], other=leaves[2], transpose=transpose)
         return torch.autograd.grad(out, leaves, g)
 
-    for a, b in zip(run(isonet_layer), run(ref.isonet_layer)):
+    for a, b in zip(run(isonet_layer), run(ref_isonet_layer)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         assert b.abs().sum() > 0
 
@@ -124,7 +123,7 @@ def _transport_case(b=5, n=7, n_o=6, transpose=False, dtype=torch.float64, **siz
 def test_transport_partner_matches_reference(transpose, sizes):
     h, ei, mask, w, P, other = _transport_case(transpose=transpose, **sizes)
     out = isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=transpose)
-    torch.testing.assert_close(out, ref.isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=transpose),
+    torch.testing.assert_close(out, ref_isonet_layer(h, None, ei, mask, *w, P=P, other=other, transpose=transpose),
                                rtol=1e-10, atol=1e-10)
     # The same as handing the layer the transported partner itself.
     Pt = P.transpose(1, 2) if transpose else P
@@ -197,7 +196,7 @@ def test_non_contiguous_inputs():
     hn, pn = h.t().contiguous().t(), p.t().contiguous().t()
     wn = [t.t().contiguous().t() if t.dim() == 2 else t for t in w]
     assert not hn.is_contiguous() and not wn[0].is_contiguous()
-    torch.testing.assert_close(isonet_layer(hn, pn, ei, mask, *wn), ref.isonet_layer(h, p, ei, mask, *w),
+    torch.testing.assert_close(isonet_layer(hn, pn, ei, mask, *wn), ref_isonet_layer(h, p, ei, mask, *w),
                                rtol=1e-10, atol=1e-10)
 
 
@@ -205,7 +204,7 @@ def test_non_contiguous_inputs():
 def test_folded_formulation_matches_reference(transpose):
     # _folded_layer is the backward's recompute on devices without the C++ kernel (CUDA): checked here on the CPU,
     # values and gradients, for an explicit partner and for the transport in both directions.
-    from fastlayers.ops.align_layer import _folded_layer
+    from fastlayers.ops.isonet_layer import _folded_layer
 
     h, ei, mask, w, P, other = _transport_case(transpose=bool(transpose))
     p = torch.randn(h.shape, dtype=h.dtype) if transpose is None else None
@@ -223,7 +222,7 @@ def test_folded_formulation_matches_reference(transpose):
 
     hh, pp, PP, oo = args()
     got = _folded_layer(hh, pp, PP, oo, bool(transpose), g.col, dst, deg.to(h.dtype), mask, *leaves[-12:])
-    want = ref.isonet_layer(hh, pp, ei, mask, *leaves[-12:], P=PP, other=oo, transpose=bool(transpose))
+    want = ref_isonet_layer(hh, pp, ei, mask, *leaves[-12:], P=PP, other=oo, transpose=bool(transpose))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     gr = torch.randn(h.shape, dtype=h.dtype)
     for a, b in zip(torch.autograd.grad(got, leaves, gr), torch.autograd.grad(want, leaves, gr)):

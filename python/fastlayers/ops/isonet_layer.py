@@ -1,8 +1,8 @@
 """One fused IsoNet++ node layer (interaction MLP, node-pair messages summed at the targets, GRU update, mask).
 
 Kernel: C++ on the CPU (csrc/align/propagate_cpu.cpp). Elsewhere (CUDA) the op runs its plain-PyTorch reference
-(fastlayers.reference.align_layer); there is no GPU kernel yet. Backward on the CPU: a C++ kernel for the per-node
-and per-edge part (csrc/align/propagate_backward_cpu.cpp), then node-level GEMMs for the weight gradients; on
+(fastlayers.reference.isonet_layer); there is no GPU kernel yet (fastlayers.ops._backend decides). Backward on
+the CPU: a C++ kernel for the per-node and per-edge part (csrc/align/propagate_backward_cpu.cpp), then node-level GEMMs for the weight gradients; on
 other devices a recompute through the folded formulation (_folded_layer) under autograd.
 """
 
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .. import _validate as V
 from ..graph import as_graph
-from ..reference import align_layer as _ref
+from ..reference import isonet_layer as _ref_isonet_layer
+from . import _backend as B
 
 _WEIGHTS = ("inter_w1", "inter_b1", "inter_w2", "inter_b2", "msg_w1", "msg_b1", "msg_w2", "msg_b2", "w_ih", "w_hh",
             "b_ih", "b_hh")
@@ -24,7 +25,7 @@ def _check_weights(h, weights):
             raise TypeError(f"{name} must have h's dtype {h.dtype}, got {w.dtype}")
         if w.device != h.device:
             raise ValueError(f"{name} is on {w.device} but h is on {h.device}; move them to one device")
-    iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh = weights
+    iw1, _ib1, iw2, _ib2, mw1, _mb1, mw2, _mb2, _w_ih, _w_hh, _b_ih, _b_hh = weights
     d = h.shape[1]
     hid = iw1.shape[0] if iw1.dim() == 2 else -1
     z = iw2.shape[0] if iw2.dim() == 2 else -1
@@ -92,8 +93,8 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
         raise ValueError(f"graph is on {g.device} but h is on {h.device}; move them to one device")
     weights = (inter_w1, inter_b1, inter_w2, inter_b2, msg_w1, msg_b1, msg_w2, msg_b2, w_ih, w_hh, b_ih, b_hh)
     _check_weights(h, weights)
-    if h.device.type != "cpu":
-        return _ref.isonet_layer(h, partner, g, mask, *weights, P=P, other=other, transpose=transpose)
+    if B.choose("isonet_layer", h) == B.REFERENCE:
+        return _ref_isonet_layer(h, partner, g, mask, *weights, P=P, other=other, transpose=transpose)
     return torch.ops.fastlayers.isonet_layer(h, partner, P, other, transpose, g.rowptr, g.col, mask, *weights)
 
 
@@ -133,7 +134,7 @@ def _isonet_layer_backward_fake(grad, h, partner, rowptr, col, mask, iw1, ib1, i
     return [h.new_empty(n, w) for w in widths]
 
 
-from ._double_backward import first_order_only  # noqa: E402
+from ._double_backward import first_order_only
 
 
 def _setup(ctx, inputs, output):
@@ -180,7 +181,7 @@ def _backward(ctx, grad):
         # off inside first_order_only's call) and a second derivative through them raises.
         return first_order_only("isonet_layer", "fastlayers.reference.isonet_layer",
                                 lambda g, *_: _backward(ctx, g), grad, h, partner, P, other, *weights)
-    if h.device.type == "cpu":
+    if B.choose("isonet_layer", h) == B.CPP:  # the C++ backward kernel; elsewhere the folded recompute
         return _backward_cpu(ctx.transpose, grad, h, partner, P, other, rowptr, col, mask, weights)
     need = ctx.needs_input_grad
     deg = rowptr.diff()
@@ -202,7 +203,7 @@ def _backward(ctx, grad):
 def _backward_cpu(transpose, grad, h, partner, P, other, rowptr, col, mask, weights):
     """The C++ kernel's per-node factors, then the weight gradients as node-level GEMMs and the chain rule
     through the kernel's folded weights (see csrc/align/propagate_backward_cpu.cpp)."""
-    iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh = weights
+    iw1, _ib1, iw2, ib2, mw1, _mb1, mw2, mb2, w_ih, _w_hh, _b_ih, _b_hh = weights
     n, d = h.shape
     hid, zd, m1, g3 = iw1.shape[0], iw2.shape[0], mw1.shape[0], 3 * h.shape[1]
     p = partner
