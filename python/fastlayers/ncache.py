@@ -8,7 +8,7 @@ import torch
 
 from . import _C
 from .ops import ncache as _ops
-
+from .reference.ncache import slot_of as _slot_of
 
 _TABLE_DTYPES = {"keys": torch.int64, "eids": torch.int64, "times": torch.float64, "values": torch.float32,
                  "last_time": torch.float64}
@@ -59,7 +59,8 @@ class NCache(torch.nn.Module):
         # NCache(..., process_group=pg) builds the sharded cache; its __init__ then runs with the same arguments.
         if process_group is not None and cls is NCache:
             from .ncache_sharded import ShardedNCache
-            cls = ShardedNCache
+
+            return super().__new__(ShardedNCache)
         return super().__new__(cls)
 
     def __init__(self, num_nodes: int, sizes=(32, 16), value_dim: int = 4, replace_prob: float = 0.9,
@@ -113,7 +114,7 @@ class NCache(torch.nn.Module):
     def num_hops(self) -> int:
         return len(self.offsets) - 1
 
-    def reset(self) -> "NCache":
+    def reset(self) -> NCache:
         """Empty every dictionary (keys and eids -1, times 0, values 0) and forget the latest time."""
         self.keys.fill_(-1)
         self.eids.fill_(-1)
@@ -157,6 +158,36 @@ class NCache(torch.nn.Module):
         """Joint neighbourhood of pairs (u[p], v[p]): see :func:`fastlayers.ops.ncache_pair_features`."""
         self._dense()
         return PairFeatures(*_ops.ncache_pair_features(self.keys, self.values, u, v, self.sizes, self.seed))
+
+    def column(self, keys: torch.Tensor, hop: int) -> torch.Tensor:
+        """The table column where each key [n] would sit in hop ``hop`` of any node's cache (hop 0: column 0):
+        ``offsets[hop] + slot``, int64 [n]. The hash is shared by every node, which is what makes a probe one
+        read."""
+        hop = _ops.int_arg("hop", hop, 0, self.num_hops - 1)
+        keys = _ops._ids("keys", keys, self.keys.device)
+        if hop == 0:
+            return torch.zeros_like(keys)
+        return self.offsets[hop] + _slot_of(keys, self.seed, self.sizes[hop - 1])
+
+    def _probe_args(self, nodes, keys, hop):
+        nodes = _ops._ids("nodes", nodes, self.keys.device)
+        keys = _ops._ids("keys", keys, self.keys.device, nodes.numel())
+        # Traced (torch.compile / torch.export): the range check needs the data; the gather below still raises.
+        if nodes.numel() and not torch.compiler.is_compiling() and \
+                bool(((nodes < 0) | (nodes >= self.num_nodes)).any()):
+            raise IndexError(f"ncache.probe: nodes has ids out of range [0, {self.num_nodes})")
+        return nodes, self.column(keys, hop)
+
+    @torch.no_grad()
+    def probe(self, nodes, keys, hop: int) -> Lookup:
+        """The entry of hop ``hop`` of node ``nodes[i]``'s cache where ``keys[i]`` would sit: keys, eids, times
+        [n] and values [n, D]. ``out.keys == keys`` says whether the node holds that key there now (the slot may
+        be empty, -1, or held by another key). One read per request: NAT asks "did u meet v" and "what is the
+        pair's count" this way without a lookup of whole rows."""
+        self._dense()
+        nodes, col = self._probe_args(nodes, keys, hop)
+        return Lookup(self.keys[nodes, col], self.eids[nodes, col], self.times[nodes, col],
+                      self.values[nodes, col])
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) casts every floating buffer; the kernels need the table dtypes (and a float16 cast

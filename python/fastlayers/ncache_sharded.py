@@ -204,7 +204,7 @@ class ShardedNCache(NCache):
             B = src.numel()
         except Exception as e:  # noqa: BLE001  (re-raised on every rank below)
             err, B = e, 0
-        dev, D, S = self.keys.device, self.value_dim, self.num_slots
+        dev, D = self.keys.device, self.value_dim
         if err is None and B:
             x = torch.stack([src, dst], 1).reshape(-1)  # incidence 2b + side: (owner, partner)
             dest = owner_of(x, w)
@@ -371,6 +371,37 @@ class ShardedNCache(NCache):
             full[order] = c
             out.append(full[inv])
         return out
+
+    @torch.no_grad()
+    def probe(self, nodes, keys, hop: int) -> Lookup:
+        """One entry per request from its owner: the single-process :meth:`NCache.probe` for this rank's
+        requests (any owners). Collective; the request is (node, column), the answer the entry itself."""
+        op = "NCache.probe"
+        self.last_exchange = {"sent": 0, "received": 0}
+        self._dense()
+        w, dev, err = self.world_size, self.keys.device, None
+        try:
+            nodes, col = self._probe_args(nodes, keys, hop)
+            dest = owner_of(nodes, w)
+            order = torch.argsort(dest, stable=True)
+            req = torch.stack([nodes, col], 1)[order]
+            counts = torch.bincount(dest, minlength=w).cpu()
+        except Exception as e:  # noqa: BLE001  (re-raised on every rank)
+            err, order = e, None
+            req = torch.empty(0, 2, dtype=torch.int64, device=dev)
+            counts = torch.zeros(w, dtype=torch.int64)
+        recv_counts = self._a2a_counts(op, counts, err is None, err)
+        asked = self._a2a(op, req, counts.tolist(), recv_counts)
+        lrow, lcol = asked[:, 0] // w, asked[:, 1]
+        tables = (self.keys, self.eids, self.times, self.values)
+        answer = self._a2a(op, _pack(*(tb[lrow, lcol] for tb in tables)), recv_counts, counts.tolist())
+        cols = _unpack(answer, *((tb.dtype, tb.shape[2:]) for tb in tables))
+        out = []
+        for c in cols:
+            full = torch.empty_like(c)
+            full[order] = c
+            out.append(full)
+        return Lookup(*out)
 
     @torch.no_grad()
     def lookup(self, nodes) -> Lookup:

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..ncache import NCache
-from ..reference.ncache import slot_of
 
 
 class TimeEncoder(nn.Module):
@@ -51,14 +50,32 @@ class NAT(nn.Module):
     negatives (src, neg) of a batch ([B] each, time-sorted) from the state before the batch, then queues the
     batch as the next state update; call :meth:`detach_state` after each optimiser step and :meth:`reset_state`
     before replaying a stream from its start.
+
+    Data-parallel (``process_group=pg``, every rank builds the model with the same arguments): each rank passes
+    its slice of every batch (the global batch is the slices in rank order, as for the sharded N-cache) and gets
+    the logits of its slice. The N-cache is sharded over the group (:class:`fastlayers.ncache_sharded.
+    ShardedNCache`); the self states are replicated: the queued batch is gathered from all ranks (its ids, times
+    and features: a few bytes per edge) and every rank applies the same state update, with gradients, so each
+    rank's loss reaches the GRUs through the states its pairs read. Wrap the model in DDP with
+    ``find_unused_parameters=True`` (the first batch of a stream has no queued update; DDP is told to leave the
+    state buffers alone: the cache shards differ per rank, the self states are equal by construction), and
+    scale each rank's loss by ``world_size * B_r / B`` of a mean so that DDP's average equals the single-process
+    gradient.
     """
 
     def __init__(self, num_nodes: int, edge_dim: int = 0, sizes=(32, 16), value_dim: int = 4, self_dim: int = 72,
                  time_dim: int = 16, code_dim: int = 16, hidden: int = 64, replace_prob: float = 0.9,
-                 seed: int = 0):
+                 seed: int = 0, process_group=None):
         super().__init__()
         self.num_nodes, self.edge_dim, self.self_dim = num_nodes, edge_dim, self_dim
-        self.cache = NCache(num_nodes, sizes, value_dim, replace_prob=replace_prob, seed=seed)
+        self.process_group = process_group
+        self.cache = NCache(num_nodes, sizes, value_dim, replace_prob=replace_prob, seed=seed,
+                            process_group=process_group)
+        if process_group is not None:
+            # DDP broadcasts buffers from rank 0 (at construction, and per forward unless told otherwise): that
+            # would overwrite every rank's cache shard with rank 0's. The names DDP reads to skip them:
+            self._ddp_params_and_buffers_to_ignore = [f"cache.{n}" for n, _ in self.cache.named_buffers()] + \
+                ["memory", "last_seen"]
         hops = 1 + len(sizes)
         self.time_enc = TimeEncoder(time_dim)
         msg = self_dim + edge_dim + time_dim
@@ -80,6 +97,7 @@ class NAT(nn.Module):
         self._live = None  # memory with this step's graph attached
         self._live_values = None  # (sorted flat slot indices [W], values [W, D] with graph) written by _flush
         self._pending = None
+        self._mine = None  # this rank's edges [lo, hi) of the queued global batch (data-parallel)
 
     def reset_state(self) -> None:
         """Forget the stream: zero self states, empty the N-cache, drop the queued batch."""
@@ -101,7 +119,8 @@ class NAT(nn.Module):
         if self._pending is None:
             return memory
         src, dst, t, eid, feat = self._pending
-        self._pending = None
+        lo, hi = self._mine if self._mine is not None else (0, src.numel())
+        self._pending, self._mine = None, None
         hs, hd = memory[src], memory[dst]
         es = self.time_enc(t - self.last_seen[src])
         ed = self.time_enc(t - self.last_seen[dst])
@@ -121,13 +140,13 @@ class NAT(nn.Module):
         # hop-1 table, plus one), the other channels are NAT's slot-value GRU over the partner's new state with the
         # previous slot value as hidden state.
         with torch.no_grad():
-            col = self.cache.offsets[1] + slot_of(dst, self.cache.seed, self.cache.sizes[0])
-            kept = (self.cache.keys[src, col] == dst).unsqueeze(-1)
-            prev = self.cache.values[src, col] * kept
+            slot = self.cache.probe(src, dst, 1)
+            prev = slot.values * (slot.keys == dst).unsqueeze(-1)
         val_in = torch.cat([new_s + new_d] + ([] if feat is None else [feat]) + [es], 1)
         values = torch.cat([prev[:, :1] + 1, self.value_gru(val_in, prev[:, 1:])], 1)
         with torch.no_grad():
-            self.cache.update(src, dst, t, eid, values.detach())
+            # A sharded cache takes this rank's slice; every rank computed the same values for all edges.
+            self.cache.update(src[lo:hi], dst[lo:hi], t[lo:hi], eid[lo:hi], values[lo:hi].detach())
             self.last_seen.index_put_((uniq,), t.repeat_interleave(2)[last])
         self._live = memory
         self._live_values = self._written(src, dst, eid, values) if values.requires_grad else None
@@ -136,20 +155,18 @@ class NAT(nn.Module):
     @torch.no_grad()
     def _slot_index(self, owner, key, hop):
         """Flat index into the [N * S] tables of key's slot in owner's hop (hop 0: column 0)."""
-        c = self.cache
-        col = torch.zeros_like(key) if hop == 0 else c.offsets[hop] + slot_of(key, c.seed, c.sizes[hop - 1])
-        return owner * c.num_slots + col
+        return owner * self.cache.num_slots + self.cache.column(key, hop)
 
     def _written(self, src, dst, eid, values):
         """The hop-0 and hop-1 entries this batch's update actually wrote (slot holds the key and the edge id),
         as (sorted flat indices, values with graph)."""
-        c = self.cache
         with torch.no_grad():
+            owner = torch.cat([src, dst])
             key = torch.cat([src, dst, dst, src])
-            flat = torch.cat([self._slot_index(src, src, 0), self._slot_index(dst, dst, 0),
-                              self._slot_index(src, dst, 1), self._slot_index(dst, src, 1)])
+            flat = torch.cat([self._slot_index(owner, owner, 0), self._slot_index(owner, key[owner.numel():], 1)])
+            hop0, hop1 = self.cache.probe(owner, owner, 0), self.cache.probe(owner, key[owner.numel():], 1)
             e4 = eid.repeat(4)
-            ok = (c.keys.view(-1)[flat] == key) & (c.eids.view(-1)[flat] == e4)
+            ok = (torch.cat([hop0.keys, hop1.keys]) == key) & (torch.cat([hop0.eids, hop1.eids]) == e4)
             # An edge seen twice in the batch (same slot, same id) keeps one live copy.
             flat, first = torch.unique(flat[ok], return_inverse=True)
             pick = torch.zeros_like(flat).scatter_reduce_(0, first, ok.nonzero().squeeze(1), "amax",
@@ -186,9 +203,8 @@ class NAT(nn.Module):
         # Summed pair counts span 1 .. thousands: log-scale them.
         x = torch.cat([self.code_emb(pf.codes), torch.log1p(feats[..., :1]), feats[..., 1:]], -1)
         z = (self.pair_enc(x) * pf.mask.unsqueeze(-1)).sum(1)
-        # v can only sit in u's hop-1 slot slot_of(v): one probe says whether they met (and the cache kept it).
-        col = self.cache.offsets[1] + slot_of(v, self.cache.seed, self.cache.sizes[0])
-        met = (self.cache.keys[u, col] == v).unsqueeze(-1).float()
+        # v can only sit in one slot of u's hop 1: one probe says whether they met (and the cache kept it).
+        met = (self.cache.probe(u, v, 1).keys == v).unsqueeze(-1).float()
         counts = torch.log1p(pf.counts.flatten(1).to(torch.float32))
         return self.scorer(torch.cat([z, memory[u], memory[v], met, counts], 1)).squeeze(-1)
 
@@ -197,5 +213,37 @@ class NAT(nn.Module):
         memory = self._flush()
         pos = self.score(src, dst, t, memory)
         negl = self.score(src, neg, t, memory)
-        self._pending = (src, dst, t, eid, edge_feat)
+        if self.process_group is None:
+            self._pending = (src, dst, t, eid, edge_feat)
+        else:
+            self._pending, self._mine = _gather_batch(self.process_group, src, dst, t, eid, edge_feat)
         return pos, negl
+
+
+def _gather_batch(group, src, dst, t, eid, feat):
+    """The global batch from every rank's slice (rank order), and this rank's [lo, hi) in it."""
+    import torch.distributed as dist
+
+    from ..ncache_sharded import _pack, _unpack
+
+    w, r = dist.get_world_size(group), dist.get_rank(group)
+    n = torch.tensor([src.numel()], dtype=torch.int64, device=src.device)
+    sizes = [torch.empty_like(n) for _ in range(w)]
+    dist.all_gather(sizes, n, group=group)
+    sizes = [int(s) for s in sizes]
+    cols = [torch.stack([src, dst, eid], 1).to(torch.int64), t.to(torch.float64)]
+    specs = [(torch.int64, (3,)), (torch.float64, ())]
+    if feat is not None:
+        cols.append(feat.detach().to(torch.float32))
+        specs.append((torch.float32, tuple(feat.shape[1:])))
+    buf = _pack(*cols)
+    width, m = buf.shape[1], max(sizes)
+    # all_gather needs equal shapes: pad every slice to the longest, then keep each rank's own rows.
+    padded = buf.new_zeros((m, width))
+    padded[:buf.shape[0]] = buf
+    got = [torch.empty_like(padded) for _ in range(w)]
+    dist.all_gather(got, padded, group=group)
+    whole = torch.cat([g[:k] for g, k in zip(got, sizes)])
+    ids, tt, *rest = _unpack(whole, *specs)
+    lo = sum(sizes[:r])
+    return (ids[:, 0], ids[:, 1], tt, ids[:, 2], rest[0] if rest else None), (lo, lo + sizes[r])
