@@ -23,6 +23,12 @@ if os.environ.get("FASTLAYERS_TEST_INSTALLED") == "1":
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
+def pytest_report_header(config):
+    info = fastlayers._C.cpu_isa_info()
+    forced = f"forced by FASTLAYERS_CPU_ISA={info['requested']}" if info["requested"] else "the best supported"
+    return f"fastlayers CPU kernels: {info['isa']} ({forced}; this CPU supports {', '.join(info['supported'])})"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.name.startswith("test_triton_"):

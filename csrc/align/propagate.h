@@ -30,7 +30,8 @@ inline int64_t pad(int64_t n) { return align::round_up(n, kPad); }
 // would chain every multiply-add on the previous one (4-cycle latency each); R partial sums over k keep about
 // eight independent chains in flight, enough to feed both FMA pipes.
 // acc[r] += sum over k = r (mod R) of x[k] w[k, 0:W] (the tail on chain 0: a runtime chain index would put acc
-// in memory). A helper and not a lambda: a lambda is compiled for the default target, outside the clones.
+// in memory). A helper and not a lambda: a lambda here is a separate function of the baseline target, not inlined
+// into the per-ISA entry points (this header is included before their `#pragma GCC target`).
 template <typename T, typename V, int W, int L, int R, int NV>
 FL_INLINE void matvec_sweep(V (&acc)[R][NV], const T* w, const T* x, int64_t kn) {
   int64_t k = 0;

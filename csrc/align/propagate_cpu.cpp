@@ -23,6 +23,7 @@
 #include <optional>
 #include <vector>
 
+#include "align/align_isa.h"
 #include "align/propagate.h"
 #include "align/vec.h"
 #include "common/checks.h"
@@ -34,27 +35,8 @@ namespace fastlayers {
 namespace {
 
 using namespace propagate;
+using namespace align;
 
-// Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
-#define FL_PROPAGATE_DRIVERS(T)                                                                                  \
-  FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p,                     \
-                                  const Transport<T>& tr, const uint8_t* need, T* a, int64_t u0, int64_t u1,     \
-                                  T* rbuf, T* coef) {                                                            \
-    node_pass<T>(d, f, h, p, tr, need, a, u0, u1, rbuf, coef, nullptr);                                          \
-  }                                                                                                              \
-  FL_MULTIVERSION void other_sweep(const Dims& d, const Folded<T>& f, const T* o, const T* zero, T* Q, int64_t j0, \
-                                   int64_t j1) {                                                                 \
-    other_pass<T>(d, f, o, zero, Q, j0, j1);                                                                     \
-  }                                                                                                              \
-  FL_MULTIVERSION void target_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* a,                   \
-                                    const int64_t* rowptr, const int64_t* col, const bool* mask, T* out,         \
-                                    int64_t v0, int64_t v1, GateBuf<T>& g) {                                     \
-    for (int64_t b = v0; b < v1; b += kBlock)                                                                    \
-      target_pass<T>(d, f, h, a, rowptr, col, mask, out, b, std::min(v1, b + kBlock), g);                        \
-  }
-FL_PROPAGATE_DRIVERS(float)
-FL_PROPAGATE_DRIVERS(double)
-#undef FL_PROPAGATE_DRIVERS
 
 at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
                             const std::optional<at::Tensor>& P_in, const std::optional<at::Tensor>& other_in,

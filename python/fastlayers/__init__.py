@@ -19,5 +19,14 @@ from .graph import Graph  # noqa: E402
 from .ncache import NCache  # noqa: E402
 
 __all__ = ["ops", "nn", "reference", "cpu_cache", "__version__"]
+__all__ += ["cpu_isa"]
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run in this process: "avx512", "avx2" or "scalar" (the baseline).
+    The best one this CPU supports, unless FASTLAYERS_CPU_ISA forces another (read once, at import)."""
+    return _C.cpu_isa_info()["isa"]
+
+
 __all__ += ["Graph"]
 __all__ += ["NCache"]
