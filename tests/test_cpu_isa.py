@@ -202,6 +202,8 @@ def test_no_wide_instructions_outside_isa_namespaces():
     lib = fastlayers._C.__file__
     dump = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", lib], capture_output=True, text=True,
                           timeout=300).stdout
+    if "fastlayers::" not in dump:
+        pytest.skip("the library's symbol table is stripped (a wheel): this check runs on source builds")
     bad, fn, isa_fns = [], None, {"avx512": 0, "avx2": 0}
     for line in dump.splitlines():
         head = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
