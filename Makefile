@@ -10,6 +10,8 @@
 #                PTX); abi3, pinned to this torch's minor release, auditwheel-repaired (packaging/build_wheels.sh)
 # make wheel-test - each wheel in a fresh venv with torch from the registry and no compiler: fastlayers info and the
 #                test suite from outside the source tree; the wheel under torch 2.13 must refuse clearly
+# make test-isa - every family's correctness tests again under FASTLAYERS_CPU_ISA=avx2 and =scalar (make test runs the
+#                 best path the CPU has); a path this CPU lacks is skipped with a note
 # make gpu-check - compile every Triton and CUDA kernel for sm_80 and sm_90 (no GPU needed) and check the
 #                  resource report: no compile error, no spill, shared memory within the limit
 PYTHON ?= python3
@@ -25,7 +27,7 @@ PYTEST_ARGS ?=
 FUZZ_CASES ?= 10000
 FUZZ_SEED ?= 0
 
-.PHONY: all build lint test bench bench-quick info gpu-check device-check-dry fuzz asan wheel wheel-test clean
+.PHONY: all build lint test test-isa bench bench-quick info gpu-check device-check-dry fuzz asan wheel wheel-test clean
 
 all: test
 
@@ -55,6 +57,17 @@ build: $(DEPS_STAMP)
 
 test: build
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+# The kernel families' correctness tests (not models, not Triton-only, not packaging), on the non-default paths.
+ISA_TESTS := tests/test_eca.py tests/test_hyper.py tests/test_align.py tests/test_isonet_layer.py tests/test_mp_ops.py \
+	tests/test_ncache.py tests/test_double_backward.py tests/test_cpu_isa.py
+test-isa: build
+	@for isa in avx2 scalar; do \
+		if FASTLAYERS_CPU_ISA=$$isa $(BIN)/python -c "import fastlayers" 2>/dev/null; then \
+			echo "== FASTLAYERS_CPU_ISA=$$isa"; \
+			FASTLAYERS_CPU_ISA=$$isa $(BIN)/python -m pytest -q $(PYTEST_ARGS) -m "not triton" $(ISA_TESTS) || exit 1; \
+		else echo "== FASTLAYERS_CPU_ISA=$$isa: this CPU lacks it, skipped"; fi; \
+	done
 
 bench: build
 	$(BIN)/python benchmarks/run.py

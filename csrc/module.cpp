@@ -2,23 +2,37 @@
 // per-family files); this module only reports how the library was built, without pulling in pybind11.
 #include <Python.h>
 
+#include <cstdlib>
+#include <initializer_list>
+
 #include "common/cpu_cache.h"
+#include "common/cpu_isa.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
-// The clone of every FL_MULTIVERSION kernel this CPU runs: GCC's target_clones resolver picks the first of
-// avx512f, avx2, default that the CPU supports, and this asks the CPU the same questions in the same order.
-static const char* cpu_isa() {
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512f";
-  if (__builtin_cpu_supports("avx2")) return "avx2";
-  return "baseline x86-64";
-#else
-  return "baseline (no per-ISA clones on this platform)";
-#endif
+// The instruction set every CPU kernel runs (common/cpu_isa.h), what this CPU supports, and whether
+// FASTLAYERS_CPU_ISA asked for something else; fastlayers/_compat.py raises at import when it could not be honoured.
+static PyObject* cpu_isa_info(PyObject*, PyObject*) {
+  using namespace fastlayers::cpu_isa;
+  const Choice& c = choice();
+  PyObject* supported = PyList_New(0);
+  if (supported == nullptr) return nullptr;
+  for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar}) {
+    if (!c.supported[int(isa)]) continue;
+    PyObject* s = PyUnicode_FromString(name(isa));
+    if (s == nullptr || PyList_Append(supported, s) < 0) {
+      Py_XDECREF(s);
+      Py_DECREF(supported);
+      return nullptr;
+    }
+    Py_DECREF(s);
+  }
+  const char* requested = std::getenv("FASTLAYERS_CPU_ISA");
+  return Py_BuildValue("{s:s,s:N,s:z,s:z,s:s}", "isa", name(c.isa), "supported", supported, "requested",
+                       (requested && requested[0]) ? requested : nullptr, "error", c.error, "valid",
+                       "avx512, avx2, scalar");
 }
 
 static PyObject* build_info(PyObject*, PyObject*) {
@@ -35,7 +49,7 @@ static PyObject* build_info(PyObject*, PyObject*) {
   // The arch list lives in _build_config.json, not here: as a macro it would enter every unit's flags, and a new
   // list would recompile the C++ sources too, not just the CUDA ones.
   return Py_BuildValue("{s:O,s:O,s:s,s:s}", "cuda", cuda, "openmp", openmp, "compiler", __VERSION__, "cpu_isa",
-                       cpu_isa());
+                       fastlayers::cpu_isa::name(fastlayers::cpu_isa::active()));
 }
 
 static PyObject* cpu_cache_stats(PyObject*, PyObject*) {
@@ -85,6 +99,8 @@ static PyMethodDef methods[] = {
     {"cpu_cache_stats", cpu_cache_stats, METH_NOARGS, "Pool of large CPU outputs: cached bytes, limit, hits."},
     {"cpu_cache_set_limit", cpu_cache_set_limit, METH_O, "Set the pool's limit in bytes (0 disables it)."},
     {"cpu_cache_empty", cpu_cache_empty, METH_NOARGS, "Return every pooled block to the system."},
+    {"cpu_isa_info", cpu_isa_info, METH_NOARGS,
+     "CPU kernels' instruction set: the one in use, those this CPU supports, FASTLAYERS_CPU_ISA and its error."},
     {"build_info", build_info, METH_NOARGS, "How fastlayers._C was compiled: CUDA, OpenMP, compiler."},
     {nullptr, nullptr, 0, nullptr}};
 

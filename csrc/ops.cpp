@@ -97,14 +97,14 @@ TORCH_LIBRARY(fastlayers, m) {
   // target, GRUCell(sum, h), rows of mask False set to 0. h, partner [N, D]; weights as nn.Linear / nn.GRUCell.
   // Instead of partner, P [B, n, n_o] and other [B * n_o, D] give partner = P other per pair (P^T with transpose).
   m.def(
-      "isonet_layer(Tensor h, Tensor? partner, Tensor? P, Tensor? other, bool transpose, Tensor rowptr,"
+      "isonet_layer_fwd(Tensor h, Tensor? partner, Tensor? P, Tensor? other, bool transpose, Tensor rowptr,"
       " Tensor col, Tensor mask, Tensor inter_w1, Tensor inter_b1, Tensor inter_w2, Tensor inter_b2,"
       " Tensor msg_w1, Tensor msg_b1, Tensor msg_w2, Tensor msg_b2, Tensor w_ih, Tensor w_hh, Tensor b_ih,"
       " Tensor b_hh) -> Tensor");
   // Its backward's per-node and per-edge part (CPU): the gradients of h and of the partner, and the per-node
   // factors of the weight gradients (r, dx1, da, s, dgi, dgh), rows padded to whole vectors.
   m.def(
-      "isonet_layer_backward(Tensor grad, Tensor h, Tensor? partner, Tensor rowptr, Tensor col, Tensor mask,"
+      "isonet_layer_bwd(Tensor grad, Tensor h, Tensor? partner, Tensor rowptr, Tensor col, Tensor mask,"
       " Tensor inter_w1, Tensor inter_b1, Tensor inter_w2, Tensor inter_b2, Tensor msg_w1, Tensor msg_b1,"
       " Tensor msg_w2, Tensor msg_b2, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh) -> Tensor[]");
 }

@@ -68,6 +68,12 @@ def importorskip(module: str):
     return pytest.importorskip(module, reason=_skip_reason(module))
 
 
+def pytest_report_header(config):
+    info = fastlayers._C.cpu_isa_info()
+    forced = f"forced by FASTLAYERS_CPU_ISA={info['requested']}" if info["requested"] else "the best supported"
+    return f"fastlayers CPU kernels: {info['isa']} ({forced}; this CPU supports {', '.join(info['supported'])})"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.name.startswith("test_triton_"):

@@ -106,7 +106,7 @@ def test_opcheck():
     g = Graph.from_edge_index(ei, 11)
     h.requires_grad_()
     for partner in (p.requires_grad_(), None):
-        torch.library.opcheck(torch.ops.fastlayers.isonet_layer,
+        torch.library.opcheck(torch.ops.fastlayers.isonet_layer_fwd,
                               (h, partner, None, None, False, g.rowptr, g.col, mask, *w))
 
 
@@ -140,7 +140,7 @@ def test_transport_gradcheck_and_opcheck(transpose):
         return isonet_layer(hh, None, ei, mask, *ws, P=pp, other=oo, transpose=transpose)
     assert torch.autograd.gradcheck(f, inputs)
     g = Graph.from_edge_index(ei, h.shape[0])
-    torch.library.opcheck(torch.ops.fastlayers.isonet_layer,
+    torch.library.opcheck(torch.ops.fastlayers.isonet_layer_fwd,
                           (h, None, P, other, transpose, g.rowptr, g.col, mask, *w))
 
 

@@ -399,24 +399,24 @@ w = [torch.randn(s) for s in shapes]
 mask = torch.ones(n, dtype=torch.bool)
 rowptr = torch.tensor([0, 1, 2, 3, 4, 5])
 def run(rp, col):
-    return torch.ops.fastlayers.isonet_layer(h, None, None, None, False, rp, col, mask, *w)
+    return torch.ops.fastlayers.isonet_layer_fwd(h, None, None, None, False, rp, col, mask, *w)
 expect(lambda: run(rowptr, torch.tensor([0, 1, 2, 3, 1 << 40])))
 expect(lambda: run(rowptr, torch.tensor([0, 1, -7, 3, 4])))
 expect(lambda: run(torch.tensor([0, 1, 2, 3, 4, 1 << 40]), torch.tensor([0, 1, 2, 3, 4])))
 expect(lambda: run(torch.tensor([0, 3, 2, 3, 4, 5]), torch.tensor([0, 1, 2, 3, 4])))
 expect(lambda: run(rowptr.int(), torch.tensor([0, 1, 2, 3, 4])))
 g = torch.randn(n, d)
-expect(lambda: torch.ops.fastlayers.isonet_layer_backward(g, h, None, rowptr, torch.tensor([0, 1, 2, 9, 4]), mask,
+expect(lambda: torch.ops.fastlayers.isonet_layer_bwd(g, h, None, rowptr, torch.tensor([0, 1, 2, 9, 4]), mask,
                                                           *w))
 """)
     lines = [ln for ln in out.splitlines() if ln.startswith(("RAISED", "NO ERROR"))]
     assert len(lines) == 6, out
-    assert lines[0].startswith("RAISED IndexError") and "isonet_layer: col[4]" in lines[0], lines
+    assert lines[0].startswith("RAISED IndexError") and "isonet_layer_fwd: col[4]" in lines[0], lines
     assert lines[1].startswith("RAISED IndexError") and "col[2] = -7" in lines[1], lines
     assert lines[2].startswith("RAISED ValueError") and "rowptr must run from 0 to E" in lines[2], lines
     assert lines[3].startswith("RAISED ValueError") and "rowptr must be non-decreasing" in lines[3], lines
     assert lines[4].startswith("RAISED TypeError") and "rowptr and col must be int64" in lines[4], lines
-    assert lines[5].startswith("RAISED IndexError") and "isonet_layer_backward: col[3] = 9" in lines[5], lines
+    assert lines[5].startswith("RAISED IndexError") and "isonet_layer_bwd: col[3] = 9" in lines[5], lines
 
 
 # ---- eca -------------------------------------------------------------------------------------------------------

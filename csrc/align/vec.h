@@ -1,5 +1,5 @@
 // 64-byte vectors through GCC's vector extensions: explicit registers (no lane arrays bouncing through memory)
-// that each target_clones variant lowers to its own ISA (one zmm, two ymm or four xmm per vector).
+// that each instruction-set path (common/cpu_isa.h) lowers to its own ISA (one zmm, two ymm or four xmm per vector).
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -1,13 +1,7 @@
-// Runtime CPU dispatch for hot loops. A function marked FL_MULTIVERSION is compiled for AVX-512, AVX2 and the
-// baseline, and the loader picks the widest the CPU supports, so a source build runs on any x86-64 while
-// still using the vector units of the machine it lands on. Elsewhere the marker is empty.
+// Loop annotations for the CPU kernels. Which instruction set a kernel is compiled for is not decided here:
+// each family's kernel header is compiled once per ISA (AVX-512, AVX2, baseline) in its own translation unit and
+// one table is chosen per process, forceable with FASTLAYERS_CPU_ISA (common/cpu_isa.h).
 #pragma once
-
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define FL_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FL_MULTIVERSION
-#endif
 
 #if defined(__GNUC__)
 #define FL_INLINE inline __attribute__((always_inline))

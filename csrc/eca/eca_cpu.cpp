@@ -14,104 +14,54 @@
 #include "common/checks.h"
 #define FASTLAYERS_WITH_TORCH_API
 #include "common/cpu_cache.h"
-#include "common/cpu_simd.h"
+#include "eca/eca_isa.h"
 
 namespace fastlayers {
 namespace {
 
 constexpr int64_t kBlockBytes = 8 << 20;  // per block of samples: fits the L3 with room to spare
 constexpr int64_t kGrainElems = 1 << 15;  // smallest piece of work handed to a thread
-constexpr int64_t kChunk = 1024;          // values summed in the input dtype before joining a double total
 
-// ---- vector primitives: non-template so that each gets AVX-512 / AVX2 / baseline clones ----------------------
-// "plane": one channel's S spatial values, contiguous. "rows": S rows of C channels (channels-last), acc[c] += ...
+// ---- vector primitives: eca_kernels.h, compiled per instruction set; one table chosen at load (eca_isa.h) ---
+template <typename T>
+struct Id {
+  using type = T;
+};
+template <typename T>
+using same = typename Id<T>::type;  // not deduced: the pointer argument fixes T
 
-#define FL_ECA_PRIMITIVES(T)                                                                                    \
-  /* Reductions sum chunks of kChunk values in T (full-width vector adds), then the chunk sums in double. */ \
-  FL_MULTIVERSION double plane_sum(const T* x, int64_t n) {                                                     \
-    double total = 0;                                                                                           \
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {                                                                \
-      const int64_t i1 = std::min(n, i0 + kChunk);                                                              \
-      T acc = 0;                                                                                                \
-      FL_SIMD_SUM(acc) for (int64_t i = i0; i < i1; ++i) acc += x[i];                                           \
-      total += acc;                                                                                             \
-    }                                                                                                           \
-    return total;                                                                                               \
-  }                                                                                                             \
-  FL_MULTIVERSION double plane_dot(const T* a, const T* b, int64_t n) {                                         \
-    double total = 0;                                                                                           \
-    for (int64_t i0 = 0; i0 < n; i0 += kChunk) {                                                                \
-      const int64_t i1 = std::min(n, i0 + kChunk);                                                              \
-      T acc = 0;                                                                                                \
-      FL_SIMD_SUM(acc) for (int64_t i = i0; i < i1; ++i) acc += a[i] * b[i];                                    \
-      total += acc;                                                                                             \
-    }                                                                                                           \
-    return total;                                                                                               \
-  }                                                                                                             \
-  FL_MULTIVERSION void plane_scale(const T* __restrict x, T* __restrict y, T s, int64_t n) {                    \
-    FL_SIMD for (int64_t i = 0; i < n; ++i) y[i] = x[i] * s;                                                    \
-  }                                                                                                             \
-  FL_MULTIVERSION void plane_affine(const T* __restrict g, T* __restrict dx, T s, T c, int64_t n) {             \
-    FL_SIMD for (int64_t i = 0; i < n; ++i) dx[i] = g[i] * s + c;                                               \
-  }                                                                                                             \
-  FL_MULTIVERSION void rows_sum(const T* __restrict x, double* __restrict acc, int64_t rows, int64_t C) {       \
-    /* Sums of up to 64 rows in T (four rows per sweep, a quarter of the accumulator traffic), then into */     \
-    /* the double accumulator: vector adds at full width with error bounded by the 64-row partials. */          \
-    T part[256];                                                                                                \
-    for (int64_t c0 = 0; c0 < C; c0 += 256) {                                                                   \
-      const int64_t w = std::min<int64_t>(256, C - c0);                                                         \
-      for (int64_t r0 = 0; r0 < rows; r0 += 64) {                                                               \
-        const int64_t r1 = std::min<int64_t>(rows, r0 + 64);                                                    \
-        const T* xr = x + r0 * C + c0;                                                                          \
-        FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] = 0;                                                    \
-        int64_t r = r0;                                                                                         \
-        for (; r + 4 <= r1; r += 4, xr += 4 * C) {                                                              \
-          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += (xr[c] + xr[C + c]) + (xr[2 * C + c] + xr[3 * C + c]); \
-        }                                                                                                       \
-        for (; r < r1; ++r, xr += C) {                                                                          \
-          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += xr[c];                                             \
-        }                                                                                                       \
-        FL_SIMD for (int64_t c = 0; c < w; ++c) acc[c0 + c] += part[c];                                         \
-      }                                                                                                         \
-    }                                                                                                           \
-  }                                                                                                             \
-  FL_MULTIVERSION void rows_dot(const T* __restrict a, const T* __restrict b, double* __restrict acc,           \
-                                int64_t rows, int64_t C) {                                                      \
-    T part[256];                                                                                                \
-    for (int64_t c0 = 0; c0 < C; c0 += 256) {                                                                   \
-      const int64_t w = std::min<int64_t>(256, C - c0);                                                         \
-      for (int64_t r0 = 0; r0 < rows; r0 += 64) {                                                               \
-        const int64_t r1 = std::min<int64_t>(rows, r0 + 64);                                                    \
-        const T* ar = a + r0 * C + c0;                                                                          \
-        const T* br = b + r0 * C + c0;                                                                          \
-        FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] = 0;                                                    \
-        int64_t r = r0;                                                                                         \
-        for (; r + 2 <= r1; r += 2, ar += 2 * C, br += 2 * C) {                                                 \
-          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += ar[c] * br[c] + ar[C + c] * br[C + c];             \
-        }                                                                                                       \
-        for (; r < r1; ++r, ar += C, br += C) {                                                                 \
-          FL_SIMD for (int64_t c = 0; c < w; ++c) part[c] += ar[c] * br[c];                                     \
-        }                                                                                                       \
-        FL_SIMD for (int64_t c = 0; c < w; ++c) acc[c0 + c] += part[c];                                         \
-      }                                                                                                         \
-    }                                                                                                           \
-  }                                                                                                             \
-  FL_MULTIVERSION void rows_scale(const T* __restrict x, T* __restrict y, const T* __restrict s, int64_t rows,  \
-                                  int64_t C) {                                                                  \
-    for (int64_t r = 0; r < rows; ++r, x += C, y += C) {                                                        \
-      FL_SIMD for (int64_t c = 0; c < C; ++c) y[c] = x[c] * s[c];                                               \
-    }                                                                                                           \
-  }                                                                                                             \
-  FL_MULTIVERSION void rows_affine(const T* __restrict g, T* __restrict dx, const T* __restrict s,              \
-                                   const T* __restrict c0, int64_t rows, int64_t C) {                           \
-    for (int64_t r = 0; r < rows; ++r, g += C, dx += C) {                                                       \
-      FL_SIMD for (int64_t c = 0; c < C; ++c) dx[c] = g[c] * s[c] + c0[c];                                      \
-    }                                                                                                           \
-  }
-
-FL_ECA_PRIMITIVES(float)
-FL_ECA_PRIMITIVES(double)
-#undef FL_ECA_PRIMITIVES
+template <typename T>
+double plane_sum(const T* x, int64_t n) {
+  return eca::kernels<T>().plane_sum(x, n);
+}
+template <typename T>
+double plane_dot(const T* a, const same<T>* b, int64_t n) {
+  return eca::kernels<T>().plane_dot(a, b, n);
+}
+template <typename T>
+void plane_scale(const T* x, same<T>* y, same<T> s, int64_t n) {
+  eca::kernels<T>().plane_scale(x, y, s, n);
+}
+template <typename T>
+void plane_affine(const T* g, same<T>* dx, same<T> s, same<T> c, int64_t n) {
+  eca::kernels<T>().plane_affine(g, dx, s, c, n);
+}
+template <typename T>
+void rows_sum(const T* x, double* acc, int64_t rows, int64_t C) {
+  eca::kernels<T>().rows_sum(x, acc, rows, C);
+}
+template <typename T>
+void rows_dot(const T* a, const same<T>* b, double* acc, int64_t rows, int64_t C) {
+  eca::kernels<T>().rows_dot(a, b, acc, rows, C);
+}
+template <typename T>
+void rows_scale(const T* x, same<T>* y, const same<T>* s, int64_t rows, int64_t C) {
+  eca::kernels<T>().rows_scale(x, y, s, rows, C);
+}
+template <typename T>
+void rows_affine(const T* g, same<T>* dx, const same<T>* s, const same<T>* c0, int64_t rows, int64_t C) {
+  eca::kernels<T>().rows_affine(g, dx, s, c0, rows, C);
+}
 
 // Channel index of tap j around c, or -1 when it falls in the zero padding.
 inline int64_t tap(int64_t c, int64_t j, int64_t pad, int64_t C, bool circular) {

@@ -17,6 +17,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_simd.h"
+#include "hyper/hyper_isa.h"
 
 namespace fastlayers::hyper {
 
@@ -87,108 +88,40 @@ inline std::pair<int64_t, int64_t> tile_blocks(const Dims& d, int64_t elt) {
   return {ob, bb};
 }
 
-// ---- per-sample loops, non-template so each gets AVX-512 / AVX2 / baseline clones ------------------------------
-// Internal linkage: each kernel file gets its own clones (the ifunc resolvers are per translation unit).
-namespace {
+// ---- per-sample loops: hyper_kernels.h, compiled per instruction set; one table chosen at load --------------
+// y[b, t, o0 + o] += <W[b, o, :], x[b, t, :]> (apply_tile); dx[b, t, :] += sum_o g[b, t, o0 + o] W[b, o, :]
+// (apply_tile_t); dW[b, o, :] = sum_t g[b, t, o0 + o] x[b, t, :] (sample_grad_tile); z[b, i, :] = x[b, i0 + i] *
+// phi[b, :] (outer_tile); dx[b, i0 + i] += <V[b, i], phi_b>, dphi[b] += sum_i x[b, i0 + i] V[b, i] (contract_tile).
+template <typename S>
+struct Id {
+  using type = S;
+};
+template <typename S>
+using same = typename Id<S>::type;  // not deduced: the first pointer argument fixes S
 
-/* y[b, t, o0 + o] += <W[b, o, :], x[b, t, :]> for a tile W [nb, no, I] of generated weights: the T tokens of */ \
-/* each sample against its generated rows, written straight into y (rows of O). */                              \
-#define FL_HYPER_APPLY(S)                                                                                        \
-  FL_MULTIVERSION void apply_tile(const S* __restrict w, const S* __restrict x, S* __restrict y, int64_t nb,     \
-                                  int64_t T, int64_t I, int64_t no, int64_t O) {                               \
-    for (int64_t b = 0; b < nb; ++b) {                                                                          \
-      const S* xb = x + b * T * I;                                                                              \
-      S* yb = y + b * T * O;                                                                                    \
-      for (int64_t o = 0; o < no; ++o) {                                                                        \
-        const S* wr = w + (b * no + o) * I;                                                                     \
-        for (int64_t t = 0; t < T; ++t) {                                                                       \
-          const S* xt = xb + t * I;                                                                             \
-          S acc = 0;                                                                                            \
-          FL_SIMD_SUM(acc) for (int64_t i = 0; i < I; ++i) acc += wr[i] * xt[i];                                \
-          yb[t * O + o] += acc;                                                                                 \
-        }                                                                                                       \
-      }                                                                                                         \
-    }                                                                                                           \
-  }                                                                                                             \
-  /* dx[b, t, :] += sum_o g[b, t, o0 + o] W[b, o, :] (g rows of O, starting at column o0). */                  \
-  FL_MULTIVERSION void apply_tile_t(const S* __restrict w, const S* __restrict g, S* __restrict dx, int64_t nb, \
-                                    int64_t T, int64_t I, int64_t no, int64_t O) {                             \
-    for (int64_t b = 0; b < nb; ++b) {                                                                          \
-      for (int64_t t = 0; t < T; ++t) {                                                                         \
-        const S* gt = g + (b * T + t) * O;                                                                      \
-        S* dxt = dx + (b * T + t) * I;                                                                          \
-        for (int64_t o = 0; o < no; ++o) {                                                                      \
-          const S go = gt[o];                                                                                   \
-          const S* wr = w + (b * no + o) * I;                                                                   \
-          FL_SIMD for (int64_t i = 0; i < I; ++i) dxt[i] += go * wr[i];                                         \
-        }                                                                                                       \
-      }                                                                                                         \
-    }                                                                                                           \
-  }                                                                                                             \
-  /* dW[b, o, :] = sum_t g[b, t, o0 + o] x[b, t, :]: the per-sample weight gradient of a tile. */              \
-  FL_MULTIVERSION void sample_grad_tile(const S* __restrict g, const S* __restrict x, S* __restrict dw,          \
-                                        int64_t nb, int64_t T, int64_t I, int64_t no, int64_t O) {             \
-    for (int64_t b = 0; b < nb; ++b) {                                                                          \
-      S* dwb = dw + b * no * I;                                                                                 \
-      for (int64_t k = 0; k < no * I; ++k) dwb[k] = 0;                                                          \
-      for (int64_t t = 0; t < T; ++t) {                                                                         \
-        const S* gt = g + (b * T + t) * O;                                                                      \
-        const S* xt = x + (b * T + t) * I;                                                                      \
-        for (int64_t o = 0; o < no; ++o) {                                                                      \
-          const S go = gt[o];                                                                                   \
-          S* dr = dwb + o * I;                                                                                  \
-          FL_SIMD for (int64_t i = 0; i < I; ++i) dr[i] += go * xt[i];                                          \
-        }                                                                                                       \
-      }                                                                                                         \
-    }                                                                                                           \
-  }
-
-#define FL_HYPER_PRIMITIVES(S)                                                                                   \
-  /* z[b, i, :] = x[b, i0 + i] * phi[b, :] for a block of nb samples and ni inputs (the outer-product tile). */ \
-  FL_MULTIVERSION void outer_tile(const S* __restrict x, const S* __restrict phi, S* __restrict z, int64_t nb,  \
-                                  int64_t I, int64_t i0, int64_t ni, int64_t h) {                               \
-    {                                                                                                           \
-      for (int64_t b = 0; b < nb; ++b) {                                                                        \
-        const S* xb = x + b * I + i0;                                                                           \
-        const S* pb = phi + b * h;                                                                              \
-        S* zb = z + b * ni * h;                                                                                 \
-        for (int64_t i = 0; i < ni; ++i) {                                                                      \
-          const S xi = xb[i];                                                                                   \
-          FL_SIMD for (int64_t j = 0; j < h; ++j) zb[i * h + j] = xi * pb[j];                                   \
-        }                                                                                                       \
-      }                                                                                                         \
-    }                                                                                                           \
-  }                                                                                                             \
-  /* For V [nb, ni, h] (= G Hm on the block's columns): dx[b, i0 + i] += <V[b, i], phi_b>, */                  \
-  /* dphi[b] += sum_i x[b, i0 + i] V[b, i]. */                                                                  \
-  FL_MULTIVERSION void contract_tile(const S* __restrict v, const S* __restrict x, const S* __restrict phi,     \
-                                     S* __restrict dx, S* __restrict dphi, int64_t nb, int64_t I, int64_t i0,  \
-                                     int64_t ni, int64_t h) {                                                   \
-    {                                                                                                           \
-      for (int64_t b = 0; b < nb; ++b) {                                                                        \
-        const S* vb = v + b * ni * h;                                                                           \
-        const S* pb = phi + b * h;                                                                              \
-        const S* xb = x + b * I + i0;                                                                           \
-        S* gp = dphi + b * h;                                                                                   \
-        S* gx = dx + b * I + i0;                                                                                \
-        for (int64_t i = 0; i < ni; ++i) {                                                                      \
-          const S* vi = vb + i * h;                                                                             \
-          const S xi = xb[i];                                                                                   \
-          S acc = 0;                                                                                            \
-          FL_SIMD_SUM(acc) for (int64_t j = 0; j < h; ++j) acc += vi[j] * pb[j];                                \
-          gx[i] += acc;                                                                                         \
-          FL_SIMD for (int64_t j = 0; j < h; ++j) gp[j] += xi * vi[j];                                          \
-        }                                                                                                       \
-      }                                                                                                         \
-    }                                                                                                           \
-  }
-
-FL_HYPER_APPLY(float)
-FL_HYPER_PRIMITIVES(float)
-FL_HYPER_APPLY(double)
-FL_HYPER_PRIMITIVES(double)
-#undef FL_HYPER_PRIMITIVES
-#undef FL_HYPER_APPLY
-}  // namespace
+template <typename S>
+void apply_tile(const S* w, const same<S>* x, same<S>* y, int64_t nb, int64_t T, int64_t I, int64_t no, int64_t O) {
+  kernels<S>().apply_tile(w, x, y, nb, T, I, no, O);
+}
+template <typename S>
+void apply_tile_t(const S* w, const same<S>* g, same<S>* dx, int64_t nb, int64_t T, int64_t I, int64_t no,
+                  int64_t O) {
+  kernels<S>().apply_tile_t(w, g, dx, nb, T, I, no, O);
+}
+template <typename S>
+void sample_grad_tile(const S* g, const same<S>* x, same<S>* dw, int64_t nb, int64_t T, int64_t I, int64_t no,
+                      int64_t O) {
+  kernels<S>().sample_grad_tile(g, x, dw, nb, T, I, no, O);
+}
+template <typename S>
+void outer_tile(const S* x, const same<S>* phi, same<S>* z, int64_t nb, int64_t I, int64_t i0, int64_t ni,
+                int64_t h) {
+  kernels<S>().outer_tile(x, phi, z, nb, I, i0, ni, h);
+}
+template <typename S>
+void contract_tile(const S* v, const same<S>* x, const same<S>* phi, same<S>* dx, same<S>* dphi, int64_t nb,
+                   int64_t I, int64_t i0, int64_t ni, int64_t h) {
+  kernels<S>().contract_tile(v, x, phi, dx, dphi, nb, I, i0, ni, h);
+}
 
 }  // namespace fastlayers::hyper

@@ -12,104 +12,22 @@
 namespace fastlayers::mp {
 namespace {
 
-// transpose: use B_e^T (the backward for x runs over the reversed graph with the transposed blocks).
-template <typename T>
-FL_INLINE int64_t block_rows(const Csr& g, const T* B, bool diag, bool transpose, const T* x, T* out, int64_t r0,
-                             int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  const int64_t dF = d * F, bs = diag ? d : d * d;
-  const int64_t kstop = g.rowptr[r1];
-  int64_t bad = -1;  // first slot with a source (col) or edge id (perm) out of range: skipped, then raised
-  for (int64_t v = r0; v < r1; ++v) {
-    T* o = out + v * dF;
-    FL_SIMD for (int64_t i = 0; i < dF; ++i) o[i] = T(0);
-    for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
-      if (k + kPrefetch < kstop) prefetch_row(x + g.src(k + kPrefetch) * dF, dF * int64_t(sizeof(T)));
-      const int64_t u = g.src(k), e = g.id(k);
-      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
-        if (bad < 0) bad = k;
-        continue;
-      }
-      const T* xu = x + u * dF;
-      const T* b = B + e * bs;
-      for (int64_t i = 0; i < d; ++i) {
-        T* __restrict oi = o + i * F;
-        if (diag) {
-          const T w = b[i];
-          const T* __restrict xi = xu + i * F;
-          FL_SIMD for (int64_t f = 0; f < F; ++f) oi[f] += w * xi[f];
-          continue;
-        }
-        for (int64_t j = 0; j < d; ++j) {
-          const T w = transpose ? b[j * d + i] : b[i * d + j];
-          const T* __restrict xj = xu + j * F;
-          FL_SIMD for (int64_t f = 0; f < F; ++f) oi[f] += w * xj[f];
-        }
-      }
-    }
-  }
-  return bad;
-}
-
-// gB[perm[k]][i, j] = grad[v, i, :] . x[col[k], j, :] (diag: i == j only).
-template <typename T>
-FL_INLINE int64_t block_grad_rows(const Csr& g, const T* grad, const T* x, T* gB, bool diag, int64_t r0,
-                                  int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  const int64_t dF = d * F, bs = diag ? d : d * d;
-  int64_t bad = -1;  // a bad perm here would write outside gB: such slots are skipped, then raised
-  for (int64_t v = r0; v < r1; ++v) {
-    const T* gv = grad + v * dF;
-    for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
-      const int64_t u = g.src(k), e = g.id(k);
-      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
-        if (bad < 0) bad = k;
-        continue;
-      }
-      const T* xu = x + u * dF;
-      T* out = gB + e * bs;
-      for (int64_t i = 0; i < d; ++i) {
-        for (int64_t j = diag ? i : 0; j < (diag ? i + 1 : d); ++j) {
-          const T* __restrict a = gv + i * F;
-          const T* __restrict b = xu + j * F;
-          T acc = 0;
-          FL_SIMD_SUM(acc) for (int64_t f = 0; f < F; ++f) acc += a[f] * b[f];
-          out[diag ? i : i * d + j] = acc;
-        }
-      }
-    }
-  }
-  return bad;
-}
-
-#define FL_BLOCK(T)                                                                                             \
-  FL_MULTIVERSION int64_t block_rows_##T(const Csr& g, const T* B, bool diag, bool tr, const T* x, T* out,     \
-                                         int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc,            \
-                                         int64_t nid) {                                                         \
-    return block_rows<T>(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);                                      \
-  }                                                                                                             \
-  FL_MULTIVERSION int64_t block_grad_rows_##T(const Csr& g, const T* grad, const T* x, T* gB, bool diag,       \
-                                              int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc,       \
-                                              int64_t nid) {                                                    \
-    return block_grad_rows<T>(g, grad, x, gB, diag, r0, r1, d, F, nsrc, nid);                                   \
-  }
-FL_BLOCK(float)
-FL_BLOCK(double)
-#undef FL_BLOCK
 
 FL_INLINE int64_t block_dispatch(const Csr& g, const float* B, bool diag, bool tr, const float* x, float* out,
                                  int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  return block_rows_float(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
+  return kernels<float>().block_rows(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
 }
 FL_INLINE int64_t block_dispatch(const Csr& g, const double* B, bool diag, bool tr, const double* x, double* out,
                                  int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  return block_rows_double(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
+  return kernels<double>().block_rows(g, B, diag, tr, x, out, r0, r1, d, F, nsrc, nid);
 }
 FL_INLINE int64_t block_grad_dispatch(const Csr& g, const float* gr, const float* x, float* gB, bool diag,
                                       int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  return block_grad_rows_float(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
+  return kernels<float>().block_grad_rows(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
 }
 FL_INLINE int64_t block_grad_dispatch(const Csr& g, const double* gr, const double* x, double* gB, bool diag,
                                       int64_t r0, int64_t r1, int64_t d, int64_t F, int64_t nsrc, int64_t nid) {
-  return block_grad_rows_double(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
+  return kernels<double>().block_grad_rows(g, gr, x, gB, diag, r0, r1, d, F, nsrc, nid);
 }
 
 void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm, const char* op) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/cpu_simd.h"
 
 namespace fastlayers::mp {
@@ -292,16 +293,44 @@ FL_INLINE int64_t reduce_rows(const Csr& g, const T* w, int64_t wH, const T* x, 
   return reduce_rows_impl<T, KIND, ARG, W, true>(g, w, wH, x, out, arg, r0, r1, H, F, mean, none_id, nsrc, nid);
 }
 
-// Multiversioned entry points (AVX-512 / AVX2 / baseline), one per dtype and reduce kind, defined in csr_reduce.cpp.
-#define FL_MP_DECL(T)                                                                                           \
-  int64_t reduce_rows_sum(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t r0, int64_t r1,    \
-                          int64_t H, int64_t F, bool mean, int64_t nsrc, int64_t nid);                          \
-  int64_t reduce_rows_ext(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t* arg, int64_t r0,  \
-                          int64_t r1, int64_t H, int64_t F, bool is_max, int64_t none_id, int64_t nsrc,         \
-                          int64_t nid);
-FL_MP_DECL(float)
-FL_MP_DECL(double)
-#undef FL_MP_DECL
+// The instruction-set entry points (mp_kernels.h, compiled by mp_avx512.cpp, mp_avx2.cpp and mp_scalar.cpp), one
+// table per set, chosen once (common/cpu_isa.h). Each returns the first slot with an index out of range (-1 if
+// none), except scatter_owned, which sets *bad.
+template <typename T>
+struct Kernels {
+  int64_t (*reduce_rows_sum)(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t r0, int64_t r1,
+                             int64_t H, int64_t F, bool mean, int64_t nsrc, int64_t nid);
+  int64_t (*reduce_rows_ext)(const Csr& g, const T* w, int64_t wH, const T* x, T* out, int64_t* arg, int64_t r0,
+                             int64_t r1, int64_t H, int64_t F, bool is_max, int64_t none_id, int64_t nsrc,
+                             int64_t nid);
+  void (*scatter_owned)(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t B, int64_t r0,
+                        int64_t r1, int64_t* count, bool* bad, int64_t n, int kind);
+  int64_t (*arg_bwd_rows)(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout, const int64_t* arg,
+                          T* gx, T* gw, int64_t r0, int64_t r1, int64_t H, int64_t F, int64_t n, int64_t nid);
+  int64_t (*sddmm_rows)(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1, int64_t H, int64_t F,
+                        int64_t nsrc, int64_t nid);
+  int64_t (*block_rows)(const Csr& g, const T* B, bool diag, bool tr, const T* x, T* out, int64_t r0, int64_t r1,
+                        int64_t d, int64_t F, int64_t nsrc, int64_t nid);
+  int64_t (*block_grad_rows)(const Csr& g, const T* grad, const T* x, T* gB, bool diag, int64_t r0, int64_t r1,
+                             int64_t d, int64_t F, int64_t nsrc, int64_t nid);
+};
+
+struct Table {
+  Kernels<float> f;
+  Kernels<double> d;
+};
+
+FL_ISA_DECLARE(Table, table)
+
+template <typename T>
+const Kernels<T>& kernels() {
+  static const Table& t = FL_ISA_SELECT(table);
+  if constexpr (sizeof(T) == 4) {
+    return t.f;
+  } else {
+    return t.d;
+  }
+}
 
 // Runs the reduce over all rows of g (n rows, features [H, F]) into out ([n, H, F], and arg when not nullptr).
 // Sources must lie in [0, nsrc) and ids in [0, nid); returns the first slot where one does not (-1 if none).
@@ -311,9 +340,9 @@ int64_t csr_reduce(const Csr& g, int64_t n, const T* w, int64_t wH, const T* x, 
   BadSlot bad;
   parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
     if (red == Reduce::Sum || red == Reduce::Mean) {
-      bad.note(reduce_rows_sum(g, w, wH, x, out, r0, r1, H, F, red == Reduce::Mean, nsrc, nid));
+      bad.note(kernels<T>().reduce_rows_sum(g, w, wH, x, out, r0, r1, H, F, red == Reduce::Mean, nsrc, nid));
     } else {
-      bad.note(reduce_rows_ext(g, w, wH, x, out, arg, r0, r1, H, F, red == Reduce::Max, none_id, nsrc, nid));
+      bad.note(kernels<T>().reduce_rows_ext(g, w, wH, x, out, arg, r0, r1, H, F, red == Reduce::Max, none_id, nsrc, nid));
     }
   });
   return bad.any() ? bad.pos.load() : -1;

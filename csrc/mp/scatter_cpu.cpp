@@ -166,55 +166,13 @@ at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
 // the same order as the sorted path, so both give the same numbers.
 constexpr int64_t kStreamMaxThreads = 8;
 
-template <typename T, int KIND>
-FL_INLINE void scatter_owned(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L, int64_t B,
-                             int64_t r0, int64_t r1, int64_t* count, bool* bad, int64_t n) {
-  std::fill(out + r0 * B, out + r1 * B, T(0));
-  for (int64_t p = 0; p < L; ++p) {
-    const int64_t t = idx[p];
-    if (t < r0 || t >= r1) {
-      if (t < 0 || t >= n) *bad = true;
-      continue;
-    }
-    T* __restrict o = out + t * B;
-    const T* __restrict x = src + p * B;
-    if (KIND == 0) {
-      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] += x[f];
-    } else if (count[t - r0] == 0) {
-      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = x[f];
-      if (arg) std::fill(arg + t * B, arg + (t + 1) * B, p);
-    } else if (arg) {
-      int64_t* __restrict a = arg + t * B;
-      FL_SIMD for (int64_t f = 0; f < B; ++f) {
-        const bool better = ext_better<KIND>(x[f], o[f]);
-        o[f] = better ? x[f] : o[f];
-        a[f] = better ? p : a[f];
-      }
-    } else {
-      FL_SIMD for (int64_t f = 0; f < B; ++f) o[f] = ext_pick<KIND>(x[f], o[f]);
-    }
-    ++count[t - r0];
-  }
-}
-
-#define FL_SCATTER_OWNED(T)                                                                                     \
-  FL_MULTIVERSION void scatter_owned_##T(const T* src, const int64_t* idx, T* out, int64_t* arg, int64_t L,    \
-                                         int64_t B, int64_t r0, int64_t r1, int64_t* count, bool* bad,         \
-                                         int64_t n, int kind) {                                                 \
-    if (kind == 0) scatter_owned<T, 0>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                        \
-    else if (kind == 1) scatter_owned<T, 1>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                   \
-    else scatter_owned<T, 2>(src, idx, out, arg, L, B, r0, r1, count, bad, n);                                  \
-  }
-FL_SCATTER_OWNED(float)
-FL_SCATTER_OWNED(double)
-#undef FL_SCATTER_OWNED
 FL_INLINE void scatter_owned_dispatch(const float* s, const int64_t* i, float* o, int64_t* a, int64_t L, int64_t B,
                                       int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
-  scatter_owned_float(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+  kernels<float>().scatter_owned(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
 }
 FL_INLINE void scatter_owned_dispatch(const double* s, const int64_t* i, double* o, int64_t* a, int64_t L,
                                       int64_t B, int64_t r0, int64_t r1, int64_t* c, bool* bad, int64_t n, int kind) {
-  scatter_owned_double(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
+  kernels<double>().scatter_owned(s, i, o, a, L, B, r0, r1, c, bad, n, kind);
 }
 
 template <typename T>

@@ -73,71 +73,16 @@ std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, con
   return {out, arg};
 }
 
-// Max/min backward over the CSC (the slots of source u are its outgoing edges): an edge e = u -> v receives the
-// gradient of out[v, h, f] where arg[v, h, f] == e. Each thread owns source rows, so grad_x needs no atomics, and
-// grad_weight[e] is written by the one thread that owns e's source.
-template <typename T>
-FL_INLINE int64_t arg_bwd_rows(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,
-                               const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H, int64_t F,
-                               int64_t n, int64_t nid) {
-  const int64_t HF = H * F;
-  const int64_t kstop = g.rowptr[r1];
-  int64_t bad = -1;  // first slot whose target (row) or edge id (cperm) is out of range: skipped, then raised
-  for (int64_t u = r0; u < r1; ++u) {
-    T* gxu = gx ? gx + u * HF : nullptr;
-    if (gxu) FL_SIMD for (int64_t i = 0; i < HF; ++i) gxu[i] = T(0);
-    const T* xu = x + u * HF;
-    for (int64_t k = g.rowptr[u]; k < g.rowptr[u + 1]; ++k) {
-      if (k + kPrefetch < kstop) {
-        prefetch_row(gout + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(T)));
-        prefetch_row(arg + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(int64_t)));
-      }
-      const int64_t v = g.src(k), e = g.id(k);
-      if (__builtin_expect(out_of(v, n) || out_of(e, nid), 0)) {
-        if (bad < 0) bad = k;
-        continue;
-      }
-      T dw_all = 0;
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t* __restrict av = arg + v * HF + h * F;
-        const T* __restrict gv = gout + v * HF + h * F;
-        const T ws = w ? w[e * wH + (wH == 1 ? 0 : h)] : T(1);
-        if (gxu) {
-          T* __restrict o = gxu + h * F;
-          FL_SIMD for (int64_t f = 0; f < F; ++f) o[f] += av[f] == e ? ws * gv[f] : T(0);
-        }
-        if (gw) {
-          const T* __restrict xh = xu + h * F;
-          T acc = 0;
-          FL_SIMD_SUM(acc) for (int64_t f = 0; f < F; ++f) acc += av[f] == e ? gv[f] * xh[f] : T(0);
-          if (wH == 1) dw_all += acc; else gw[e * wH + h] = acc;
-        }
-      }
-      if (gw && wH == 1) gw[e] = dw_all;
-    }
-  }
-  return bad;
-}
-
-#define FL_ARG_BWD(T)                                                                                           \
-  FL_MULTIVERSION int64_t arg_bwd_rows_##T(const Csr& g, const T* w, int64_t wH, const T* x, const T* gout,    \
-                                           const int64_t* arg, T* gx, T* gw, int64_t r0, int64_t r1, int64_t H,\
-                                           int64_t F, int64_t n, int64_t nid) {                                 \
-    return arg_bwd_rows<T>(g, w, wH, x, gout, arg, gx, gw, r0, r1, H, F, n, nid);                               \
-  }
-FL_ARG_BWD(float)
-FL_ARG_BWD(double)
-#undef FL_ARG_BWD
 
 FL_INLINE int64_t arg_bwd_dispatch(const Csr& g, const float* w, int64_t wH, const float* x, const float* go,
                                    const int64_t* a, float* gx, float* gw, int64_t r0, int64_t r1, int64_t H,
                                    int64_t F, int64_t n, int64_t nid) {
-  return arg_bwd_rows_float(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
+  return kernels<float>().arg_bwd_rows(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
 }
 FL_INLINE int64_t arg_bwd_dispatch(const Csr& g, const double* w, int64_t wH, const double* x, const double* go,
                                    const int64_t* a, double* gx, double* gw, int64_t r0, int64_t r1, int64_t H,
                                    int64_t F, int64_t n, int64_t nid) {
-  return arg_bwd_rows_double(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
+  return kernels<double>().arg_bwd_rows(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
 }
 
 std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in, const at::Tensor& row_in,
@@ -183,50 +128,13 @@ std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in,
   return {gx, gw};
 }
 
-// out[perm[k], h] = a[v, h, :] . b[col[k], h, :] for the slots k of target v: one owner per edge.
-template <typename T>
-FL_INLINE int64_t sddmm_rows(const Csr& g, const T* a, const T* b, T* out, int64_t r0, int64_t r1, int64_t H,
-                             int64_t F, int64_t nsrc, int64_t nid) {
-  const int64_t HF = H * F;
-  const int64_t kstop = g.rowptr[r1];
-  int64_t bad = -1;  // first slot with a source (col) or edge id (perm) out of range: skipped, then raised
-  for (int64_t v = r0; v < r1; ++v) {
-    const T* av = a + v * HF;
-    for (int64_t k = g.rowptr[v]; k < g.rowptr[v + 1]; ++k) {
-      if (k + kPrefetch < kstop) prefetch_row(b + g.src(k + kPrefetch) * HF, HF * int64_t(sizeof(T)));
-      const int64_t u = g.src(k), e = g.id(k);
-      if (__builtin_expect(out_of(u, nsrc) || out_of(e, nid), 0)) {
-        if (bad < 0) bad = k;
-        continue;
-      }
-      const T* bu = b + u * HF;
-      for (int64_t h = 0; h < H; ++h) {
-        const T* __restrict ah = av + h * F;
-        const T* __restrict bh = bu + h * F;
-        T acc = 0;
-        FL_SIMD_SUM(acc) for (int64_t f = 0; f < F; ++f) acc += ah[f] * bh[f];
-        out[e * H + h] = acc;
-      }
-    }
-  }
-  return bad;
-}
-
-#define FL_SDDMM(T)                                                                                             \
-  FL_MULTIVERSION int64_t sddmm_rows_##T(const Csr& g, const T* a, const T* b, T* out, int64_t r0,            \
-                                         int64_t r1, int64_t H, int64_t F, int64_t nsrc, int64_t nid) {         \
-    return sddmm_rows<T>(g, a, b, out, r0, r1, H, F, nsrc, nid);                                                \
-  }
-FL_SDDMM(float)
-FL_SDDMM(double)
-#undef FL_SDDMM
 FL_INLINE int64_t sddmm_dispatch(const Csr& g, const float* a, const float* b, float* o, int64_t r0, int64_t r1,
                                  int64_t H, int64_t F, int64_t nsrc, int64_t nid) {
-  return sddmm_rows_float(g, a, b, o, r0, r1, H, F, nsrc, nid);
+  return kernels<float>().sddmm_rows(g, a, b, o, r0, r1, H, F, nsrc, nid);
 }
 FL_INLINE int64_t sddmm_dispatch(const Csr& g, const double* a, const double* b, double* o, int64_t r0,
                                  int64_t r1, int64_t H, int64_t F, int64_t nsrc, int64_t nid) {
-  return sddmm_rows_double(g, a, b, o, r0, r1, H, F, nsrc, nid);
+  return kernels<double>().sddmm_rows(g, a, b, o, r0, r1, H, F, nsrc, nid);
 }
 
 at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& perm_in,

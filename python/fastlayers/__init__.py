@@ -18,6 +18,14 @@ from . import cpu_cache, nn, ops, reference
 from .graph import Graph
 from .ncache import NCache
 
-__all__ = ["__version__", "cpu_cache", "nn", "ops", "reference"]
+__all__ = ["__version__", "cpu_cache", "cpu_isa", "nn", "ops", "reference"]
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run in this process: "avx512", "avx2" or "scalar" (the baseline).
+    The best one this CPU supports, unless FASTLAYERS_CPU_ISA forces another (read once, at import)."""
+    return _C.cpu_isa_info()["isa"]
+
+
 __all__ += ["Graph"]
 __all__ += ["NCache"]

@@ -21,7 +21,7 @@ def backends(build: dict) -> dict:
 
     out = {}
     for family, (op, kind) in _FAMILIES.items():
-        cpu = f"C++, {build['cpu_isa']} clone" if torch._C._dispatch_has_kernel_for_dispatch_key(
+        cpu = f"C++, {build['cpu_isa']}" if torch._C._dispatch_has_kernel_for_dispatch_key(
             f"fastlayers::{op}", "CPU") else "plain-PyTorch reference"
         if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlayers::{op}", "CUDA"):
             gpu = kind
@@ -62,6 +62,7 @@ def info() -> dict:
         "CUDA arch list": config.get("cuda_arch_list"),
         "OpenMP": build["openmp"],
         "compiler": build["compiler"],
+        "CPU ISA": build["cpu_isa"] + " (of " + ", ".join(fastlayers._C.cpu_isa_info()["supported"]) + ")",
         "Triton": triton_version,
         "CPU threads": torch.get_num_threads(),
         "CPU output pool": fastlayers.cpu_cache.stats(),

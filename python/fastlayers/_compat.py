@@ -75,7 +75,24 @@ def load_library():
         built = f" (built against torch {config['torch_built']})" if config else ""
         raise ImportError(f"fastlayers' compiled library{built} failed to load under torch {torch.__version__}: "
                           f"{e}. Reinstall the wheel that matches this torch, or {_SOURCE_BUILD}.") from e
+    why = cpu_isa_error(_C.cpu_isa_info())
+    if why:
+        raise ImportError(why)
     return _C
+
+
+def cpu_isa_error(info: dict) -> str | None:
+    """Why FASTLAYERS_CPU_ISA could not be honoured, as the message to show; None when it was (or is unset).
+    ``info`` is ``_C.cpu_isa_info()``: the C++ side never throws (it falls back to the best supported path), so
+    the import raises here instead of running on a path the user did not ask for."""
+    if info.get("error") is None:
+        return None
+    value, supported = info["requested"], ", ".join(info["supported"])
+    if info["error"] == "unknown":
+        return (f"FASTLAYERS_CPU_ISA={value!r} is not a CPU instruction set fastlayers knows; valid values: "
+                f"{info['valid']} (this CPU supports {supported}). Unset it to use the best one.")
+    return (f"FASTLAYERS_CPU_ISA={value!r} asks for a CPU instruction set this CPU (or its OS) does not support; "
+            f"it supports: {supported}. Unset it to use the best one ({info['supported'][0]}).")
 
 
 def require_cuda_kernels(device, op: str) -> None:

@@ -313,7 +313,7 @@ def _declare_all() -> None:
     declare("align_score", [cpp, tri_tile, strict_ref], ("align_score_fwd", "align_score_bwd"), "P")
     declare("partner", [cpp, tri_tile, strict_ref], ("partner_fwd", "partner_bwd"), "P")
     declare("isonet_layer", [cpp, Backend(REFERENCE, None, {"cpu": F32_64, "*": FLOATS})],
-            ("isonet_layer", "isonet_layer_backward"), "h")
+            ("isonet_layer_fwd", "isonet_layer_bwd"), "h")
 
 
 _declare_all()

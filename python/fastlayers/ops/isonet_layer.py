@@ -1,8 +1,8 @@
 """One fused IsoNet++ node layer (interaction MLP, node-pair messages summed at the targets, GRU update, mask).
 
-Kernel: C++ on the CPU (csrc/align/propagate_cpu.cpp). Elsewhere (CUDA) the op runs its plain-PyTorch reference
+Kernel: C++ on the CPU (csrc/align/isonet_layer_fwd_cpu.cpp). Elsewhere (CUDA) the op runs its plain-PyTorch reference
 (fastlayers.reference.isonet_layer); there is no GPU kernel yet (fastlayers.ops._backend decides). Backward on
-the CPU: a C++ kernel for the per-node and per-edge part (csrc/align/propagate_backward_cpu.cpp), then node-level GEMMs for the weight gradients; on
+the CPU: a C++ kernel for the per-node and per-edge part (csrc/align/isonet_layer_bwd_cpu.cpp), then node-level GEMMs for the weight gradients; on
 other devices a recompute through the folded formulation (_folded_layer) under autograd.
 """
 
@@ -95,7 +95,7 @@ def isonet_layer(h: torch.Tensor, partner, graph, mask: torch.Tensor, inter_w1, 
     _check_weights(h, weights)
     if B.choose("isonet_layer", h) == B.REFERENCE:
         return _ref_isonet_layer(h, partner, g, mask, *weights, P=P, other=other, transpose=transpose)
-    return torch.ops.fastlayers.isonet_layer(h, partner, P, other, transpose, g.rowptr, g.col, mask, *weights)
+    return torch.ops.fastlayers.isonet_layer_fwd(h, partner, P, other, transpose, g.rowptr, g.col, mask, *weights)
 
 
 def _check_transport(h, partner, P, other, transpose):
@@ -118,13 +118,13 @@ def _check_transport(h, partner, P, other, transpose):
                          f"got {tuple(other.shape)}")
 
 
-@torch.library.register_fake("fastlayers::isonet_layer")
+@torch.library.register_fake("fastlayers::isonet_layer_fwd")
 def _isonet_layer_fake(h, partner, P, other, transpose, rowptr, col, mask, *weights):
     return h.new_empty(h.shape)
 
 
-@torch.library.register_fake("fastlayers::isonet_layer_backward")
-def _isonet_layer_backward_fake(grad, h, partner, rowptr, col, mask, iw1, ib1, iw2, ib2, mw1, mb1, mw2, *rest):
+@torch.library.register_fake("fastlayers::isonet_layer_bwd")
+def _isonet_layer_bwd_fake(grad, h, partner, rowptr, col, mask, iw1, ib1, iw2, ib2, mw1, mb1, mw2, *rest):
     def pad(k):
         return (k + 15) // 16 * 16
 
@@ -202,7 +202,7 @@ def _backward(ctx, grad):
 
 def _backward_cpu(transpose, grad, h, partner, P, other, rowptr, col, mask, weights):
     """The C++ kernel's per-node factors, then the weight gradients as node-level GEMMs and the chain rule
-    through the kernel's folded weights (see csrc/align/propagate_backward_cpu.cpp)."""
+    through the kernel's folded weights (see csrc/align/isonet_layer_bwd_cpu.cpp)."""
     iw1, _ib1, iw2, ib2, mw1, _mb1, mw2, mb2, w_ih, _w_hh, _b_ih, _b_hh = weights
     n, d = h.shape
     hid, zd, m1, g3 = iw1.shape[0], iw2.shape[0], mw1.shape[0], 3 * h.shape[1]
@@ -211,7 +211,7 @@ def _backward_cpu(transpose, grad, h, partner, P, other, rowptr, col, mask, weig
         Pt = P.transpose(1, 2) if transpose else P
         other_v = other.view(Pt.shape[0], Pt.shape[2], d)
         p = torch.bmm(Pt, other_v).reshape(n, d)
-    dh, dp, r, dx1, da, s, dgi, dgh = torch.ops.fastlayers.isonet_layer_backward(
+    dh, dp, r, dx1, da, s, dgi, dgh = torch.ops.fastlayers.isonet_layer_bwd(
         grad, h, p, rowptr, col, mask, *weights)
     m1p = da.shape[1] // 2
     dh, dp, r, dx1, s = dh[:, :d], dp[:, :d], r[:, :hid], dx1[:, :hid], s[:, :m1]
@@ -245,4 +245,4 @@ def _backward_cpu(transpose, grad, h, partner, P, other, rowptr, col, mask, weig
     return (dh, d_partner, d_P, d_other, None, None, None, None, *wgrads)
 
 
-torch.library.register_autograd("fastlayers::isonet_layer", _backward, setup_context=_setup)
+torch.library.register_autograd("fastlayers::isonet_layer_fwd", _backward, setup_context=_setup)

@@ -1,7 +1,7 @@
 """One IsoNet++ node layer in eager PyTorch, written as the published code (GMN's propagation layer) writes it:
 interaction MLP on the concatenated [state, partner], edge inputs [z_u, z_v] gathered and concatenated per edge,
 the message MLP on every edge, an unsorted segment sum at the targets, a GRU cell. Ground truth of
-tests/test_align_layer.py, the layer of the eager IsoNet++ model, and the recompute of the op's backward."""
+tests/test_isonet_layer.py, the layer of the eager IsoNet++ model, and the recompute of the op's backward."""
 
 import torch
 import torch.nn.functional as F

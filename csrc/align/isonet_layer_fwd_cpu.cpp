@@ -1,6 +1,6 @@
 // One IsoNet++ node layer on the CPU: interaction MLP on [h, partner], node-pair messages summed at each target,
 // GRU update, node mask, in one pass over the nodes (fastlayers.ops.isonet_layer; reference in
-// python/fastlayers/reference/align_layer.py).
+// python/fastlayers/reference/isonet_layer.py).
 //
 // The layer's tensors are tiny (D = 10 node features, 20 message features) and the eager model spends its time on
 // the overhead of ~25 ATen ops per layer. Here everything stays in registers per node. Two linear maps in a row
@@ -23,7 +23,8 @@
 #include <optional>
 #include <vector>
 
-#include "align/propagate.h"
+#include "align/align_isa.h"
+#include "align/isonet_layer.h"
 #include "align/vec.h"
 #include "common/checks.h"
 #define FASTLAYERS_WITH_TORCH_API
@@ -33,30 +34,11 @@
 namespace fastlayers {
 namespace {
 
-using namespace propagate;
+using namespace isonet_layer;
+using namespace align;
 
-// Non-template entry points so each gets AVX-512 / AVX2 / baseline clones.
-#define FL_PROPAGATE_DRIVERS(T)                                                                                  \
-  FL_MULTIVERSION void node_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* p,                     \
-                                  const Transport<T>& tr, const uint8_t* need, T* a, int64_t u0, int64_t u1,     \
-                                  T* rbuf, T* coef) {                                                            \
-    node_pass<T>(d, f, h, p, tr, need, a, u0, u1, rbuf, coef, nullptr);                                          \
-  }                                                                                                              \
-  FL_MULTIVERSION void other_sweep(const Dims& d, const Folded<T>& f, const T* o, const T* zero, T* Q, int64_t j0, \
-                                   int64_t j1) {                                                                 \
-    other_pass<T>(d, f, o, zero, Q, j0, j1);                                                                     \
-  }                                                                                                              \
-  FL_MULTIVERSION void target_sweep(const Dims& d, const Folded<T>& f, const T* h, const T* a,                   \
-                                    const int64_t* rowptr, const int64_t* col, const bool* mask, T* out,         \
-                                    int64_t v0, int64_t v1, GateBuf<T>& g) {                                     \
-    for (int64_t b = v0; b < v1; b += kBlock)                                                                    \
-      target_pass<T>(d, f, h, a, rowptr, col, mask, out, b, std::min(v1, b + kBlock), g);                        \
-  }
-FL_PROPAGATE_DRIVERS(float)
-FL_PROPAGATE_DRIVERS(double)
-#undef FL_PROPAGATE_DRIVERS
 
-at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
+at::Tensor isonet_layer_fwd_cpu(const at::Tensor& h_in, const std::optional<at::Tensor>& partner,
                             const std::optional<at::Tensor>& P_in, const std::optional<at::Tensor>& other_in,
                             bool transpose, const at::Tensor& rowptr_in, const at::Tensor& col_in,
                             const at::Tensor& mask_in,
@@ -69,7 +51,7 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
   const Dims d = layer_dims(h_in, iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh, rowptr_in, mask_in);
   const at::Tensor h = h_in.contiguous(), rowptr = rowptr_in.contiguous(), col = col_in.contiguous(),
                    mask = mask_in.contiguous();
-  check_graph(rowptr, col, mask, d.N, "isonet_layer");
+  check_graph(rowptr, col, mask, d.N, "isonet_layer_fwd");
   at::Tensor p;
   if (partner.has_value()) {
     TORCH_CHECK(partner->sizes() == h.sizes() && partner->scalar_type() == h.scalar_type(),
@@ -106,7 +88,7 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
   if (scratch.size() < words) scratch.resize(words);
   // Work per node is ~2k multiply-adds: blocks of a few hundred nodes amortise the parallel region.
   const int64_t grain = 256;
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "isonet_layer_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "isonet_layer_fwd_cpu", [&] {
     const Folded<scalar_t> f = fold<scalar_t>(d, iw1, ib1, iw2, ib2, mw1, mb1, mw2, mb2, w_ih, w_hh, b_ih, b_hh);
     const scalar_t* hp = h.const_data_ptr<scalar_t>();
     const scalar_t* pp = p.defined() ? p.const_data_ptr<scalar_t>() : nullptr;
@@ -139,6 +121,6 @@ at::Tensor isonet_layer_cpu(const at::Tensor& h_in, const std::optional<at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlayers, CPU, m) { m.impl("isonet_layer", &isonet_layer_cpu); }
+TORCH_LIBRARY_IMPL(fastlayers, CPU, m) { m.impl("isonet_layer_fwd", &isonet_layer_fwd_cpu); }
 
 }  // namespace fastlayers

@@ -1,5 +1,5 @@
 // The building blocks of the fused IsoNet++ node layer on the CPU, shared by its forward
-// (propagate_cpu.cpp) and backward (propagate_backward_cpu.cpp) kernels: folded weights, register-blocked
+// (isonet_layer_fwd_cpu.cpp) and backward (isonet_layer_bwd_cpu.cpp) kernels: folded weights, register-blocked
 // matrix-vector products, the per-node interaction pass and the per-target edge-sum + GRU pass.
 #pragma once
 
@@ -12,7 +12,7 @@
 #include "common/cpu_simd.h"
 
 namespace fastlayers {
-namespace propagate {
+namespace isonet_layer {
 
 
 using align::vexp;
@@ -30,7 +30,8 @@ inline int64_t pad(int64_t n) { return align::round_up(n, kPad); }
 // would chain every multiply-add on the previous one (4-cycle latency each); R partial sums over k keep about
 // eight independent chains in flight, enough to feed both FMA pipes.
 // acc[r] += sum over k = r (mod R) of x[k] w[k, 0:W] (the tail on chain 0: a runtime chain index would put acc
-// in memory). A helper and not a lambda: a lambda is compiled for the default target, outside the clones.
+// in memory). A helper and not a lambda: a lambda here is a separate function of the baseline target, not inlined
+// into the per-ISA entry points (this header is included before their `#pragma GCC target`).
 template <typename T, typename V, int W, int L, int R, int NV>
 FL_INLINE void matvec_sweep(V (&acc)[R][NV], const T* w, const T* x, int64_t kn) {
   int64_t k = 0;
@@ -488,5 +489,5 @@ FL_INLINE void target_pass(const Dims& d, const Folded<T>& f, const T* h, const 
     if (!mask[u]) std::fill_n(out + u * D, D, T(0));
 }
 
-}  // namespace propagate
+}  // namespace isonet_layer
 }  // namespace fastlayers

@@ -1,0 +1,11 @@
+// ECA's primitives for the avx2 path (common/cpu_isa.h): every header first, then the target, then the kernels.
+#include <algorithm>
+#include <cstdint>
+
+#include "common/cpu_simd.h"
+#include "eca/eca_isa.h"
+#ifdef FL_X86_ISA
+#pragma GCC target("avx2,fma")
+#define FL_ISA_NS avx2
+#include "eca/eca_kernels.h"
+#endif

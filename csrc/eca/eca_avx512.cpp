@@ -1,0 +1,11 @@
+// ECA's primitives for the avx512 path (common/cpu_isa.h): every header first, then the target, then the kernels.
+#include <algorithm>
+#include <cstdint>
+
+#include "common/cpu_simd.h"
+#include "eca/eca_isa.h"
+#ifdef FL_X86_ISA
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define FL_ISA_NS avx512
+#include "eca/eca_kernels.h"
+#endif
