@@ -442,6 +442,9 @@ void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
   }
 }
 
+// An AVX-512 version of this loop (vpmullq hashes, gathered probes, compress-stored keys) was measured: slower
+// (470 vs 370 us for 400 pairs on a 10k-node cache), the loop waits on table and output lines, not on arithmetic.
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
     const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
     at::IntArrayRef sizes, int64_t seed) {
