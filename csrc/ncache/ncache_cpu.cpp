@@ -14,7 +14,12 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -31,6 +36,53 @@ constexpr int64_t kOwnerGrain = 64;  // owners per task: a batch of a few hundre
 constexpr int64_t kPairGrain = 32;
 
 constexpr int64_t kAhead = 8;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
+
+// Per-phase wall time, for profiling only: FASTLAYERS_NCACHE_PROFILE=1 records each call's nanoseconds per phase
+// (thread 0's view in a parallel region) and prints the medians over the last half of the calls (the first half
+// warms the cache up) to stderr at exit. Off, it costs one predicted branch per phase.
+enum Phase { kUpdChecks, kUpdGroup, kUpdHop2, kUpdHop1, kUpdHop0, kPairChecks, kPairLoop, kPhases };
+struct Profile {
+  const bool on = std::getenv("FASTLAYERS_NCACHE_PROFILE") != nullptr;
+  std::mutex mu;
+  std::vector<int64_t> ns[kPhases];
+  ~Profile() {
+    if (!on) return;
+    static const char* names[kPhases] = {"update: checks + validate", "update: group by owner", "update: hop-2 pass",
+                                         "update: hop-1 pass", "update: hop-0 pass", "pairs: checks + alloc",
+                                         "pairs: probe + write"};
+    for (int i = 0; i < kPhases; ++i) {
+      std::vector<int64_t> v(ns[i].begin() + ns[i].size() / 2, ns[i].end());
+      if (v.empty()) continue;
+      std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+      std::fprintf(stderr, "ncache profile %-28s median %9.2f us  (%zu calls)\n", names[i],
+                   double(v[v.size() / 2]) / 1e3, v.size());
+    }
+  }
+};
+Profile& profile() {
+  static Profile p;
+  return p;
+}
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+// Records the time since t0 for phase ph and restarts t0 (a no-op unless profiling).
+inline void lap(Phase ph, int64_t& t0) {
+  if (!profile().on) return;
+  const int64_t t = now_ns();
+  {
+    std::lock_guard<std::mutex> lock(profile().mu);
+    profile().ns[ph].push_back(t - t0);
+  }
+  t0 = t;
+}
+
+// Tuning knobs for experiments (read once): owners per update thread, pairs per pair_features thread.
+int64_t knob(const char* name, int64_t dflt) {
+  const char* e = std::getenv(name);
+  return e ? std::max<int64_t>(1, std::atoll(e)) : dflt;
+}
 
 inline void prefetch(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -72,6 +124,7 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
                 const c10::optional<at::Tensor>& edge_values_in, at::IntArrayRef sizes, double replace_prob,
                 int64_t seed) {
   FL_CHECK_CPU(keys);
+  int64_t t0 = profile().on ? now_ns() : 0;
   const Layout L = check_tables(keys, eids, times, values, sizes);
   TORCH_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == at::kDouble && last_time.is_cpu(),
                     "ncache.update: last_time must be a float64 CPU tensor of one element, got ",
@@ -93,6 +146,7 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   at::Tensor ev;
   if (edge_values_in.has_value()) ev = edge_values_in->contiguous();
   const float* evp = ev.defined() ? ev.const_data_ptr<float>() : nullptr;
+  lap(kUpdChecks, t0);
 
   // Incidence j = 2b + side: side 0 is (owner src, partner dst), side 1 the reverse.
   std::vector<std::pair<int64_t, int64_t>> inc(2 * B);
@@ -113,6 +167,8 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   double* T = times.mutable_data_ptr<double>();
   float* V = values.mutable_data_ptr<float>();
   const uint64_t sm = seed_mix_of(seed);
+  lap(kUpdGroup, t0);
+  auto hop_phase = [](int64_t h) { return h >= 2 ? kUpdHop2 : h == 1 ? kUpdHop1 : kUpdHop0; };
 
   // One pass per hop over the owners g0 .. g1 - 1 (a contiguous share of one thread).
   auto pass = [&](int64_t h, int64_t g0, int64_t g1) {
@@ -143,9 +199,29 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
         prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
       }
     };
-    for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
+    // Hops >= 2, second stage (the partners' key rows have arrived): the ids, times and values the offers and
+    // the commit read, and the owner's lines of this hop that the commit writes.
+    auto warm2 = [&](int64_t g) {
+      const int64_t o = inc[start[g]].first, pm = L.m[h - 1];
+      prefetch(E + o * S + off, M * 8);
+      prefetch(T + o * S + off, M * 8);
+      prefetch(V + (o * S + off) * D, M * D * 4);
+      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+        const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
+        const int64_t poff = partner * S + L.off[h - 1];
+        prefetch(E + poff, pm * 8);
+        prefetch(T + poff, pm * 8);
+        for (int64_t c = 0; c < pm; ++c)
+          if (K[poff + c] >= 0) __builtin_prefetch(V + (poff + c) * D);
+      }
+    };
+    const int64_t ahead = h >= 2 ? 2 * kAhead : kAhead;
+    for (int64_t g = g0; g < std::min(g1, g0 + ahead); ++g) warm(g);
+    if (h >= 2)
+      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm2(g);
     for (int64_t g = g0; g < g1; ++g) {
-      if (g + kAhead < g1) warm(g + kAhead);
+      if (g + ahead < g1) warm(g + ahead);
+      if (h >= 2 && g + kAhead < g1) warm2(g + kAhead);
       const int64_t o = inc[start[g]].first;
       touched.clear();
       auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
@@ -188,9 +264,10 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   };
   // The passes run in one parallel region with a barrier between hops, not one region per hop: waking the
   // worker threads three times per batch cost more than the work of a small batch.
+  static const int64_t owner_grain = knob("FASTLAYERS_NCACHE_OWNER_GRAIN", kOwnerGrain);
   const int64_t nt = at::in_parallel_region()
                          ? 1
-                         : std::min<int64_t>(at::get_num_threads(), (U + kOwnerGrain - 1) / kOwnerGrain);
+                         : std::min<int64_t>(at::get_num_threads(), (U + owner_grain - 1) / owner_grain);
 #ifdef _OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -200,12 +277,16 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       for (int64_t h = L.hops - 1; h >= 0; --h) {
         pass(h, g0, g1);
 #pragma omp barrier
+        if (tid == 0) lap(hop_phase(h), t0);
       }
     }
   } else
 #endif
   {
-    for (int64_t h = L.hops - 1; h >= 0; --h) pass(h, 0, U);
+    for (int64_t h = L.hops - 1; h >= 0; --h) {
+      pass(h, 0, U);
+      lap(hop_phase(h), t0);
+    }
   }
   *last = std::max(*last, tp[B - 1]);
 }
@@ -254,10 +335,121 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::
   return {ok, oe, ot, ov};
 }
 
+// Output and input pointers of one pair_features call.
+struct PairArgs {
+  const int64_t* K;
+  const float* V;
+  const int64_t* up;
+  const int64_t* vp;
+  int64_t* ko;
+  int64_t* co;
+  float* fo;
+  bool* mo;
+  int64_t* cnt;
+  Layout L;
+  uint64_t sm;
+};
+
+// Pairs p0 .. p1 - 1. HT / DT: the hop count and value dim when known at compile time (NAT's 3 hops and D = 4
+// get fully unrolled probes and one vector per feature), 0 = read from the layout. The codes are pair_code's
+// (ncache_common.h) with the hop loop unrolled: the probe places and bit order are the same, so CPU and CUDA emit
+// the same codes, and features are summed in the same (bit) order from 0.0f.
+template <int HT, int DT>
+void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
+  const Layout& L = a.L;
+  const int64_t H = HT ? HT : L.hops, D = DT ? DT : L.D, S = L.S, Kmax = 2 * S;
+  const int64_t* K = a.K;
+  const float* V = a.V;
+  const int64_t *up = a.up, *vp = a.vp;
+  // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
+  // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
+  auto warm_keys = [&](int64_t p) {
+    prefetch(K + up[p] * S, S * 8);
+    prefetch(K + vp[p] * S, S * 8);
+  };
+  auto warm_values = [&](int64_t p) {
+    for (int64_t side = 0; side < 2; ++side) {
+      const int64_t r = (side ? vp[p] : up[p]) * S;
+      for (int64_t c = 0; c < S; ++c)
+        if (K[r + c] >= 0) __builtin_prefetch(V + (r + c) * D);
+    }
+  };
+  for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
+  for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
+  for (int64_t p = p0; p < p1; ++p) {
+    if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
+    if (p + kAhead < p1) warm_values(p + kAhead);
+    const int64_t r0 = up[p] * S, r1 = vp[p] * S;
+    int64_t c3[kMaxHops * kMaxHops] = {};
+    int64_t* ko = a.ko + p * Kmax;
+    int64_t* co = a.co + p * Kmax;
+    bool* mo = a.mo + p * Kmax;
+    float* fo = a.fo + p * Kmax * D;
+    int64_t n = 0;
+    // Entry k found in row `side` at hop `hop`: emitted at its first place only (see first_place).
+    auto visit = [&](int64_t k, int64_t own_bit) {
+      const uint64_t kh = key_hash(k, a.sm);
+      int64_t at[2 * kMaxHops];
+      int64_t code = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
+        at[h] = r0 + c;
+        at[H + h] = r1 + c;
+        code |= int64_t(K[r0 + c] == k) << h | int64_t(K[r1 + c] == k) << (H + h);
+      }
+      if (!first_place(code, own_bit)) return;
+      ko[n] = k;
+      co[n] = code;
+      mo[n] = true;
+      float f[DT ? DT : 1];
+      float* acc = DT ? f : fo + n * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+      for (int64_t bit = 0; bit < 2 * H; ++bit) {
+        if (!(code >> bit & 1)) continue;
+        const float* src = V + at[bit] * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+      }
+      if (DT)
+        for (int64_t d = 0; d < D; ++d) fo[n * D + d] = acc[d];
+      ++n;
+      const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
+      if (in_u && in_v)
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
+    };
+    // Each hop's occupied columns as bitmask words built without branches (caches are mostly sparse, and a
+    // test-and-branch per column mispredicts on every occupied one), then visited by their set bits; sides and
+    // hops in table order, so keys come out in order of first appearance.
+    for (int64_t side = 0; side < 2; ++side) {
+      const int64_t* kr = K + (side ? r1 : r0);
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t own_bit = side * H + h;
+        for (int64_t c0 = L.off[h]; c0 < L.off[h + 1]; c0 += 64) {
+          const int64_t cn = std::min<int64_t>(64, L.off[h + 1] - c0);
+          uint64_t bits = 0;
+          for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
+          for (; bits; bits &= bits - 1) visit(kr[c0 + __builtin_ctzll(bits)], own_bit);
+        }
+      }
+    }
+    std::memcpy(a.cnt + p * H * H, c3, sizeof(int64_t) * H * H);
+    const int64_t pad = Kmax - n;
+    // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
+    std::fill(ko + n, ko + Kmax, int64_t(-1));
+    std::memset(co + n, 0, sizeof(int64_t) * pad);
+    std::memset(mo + n, 0, sizeof(bool) * pad);
+    std::memset(fo + n * D, 0, sizeof(float) * pad * D);
+  }
+}
+
+// An AVX-512 version of this loop (vpmullq hashes, gathered probes, compress-stored keys) was measured: slower
+// (470 vs 370 us for 400 pairs on a 10k-node cache), the loop waits on table and output lines, not on arithmetic.
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
     const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
     at::IntArrayRef sizes, int64_t seed) {
   FL_CHECK_CPU(keys_in);
+  int64_t t0 = profile().on ? now_ns() : 0;
   check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
   // Read-only: any layout is served by a dense copy.
   const at::Tensor keys = keys_in.contiguous(), values = values_in.contiguous();
@@ -275,89 +467,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
   at::Tensor feats = empty_cached({P, Kmax, D}, values.options());
   at::Tensor mask = empty_cached({P, Kmax}, keys.options().dtype(at::kBool));
   at::Tensor counts = empty_cached({P, H, H}, keys.options());
-  const int64_t* K = keys.const_data_ptr<int64_t>();
-  const float* V = values.const_data_ptr<float>();
-  int64_t* ko = okeys.mutable_data_ptr<int64_t>();
-  int64_t* co = codes.mutable_data_ptr<int64_t>();
-  float* fo = feats.mutable_data_ptr<float>();
-  bool* mo = mask.mutable_data_ptr<bool>();
-  int64_t* cnt = counts.mutable_data_ptr<int64_t>();
-  const uint64_t sm = seed_mix_of(seed);
-  int64_t hop_of[64];  // column -> hop for the first columns; larger tables use the slow path below
-  for (int64_t c = 0; c < std::min<int64_t>(S, 64); ++c) {
-    int64_t h = 0;
-    while (c >= L.off[h + 1]) ++h;
-    hop_of[c] = h;
-  }
-  auto hop_at = [&](int64_t c) {
-    if (c < 64) return hop_of[c];
-    int64_t h = 0;
-    while (c >= L.off[h + 1]) ++h;
-    return h;
-  };
-  at::parallel_for(0, P, kPairGrain, [&](int64_t p0, int64_t p1) {
-    // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
-    // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
-    auto warm_keys = [&](int64_t p) {
-      prefetch(K + up[p] * S, S * 8);
-      prefetch(K + vp[p] * S, S * 8);
-    };
-    auto warm_values = [&](int64_t p) {
-      for (int64_t side = 0; side < 2; ++side) {
-        const int64_t r = (side ? vp[p] : up[p]) * S;
-        for (int64_t c = 0; c < S; ++c)
-          if (K[r + c] >= 0) __builtin_prefetch(V + (r + c) * D);
-      }
-    };
-    for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
-    for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
-    for (int64_t p = p0; p < p1; ++p) {
-      if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
-      if (p + kAhead < p1) warm_values(p + kAhead);
-      const int64_t row[2] = {up[p] * S, vp[p] * S};
-      int64_t* c3 = cnt + p * H * H;
-      std::fill(c3, c3 + H * H, int64_t(0));
-      int64_t n = 0;
-      auto visit = [&](int64_t side, int64_t col) {
-        const int64_t k = K[row[side] + col];
-        int64_t at[2 * kMaxHops];
-        const int64_t code = pair_code(K, row, L, k, sm, at);
-        if (!first_place(code, side * H + hop_at(col))) return;
-        const int64_t o = p * Kmax + n++;
-        ko[o] = k;
-        co[o] = code;
-        mo[o] = true;
-        float* f = fo + o * D;
-        std::fill(f, f + D, 0.0f);
-        for (int64_t bit = 0; bit < 2 * H; ++bit) {
-          if (!(code >> bit & 1)) continue;
-          const float* src = V + at[bit] * D;
-          for (int64_t d = 0; d < D; ++d) f[d] += src[d];
-        }
-        const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
-        if (in_u && in_v)
-          for (int64_t i = 0; i < H; ++i)
-            for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
-      };
-      // Occupied columns of each row as bitmask words built in a register without branches (caches are mostly
-      // sparse, and a test-and-branch per column mispredicts on every occupied one), then visited by set bits.
-      for (int64_t side = 0; side < 2; ++side) {
-        for (int64_t c0 = 0; c0 < S; c0 += 64) {
-          const int64_t cn = std::min<int64_t>(64, S - c0);
-          const int64_t* kr = K + row[side] + c0;
-          uint64_t bits = 0;
-          for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c] >= 0) << c;
-          for (; bits; bits &= bits - 1) visit(side, c0 + __builtin_ctzll(bits));
-        }
-      }
-      const int64_t o = p * Kmax + n, pad = Kmax - n;
-      // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
-      std::fill(ko + o, ko + o + pad, int64_t(-1));
-      std::memset(co + o, 0, sizeof(int64_t) * pad);
-      std::memset(mo + o, 0, sizeof(bool) * pad);
-      std::memset(fo + o * D, 0, sizeof(float) * pad * D);
-    }
-  });
+  const PairArgs a{keys.const_data_ptr<int64_t>(), values.const_data_ptr<float>(), up, vp,
+                   okeys.mutable_data_ptr<int64_t>(), codes.mutable_data_ptr<int64_t>(),
+                   feats.mutable_data_ptr<float>(), mask.mutable_data_ptr<bool>(),
+                   counts.mutable_data_ptr<int64_t>(), L, seed_mix_of(seed)};
+  lap(kPairChecks, t0);
+  auto rows = &pair_rows<0, 0>;
+  if (H == 3 && D == 4) rows = &pair_rows<3, 4>;
+  else if (H == 3) rows = &pair_rows<3, 0>;
+  else if (H == 2) rows = &pair_rows<2, 0>;
+  static const int64_t pair_grain = knob("FASTLAYERS_NCACHE_PAIR_GRAIN", kPairGrain);
+  at::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
+  lap(kPairLoop, t0);
   return {okeys, codes, feats, mask, counts};
 }
 
