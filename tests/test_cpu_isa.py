@@ -10,10 +10,9 @@ import shutil
 import subprocess
 import sys
 
+import fastlayers
 import pytest
 import torch
-
-import fastlayers
 
 ISAS = ["avx512", "avx2", "scalar"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,12 +112,12 @@ def _family_outputs(dtype):
         out[name] = [t.detach() for t in ys]
         out[name + ".grad"] = [t.grad for t in inputs if t.grad is not None]
 
-    r = lambda *s: torch.randn(*s, dtype=dtype)  # noqa: E731
+    r = lambda *s: torch.randn(*s, dtype=dtype)
     # eca: contiguous and channels-last, odd sizes (vector tails), zero and circular padding
     for cl in (False, True):
         x = r(3, 37, 9, 11)
         x = x.to(memory_format=torch.channels_last) if cl else x
-        grads(f"eca.cl{cl}", lambda x, w: ops.eca(x, w, cl), x, r(5))
+        grads(f"eca.cl{cl}", lambda x, w, cl=cl: ops.eca(x, w, cl), x, r(5))
     # hyper: T = 1 and T > 1, with bias and base weight; the interval variant
     B, I, O, h = 6, 13, 7, 9
     grads("hyper.t1", ops.hyper_linear, r(B, I), r(B, h), r(O * I + O, h), r(O * I + O), r(O, I), r(O))
@@ -146,15 +145,15 @@ def _family_outputs(dtype):
     # edge_softmax, block_spmm (full and diagonal)
     x = r(N, 19)
     for red in ("sum", "mean", "max", "min"):
-        grads(f"spmm.{red}", lambda x: ops.spmm(g, x, reduce=red), x)
-        grads(f"spmm.{red}.w", lambda x, w: ops.spmm(g, x, w, reduce=red), x, r(100))
+        grads(f"spmm.{red}", lambda x, red=red: ops.spmm(g, x, reduce=red), x)
+        grads(f"spmm.{red}.w", lambda x, w, red=red: ops.spmm(g, x, w, reduce=red), x, r(100))
     grads("spmm.heads", lambda x, w: ops.spmm(g, x, w), r(N, 3, 19), r(100, 3))
     idx = torch.randint(0, 20, (300,))
     for red in ("sum", "mean", "max", "min"):
-        grads(f"scatter.{red}", lambda s: ops.scatter(s, idx, 0, 20, reduce=red), r(300, 17))
+        grads(f"scatter.{red}", lambda s, red=red: ops.scatter(s, idx, 0, 20, reduce=red), r(300, 17))
     indptr = torch.tensor([0, 3, 3, 10, 40])
     for red in ("sum", "mean", "max", "min"):
-        grads(f"segment.{red}", lambda s: ops.segment(s, indptr, red), r(40, 9))
+        grads(f"segment.{red}", lambda s, red=red: ops.segment(s, indptr, red), r(40, 9))
     grads("sddmm", lambda a, c: ops.sddmm(g, a, c), r(N, 2, 21), r(N, 2, 21))
     grads("edge_softmax", lambda s: ops.edge_softmax(g, s), r(100, 2))
     grads("block_spmm", lambda B_, x: ops.block_spmm(g, B_, x), r(100, 3, 3), r(N, 3, 18))
