@@ -213,3 +213,31 @@ def test_tracing_sees_the_triton_kernel():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", _TRACE], capture_output=True, text=True, env=env, timeout=600)
     assert "PUBLIC True" in out.stdout and "HOP True" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_use_reference_reaches_the_ncache_fast_path(monkeypatch):
+    """NCache.update / pair_features call the C++ op directly for kernel-ready inputs; under use_reference() they
+    must ask the backend module like every op and run the reference (same results: exact mode)."""
+    import fastlayers.ncache as nc
+
+    g = torch.Generator().manual_seed(4)
+    src, dst = torch.randint(0, 30, (2, 50), generator=g)
+    t, eid, vals = torch.arange(50, dtype=torch.float64), torch.arange(50), torch.randn(50, 3, generator=g)
+    want = fastlayers.NCache(30, (4, 3), 3, seed=2)
+    want.update(src, dst, t, eid, vals)
+    want_pf = want.pair_features(src[:10], dst[:10])
+
+    def boom(*a, **k):
+        raise AssertionError("a kernel ran under use_reference()")
+
+    monkeypatch.setattr(nc, "_UPDATE_OP", boom)
+    monkeypatch.setattr(nc, "_PAIR_OP", boom)
+    _forbid(monkeypatch, "ncache_update", "ncache_pair_features")
+    got = fastlayers.NCache(30, (4, 3), 3, seed=2)
+    with fastlayers.ops.use_reference():
+        got.update(src, dst, t, eid, vals)
+        pf = got.pair_features(src[:10], dst[:10])
+    for name in ("keys", "eids", "times", "values"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    for a, b in zip(pf, want_pf):
+        assert torch.equal(a, b)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from . import _C
+from .ops import _backend
 from .ops import ncache as _ops
 from .reference.ncache import slot_of as _slot_of
 
@@ -141,13 +142,14 @@ class NCache(torch.nn.Module):
             if isinstance(t, torch.Tensor) and not t.is_contiguous():
                 setattr(self, name, t.contiguous())
 
-    def _cpu_tables(self):
-        # The four tables when they are dense CPU tensors (the kernels' own layout), else None. Read from
-        # _buffers: Module.__getattr__ costs a microsecond per name, a visible share of a small batch's call.
+    def _cpu_tables(self, op: str):
+        # The four tables when the C++ CPU kernel runs op on them (the backend module says so: their device, no
+        # use_reference()) and they are dense, else None. Read from _buffers: Module.__getattr__ costs a
+        # microsecond per name, a visible share of a small batch's call.
         b = self._buffers
         k, e, t, v = b["keys"], b["eids"], b["times"], b["values"]
-        if (k.device.type == "cpu" and k.is_contiguous() and e.is_contiguous() and t.is_contiguous()
-                and v.is_contiguous()):
+        if (k.is_contiguous() and e.is_contiguous() and t.is_contiguous() and v.is_contiguous()
+                and _backend.choose(op, k) == _backend.CPP):
             return k, e, t, v
         return None
 
@@ -162,7 +164,7 @@ class NCache(torch.nn.Module):
         # its own pass over the batch. The Python checks and conversions cost ~20 us per call, a tenth of a
         # NAT-sized batch. Anything else (other dtypes, views, other devices, values that need grad) takes the
         # general path below.
-        tables = self._cpu_tables()
+        tables = self._cpu_tables("ncache_update")
         if (tables is not None and isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor)
                 and isinstance(eid, torch.Tensor) and isinstance(t, torch.Tensor) and src.dtype is torch.int64
                 and dst.dtype is torch.int64 and eid.dtype is torch.int64 and t.dtype is torch.float64
@@ -192,7 +194,7 @@ class NCache(torch.nn.Module):
 
     def pair_features(self, u, v) -> PairFeatures:
         """Joint neighbourhood of pairs (u[p], v[p]): see :func:`fastlayers.ops.ncache_pair_features`."""
-        tables = self._cpu_tables()
+        tables = self._cpu_tables("ncache_pair_features")
         if (tables is not None and isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)
                 and u.dtype is torch.int64 and v.dtype is torch.int64):
             # Fast path as in update: the kernel checks shapes, devices and id ranges itself.
