@@ -43,31 +43,10 @@ struct Kernels {
                          const T* b, T* K, T* w);
 };
 
-struct Table {
-  Kernels<float> f;
-  Kernels<double> d;
-};
-
-FL_ISA_DECLARE(Table, table)
-
-template <typename T>
-const Kernels<T>& kernels() {
-  static const Table& t = FL_ISA_SELECT(table);
-  if constexpr (sizeof(T) == 4) {
-    return t.f;
-  } else {
-    return t.d;
-  }
-}
+FL_ISA_KERNELS(Kernels)
 
 // Forwarding functions with the kernels' names: the pointer or folded-weights argument named first fixes T, the
 // others convert to it (as the former non-template overloads did).
-template <typename T>
-struct Id {
-  using type = T;
-};
-template <typename T>
-using same = typename Id<T>::type;
 
 template <typename T>
 void node_sweep(const isonet_layer::Dims& d, const isonet_layer::Folded<T>& f, const same<T>* h, const same<T>* p,

@@ -14,6 +14,8 @@
 // supported path is used, and `import fastlayers` raises with the details (fastlayers/_compat.py, cpu_isa_info).
 #pragma once
 
+#include <type_traits>
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FL_X86_ISA 1  // the AVX-512 and AVX2 translation units are compiled (GCC on x86-64)
 #endif
@@ -33,7 +35,21 @@ const Choice& choice();
 inline Isa active() { return choice().isa; }
 const char* name(Isa isa);
 
+// One family's kernels for both float types: what each of its _avx512 / _avx2 / _scalar TUs defines.
+template <template <typename> class Kernels>
+struct Table {
+  Kernels<float> f;
+  Kernels<double> d;
+};
+
 }  // namespace fastlayers::cpu_isa
+
+namespace fastlayers {
+// A parameter of type same<T> does not take part in deduction: in the forwarding functions over a family's
+// table, the pointer argument named first fixes T and the others convert to it.
+template <typename T>
+using same = std::type_identity_t<T>;
+}  // namespace fastlayers
 
 // Declares the three tables of a family (defined by its _avx512 / _avx2 / _scalar TUs) ...
 #ifdef FL_X86_ISA
@@ -60,3 +76,17 @@ const char* name(Isa isa);
 #define FL_ISA_SELECT(getter) (scalar::getter())
 #endif
 
+// In a family's <family>_isa.h, after its `template <typename T> struct Kernels`: the family's Table, the three
+// tables' declarations and kernels<T>(), the active path's kernels for T (selected on first use).
+#define FL_ISA_KERNELS(Kernels)                                   \
+  using Table = ::fastlayers::cpu_isa::Table<Kernels>;            \
+  FL_ISA_DECLARE(Table, table)                                    \
+  template <typename T>                                           \
+  const Kernels<T>& kernels() {                                   \
+    static const Table& t = FL_ISA_SELECT(table);                 \
+    if constexpr (sizeof(T) == 4) {                               \
+      return t.f;                                                 \
+    } else {                                                      \
+      return t.d;                                                 \
+    }                                                             \
+  }

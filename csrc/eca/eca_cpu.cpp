@@ -23,12 +23,6 @@ constexpr int64_t kBlockBytes = 8 << 20;  // per block of samples: fits the L3 w
 constexpr int64_t kGrainElems = 1 << 15;  // smallest piece of work handed to a thread
 
 // ---- vector primitives: eca_kernels.h, compiled per instruction set; one table chosen at load (eca_isa.h) ---
-template <typename T>
-struct Id {
-  using type = T;
-};
-template <typename T>
-using same = typename Id<T>::type;  // not deduced: the pointer argument fixes T
 
 template <typename T>
 double plane_sum(const T* x, int64_t n) {

@@ -20,21 +20,6 @@ struct Kernels {
   void (*rows_affine)(const T* g, T* dx, const T* s, const T* c0, int64_t rows, int64_t C);
 };
 
-struct Table {
-  Kernels<float> f;
-  Kernels<double> d;
-};
-
-FL_ISA_DECLARE(Table, table)
-
-template <typename T>
-const Kernels<T>& kernels() {
-  static const Table& t = FL_ISA_SELECT(table);
-  if constexpr (sizeof(T) == 4) {
-    return t.f;
-  } else {
-    return t.d;
-  }
-}
+FL_ISA_KERNELS(Kernels)
 
 }  // namespace fastlayers::eca

@@ -92,12 +92,6 @@ inline std::pair<int64_t, int64_t> tile_blocks(const Dims& d, int64_t elt) {
 // y[b, t, o0 + o] += <W[b, o, :], x[b, t, :]> (apply_tile); dx[b, t, :] += sum_o g[b, t, o0 + o] W[b, o, :]
 // (apply_tile_t); dW[b, o, :] = sum_t g[b, t, o0 + o] x[b, t, :] (sample_grad_tile); z[b, i, :] = x[b, i0 + i] *
 // phi[b, :] (outer_tile); dx[b, i0 + i] += <V[b, i], phi_b>, dphi[b] += sum_i x[b, i0 + i] V[b, i] (contract_tile).
-template <typename S>
-struct Id {
-  using type = S;
-};
-template <typename S>
-using same = typename Id<S>::type;  // not deduced: the first pointer argument fixes S
 
 template <typename S>
 void apply_tile(const S* w, const same<S>* x, same<S>* y, int64_t nb, int64_t T, int64_t I, int64_t no, int64_t O) {

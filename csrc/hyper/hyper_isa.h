@@ -17,21 +17,6 @@ struct Kernels {
                         int64_t ni, int64_t h);
 };
 
-struct Table {
-  Kernels<float> f;
-  Kernels<double> d;
-};
-
-FL_ISA_DECLARE(Table, table)
-
-template <typename S>
-const Kernels<S>& kernels() {
-  static const Table& t = FL_ISA_SELECT(table);
-  if constexpr (sizeof(S) == 4) {
-    return t.f;
-  } else {
-    return t.d;
-  }
-}
+FL_ISA_KERNELS(Kernels)
 
 }  // namespace fastlayers::hyper

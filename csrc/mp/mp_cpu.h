@@ -315,22 +315,7 @@ struct Kernels {
                              int64_t d, int64_t F, int64_t nsrc, int64_t nid);
 };
 
-struct Table {
-  Kernels<float> f;
-  Kernels<double> d;
-};
-
-FL_ISA_DECLARE(Table, table)
-
-template <typename T>
-const Kernels<T>& kernels() {
-  static const Table& t = FL_ISA_SELECT(table);
-  if constexpr (sizeof(T) == 4) {
-    return t.f;
-  } else {
-    return t.d;
-  }
-}
+FL_ISA_KERNELS(Kernels)
 
 // Runs the reduce over all rows of g (n rows, features [H, F]) into out ([n, H, F], and arg when not nullptr).
 // Sources must lie in [0, nsrc) and ids in [0, nid); returns the first slot where one does not (-1 if none).
