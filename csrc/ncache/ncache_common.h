@@ -115,16 +115,17 @@ struct Best {
 };
 
 // Writes winner x into table entry at, unless a different resident key survives its replacement draw. The value
-// is the copied entry's (hops >= 2), the edge's (hops 0, 1, with edge values) or zeros. One source for the CPU
-// and CUDA update kernels.
+// is the copied entry's (hops >= 2: copied[x.src], the values table itself or a copy of the partners' entries),
+// the edge's (hops 0, 1, with edge values) or zeros. One source for the CPU and CUDA update kernels.
 FL_HD void commit_slot(int64_t* K, int64_t* E, double* T, float* V, int64_t at, const Best& x, int64_t hop,
-                       int64_t owner, uint64_t seed_mix, uint64_t thr, const float* evp, int64_t D) {
+                       int64_t owner, uint64_t seed_mix, uint64_t thr, const float* evp, const float* copied,
+                       int64_t D) {
   const int64_t cur = K[at];
   if (cur >= 0 && cur != x.key && replace_draw(seed_mix, owner, hop, x.key, x.t) >= thr) return;
   K[at] = x.key;
   E[at] = x.eid;
   T[at] = x.t;
-  const float* from = hop >= 2 ? V + x.src * D : (evp ? evp + x.src * D : nullptr);
+  const float* from = hop >= 2 ? copied + x.src * D : (evp ? evp + x.src * D : nullptr);
   float* to = V + at * D;
   for (int64_t d = 0; d < D; ++d) to[d] = from ? from[d] : 0.0f;
 }

@@ -35,7 +35,8 @@ namespace {
 constexpr int64_t kOwnerGrain = 64;  // owners per task: a batch of a few hundred edges stays on one thread
 constexpr int64_t kPairGrain = 32;
 
-constexpr int64_t kAhead = 8;  // rows are prefetched this many owners / pairs ahead: random rows miss the cache
+constexpr int64_t kAhead = 8;  // hop 0 / 1 rows are prefetched this many owners ahead: random rows miss the cache
+constexpr int64_t kOwnerBlock = 8;  // owners whose partners' entries a hop >= 2 pass gathers at once
 
 // Per-phase wall time, for profiling only: FASTLAYERS_NCACHE_PROFILE=1 records each call's nanoseconds per phase
 // (thread 0's view in a parallel region) and prints the medians over the last half of the calls (the first half
@@ -171,6 +172,11 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   auto hop_phase = [](int64_t h) { return h >= 2 ? kUpdHop2 : h == 1 ? kUpdHop1 : kUpdHop0; };
 
   // One pass per hop over the owners g0 .. g1 - 1 (a contiguous share of one thread).
+  //
+  // Hops >= 2 go in blocks of kOwnerBlock owners: first the partners' hop h-1 entries of the whole block (keys,
+  // ids, times, values) are copied into thread-local buffers, then the block's offers and commits read those. The
+  // copy is streaming loads with no dependence between segments, so many misses are in flight at once; reading
+  // the tables in the offer loop, each occupied entry's time, id and value waited on its own miss.
   auto pass = [&](int64_t h, int64_t g0, int64_t g1) {
     const int64_t M = L.m[h], off = L.off[h];
     std::vector<Best> best(M);
@@ -179,86 +185,107 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
     // 16 or 32 slots, so the write-out and reset visit these, not the whole table.
     std::vector<int64_t> touched;
     touched.reserve(64);
-    auto warm = [&](int64_t g) {
-      const int64_t o = inc[start[g]].first;
-      prefetch(K + o * S + off, M * 8);
-      if (h < 2) {
-        // The slots this owner will write are known: hop 0 is column 0, hop 1 the partners' hash slots.
+    auto partner_of = [&](int64_t i) {
+      const int64_t j = inc[i].second;
+      return (j & 1) ? sp[j >> 1] : dp[j >> 1];
+    };
+    auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
+      Best& x = best[slot];
+      if (x.rank < 0) {
+        touched.push_back(slot);
+        x = {ct, ce, ck, cr, csrc};
+      } else if (beats(ct, ce, ck, cr, x.t, x.eid, x.key, x.rank)) {
+        x = {ct, ce, ck, cr, csrc};
+      }
+    };
+    auto commit = [&](int64_t o, const float* copied) {
+      for (const int64_t slot : touched) {
+        Best& x = best[slot];
+        x.rank = -1;  // reset for the next owner; the fields stay readable below
+        commit_slot(K, E, T, V, o * S + off + slot, x, h, o, sm, thr, evp, copied, D);
+      }
+      touched.clear();
+    };
+    if (h < 2) {
+      // The slots an owner writes are known up front: hop 0 is column 0, hop 1 the partners' hash slots.
+      auto warm = [&](int64_t g) {
+        const int64_t o = inc[start[g]].first;
+        prefetch(K + o * S + off, M * 8);
         for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-          const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
-          const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner, sm), M));
+          const int64_t at = o * S + off + (h == 0 ? 0 : slot_in(key_hash(partner_of(i), sm), M));
           __builtin_prefetch(E + at, 1);
           __builtin_prefetch(T + at, 1);
           __builtin_prefetch(V + at * D, 1);
         }
-        return;
-      }
-      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-        const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
-        const int64_t poff = partner * S + L.off[h - 1], pm = L.m[h - 1];
-        prefetch(K + poff, pm * 8);  // times, ids and values are read for occupied slots only
-      }
-    };
-    // Hops >= 2, second stage (the partners' key rows have arrived): the ids, times and values the offers and
-    // the commit read, and the owner's lines of this hop that the commit writes.
-    auto warm2 = [&](int64_t g) {
-      const int64_t o = inc[start[g]].first, pm = L.m[h - 1];
-      prefetch(E + o * S + off, M * 8);
-      prefetch(T + o * S + off, M * 8);
-      prefetch(V + (o * S + off) * D, M * D * 4);
-      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-        const int64_t j = inc[i].second, partner = (j & 1) ? sp[j >> 1] : dp[j >> 1];
-        const int64_t poff = partner * S + L.off[h - 1];
-        prefetch(E + poff, pm * 8);
-        prefetch(T + poff, pm * 8);
-        for (int64_t c = 0; c < pm; ++c)
-          if (K[poff + c] >= 0) __builtin_prefetch(V + (poff + c) * D);
-      }
-    };
-    const int64_t ahead = h >= 2 ? 2 * kAhead : kAhead;
-    for (int64_t g = g0; g < std::min(g1, g0 + ahead); ++g) warm(g);
-    if (h >= 2)
-      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm2(g);
-    for (int64_t g = g0; g < g1; ++g) {
-      if (g + ahead < g1) warm(g + ahead);
-      if (h >= 2 && g + kAhead < g1) warm2(g + kAhead);
-      const int64_t o = inc[start[g]].first;
-      touched.clear();
-      auto offer = [&](int64_t slot, double ct, int64_t ce, int64_t ck, int64_t cr, int64_t csrc) {
-        Best& x = best[slot];
-        if (x.rank < 0) {
-          touched.push_back(slot);
-          x = {ct, ce, ck, cr, csrc};
-        } else if (beats(ct, ce, ck, cr, x.t, x.eid, x.key, x.rank)) {
-          x = {ct, ce, ck, cr, csrc};
-        }
       };
-      for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-        const int64_t j = inc[i].second, b = j >> 1;
-        const int64_t partner = (j & 1) ? sp[b] : dp[b];
-        if (h == 0) {
-          offer(0, tp[b], ep[b], o, j, b);
-        } else if (h == 1) {
-          offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
-        } else {
-          const int64_t pm = L.m[h - 1], poff = partner * S + L.off[h - 1];
+      for (int64_t g = g0; g < std::min(g1, g0 + kAhead); ++g) warm(g);
+      for (int64_t g = g0; g < g1; ++g) {
+        if (g + kAhead < g1) warm(g + kAhead);
+        const int64_t o = inc[start[g]].first;
+        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+          const int64_t j = inc[i].second, b = j >> 1, partner = partner_of(i);
+          if (h == 0) offer(0, tp[b], ep[b], o, j, b);
+          else offer(slot_in(key_hash(partner, sm), M), tp[b], ep[b], partner, j, b);
+        }
+        commit(o, V);
+      }
+      return;
+    }
+    const int64_t pm = L.m[h - 1], poff0 = L.off[h - 1];
+    thread_local std::vector<int64_t> kb, eb;
+    thread_local std::vector<double> tb;
+    thread_local std::vector<float> vb;
+    // The partners' segments and the owners' hop-h lines of owners g .. g + kOwnerBlock: the gather below and
+    // the commits then find them in cache.
+    auto warm_block = [&](int64_t g) {
+      for (int64_t q = g; q < std::min(g1, g + kOwnerBlock); ++q) {
+        const int64_t at = inc[start[q]].first * S + off;
+        prefetch(K + at, M * 8);
+        prefetch(E + at, M * 8);
+        prefetch(T + at, M * 8);
+        prefetch(V + at * D, M * D * 4);
+        for (int64_t i = start[q]; i < start[q + 1]; ++i) {
+          const int64_t poff = partner_of(i) * S + poff0;
+          prefetch(K + poff, pm * 8);
+          prefetch(E + poff, pm * 8);
+          prefetch(T + poff, pm * 8);
+          prefetch(V + poff * D, pm * D * 4);
+        }
+      }
+    };
+    warm_block(g0);
+    for (int64_t gb = g0; gb < g1; gb += kOwnerBlock) {
+      const int64_t ge = std::min(g1, gb + kOwnerBlock), i0 = start[gb], n = start[ge] - i0;
+      kb.resize(size_t(n * pm));
+      eb.resize(size_t(n * pm));
+      tb.resize(size_t(n * pm));
+      vb.resize(size_t(n * pm * D));
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t poff = partner_of(i0 + i) * S + poff0;
+        std::memcpy(kb.data() + i * pm, K + poff, sizeof(int64_t) * pm);
+        std::memcpy(eb.data() + i * pm, E + poff, sizeof(int64_t) * pm);
+        std::memcpy(tb.data() + i * pm, T + poff, sizeof(double) * pm);
+        std::memcpy(vb.data() + i * pm * D, V + poff * D, sizeof(float) * pm * D);
+      }
+      if (ge < g1) warm_block(ge);
+      for (int64_t g = gb; g < ge; ++g) {
+        const int64_t o = inc[start[g]].first;
+        for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+          const int64_t j = inc[i].second, base = (i - i0) * pm;
+          const int64_t* kr = kb.data() + base;
           // Occupied columns as bitmask words built without branches (a sparse row mispredicts a
           // test-and-branch on each occupied slot), then visited by their set bits.
           for (int64_t c0 = 0; c0 < pm; c0 += 64) {
             const int64_t cn = std::min<int64_t>(64, pm - c0);
             uint64_t bits = 0;
-            for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(K[poff + c0 + c] >= 0) << c;
+            for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
             for (; bits; bits &= bits - 1) {
-              const int64_t c = c0 + __builtin_ctzll(bits), k = K[poff + c];
-              offer(slot_in(key_hash(k, sm), M), T[poff + c], E[poff + c], k, j * pm + c, poff + c);
+              const int64_t c = c0 + __builtin_ctzll(bits), k = kr[c];
+              offer(slot_in(key_hash(k, sm), M), tb[base + c], eb[base + c], k, j * pm + c, base + c);
             }
           }
         }
-      }
-      for (const int64_t slot : touched) {
-        Best& x = best[slot];
-        x.rank = -1;  // reset for the next owner; the fields stay readable below
-        commit_slot(K, E, T, V, o * S + off + slot, x, h, o, sm, thr, evp, D);
+        commit(o, vb.data());
       }
     }
   };
@@ -354,91 +381,104 @@ struct PairArgs {
 // get fully unrolled probes and one vector per feature), 0 = read from the layout. The codes are pair_code's
 // (ncache_common.h) with the hop loop unrolled: the probe places and bit order are the same, so CPU and CUDA emit
 // the same codes, and features are summed in the same (bit) order from 0.0f.
+//
+// Pairs go in blocks of kPairBlock: first both rows of every pair of the block (keys and values) are copied into
+// a thread-local buffer, then the block is computed from that buffer. The copy is plain streaming loads with no
+// dependence between rows, so the core keeps many row misses in flight; probing the tables directly, each probe
+// and value read waited on its own miss (perf: ~90% of the loop's samples on three loads) and prefetching pairs
+// ahead could not keep enough lines in flight. The next block's key rows are prefetched while a block computes.
+constexpr int64_t kPairBlock = 16;
+
 template <int HT, int DT>
 void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
   const Layout& L = a.L;
   const int64_t H = HT ? HT : L.hops, D = DT ? DT : L.D, S = L.S, Kmax = 2 * S;
-  const int64_t* K = a.K;
-  const float* V = a.V;
   const int64_t *up = a.up, *vp = a.vp;
-  // Two-stage prefetch: key rows 2 * kAhead pairs ahead, then (keys by now in cache) the value lines of the
-  // occupied slots kAhead pairs ahead; a sparse cache reads few value lines, a full one all of them.
-  auto warm_keys = [&](int64_t p) {
-    prefetch(K + up[p] * S, S * 8);
-    prefetch(K + vp[p] * S, S * 8);
-  };
-  auto warm_values = [&](int64_t p) {
-    for (int64_t side = 0; side < 2; ++side) {
-      const int64_t r = (side ? vp[p] : up[p]) * S;
-      for (int64_t c = 0; c < S; ++c)
-        if (K[r + c] >= 0) __builtin_prefetch(V + (r + c) * D);
+  thread_local std::vector<int64_t> kbuf;
+  thread_local std::vector<float> vbuf;
+  kbuf.resize(size_t(2 * kPairBlock * S));
+  vbuf.resize(size_t(2 * kPairBlock * S * D));
+  int64_t* const K = kbuf.data();
+  float* const V = vbuf.data();
+  auto warm_block = [&](int64_t q0) {
+    for (int64_t p = q0; p < std::min(p1, q0 + kPairBlock); ++p) {
+      prefetch(a.K + up[p] * S, S * 8);
+      prefetch(a.K + vp[p] * S, S * 8);
     }
   };
-  for (int64_t p = p0; p < std::min(p1, p0 + 2 * kAhead); ++p) warm_keys(p);
-  for (int64_t p = p0; p < std::min(p1, p0 + kAhead); ++p) warm_values(p);
-  for (int64_t p = p0; p < p1; ++p) {
-    if (p + 2 * kAhead < p1) warm_keys(p + 2 * kAhead);
-    if (p + kAhead < p1) warm_values(p + kAhead);
-    const int64_t r0 = up[p] * S, r1 = vp[p] * S;
-    int64_t c3[kMaxHops * kMaxHops] = {};
-    int64_t* ko = a.ko + p * Kmax;
-    int64_t* co = a.co + p * Kmax;
-    bool* mo = a.mo + p * Kmax;
-    float* fo = a.fo + p * Kmax * D;
-    int64_t n = 0;
-    // Entry k found in row `side` at hop `hop`: emitted at its first place only (see first_place).
-    auto visit = [&](int64_t k, int64_t own_bit) {
-      const uint64_t kh = key_hash(k, a.sm);
-      int64_t at[2 * kMaxHops];
-      int64_t code = 0;
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
-        at[h] = r0 + c;
-        at[H + h] = r1 + c;
-        code |= int64_t(K[r0 + c] == k) << h | int64_t(K[r1 + c] == k) << (H + h);
-      }
-      if (!first_place(code, own_bit)) return;
-      ko[n] = k;
-      co[n] = code;
-      mo[n] = true;
-      float f[DT ? DT : 1];
-      float* acc = DT ? f : fo + n * D;
-      for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
-      for (int64_t bit = 0; bit < 2 * H; ++bit) {
-        if (!(code >> bit & 1)) continue;
-        const float* src = V + at[bit] * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
-      }
-      if (DT)
-        for (int64_t d = 0; d < D; ++d) fo[n * D + d] = acc[d];
-      ++n;
-      const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
-      if (in_u && in_v)
-        for (int64_t i = 0; i < H; ++i)
-          for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
-    };
-    // Each hop's occupied columns as bitmask words built without branches (caches are mostly sparse, and a
-    // test-and-branch per column mispredicts on every occupied one), then visited by their set bits; sides and
-    // hops in table order, so keys come out in order of first appearance.
-    for (int64_t side = 0; side < 2; ++side) {
-      const int64_t* kr = K + (side ? r1 : r0);
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t own_bit = side * H + h;
-        for (int64_t c0 = L.off[h]; c0 < L.off[h + 1]; c0 += 64) {
-          const int64_t cn = std::min<int64_t>(64, L.off[h + 1] - c0);
-          uint64_t bits = 0;
-          for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
-          for (; bits; bits &= bits - 1) visit(kr[c0 + __builtin_ctzll(bits)], own_bit);
+  warm_block(p0);
+  for (int64_t q0 = p0; q0 < p1; q0 += kPairBlock) {
+    const int64_t q1 = std::min(p1, q0 + kPairBlock);
+    for (int64_t p = q0; p < q1; ++p) {
+      const int64_t i = 2 * (p - q0);
+      std::memcpy(K + i * S, a.K + up[p] * S, sizeof(int64_t) * S);
+      std::memcpy(K + (i + 1) * S, a.K + vp[p] * S, sizeof(int64_t) * S);
+      std::memcpy(V + i * S * D, a.V + up[p] * S * D, sizeof(float) * S * D);
+      std::memcpy(V + (i + 1) * S * D, a.V + vp[p] * S * D, sizeof(float) * S * D);
+    }
+    if (q1 < p1) warm_block(q1);
+    for (int64_t p = q0; p < q1; ++p) {
+      const int64_t r0 = 2 * (p - q0) * S, r1 = r0 + S;
+      int64_t c3[kMaxHops * kMaxHops] = {};
+      int64_t* ko = a.ko + p * Kmax;
+      int64_t* co = a.co + p * Kmax;
+      bool* mo = a.mo + p * Kmax;
+      float* fo = a.fo + p * Kmax * D;
+      int64_t n = 0;
+      // Entry k found in row `side` at hop `hop`: emitted at its first place only (see first_place).
+      auto visit = [&](int64_t k, int64_t own_bit) {
+        const uint64_t kh = key_hash(k, a.sm);
+        int64_t at[2 * kMaxHops];
+        int64_t code = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
+          at[h] = r0 + c;
+          at[H + h] = r1 + c;
+          code |= int64_t(K[r0 + c] == k) << h | int64_t(K[r1 + c] == k) << (H + h);
+        }
+        if (!first_place(code, own_bit)) return;
+        ko[n] = k;
+        co[n] = code;
+        mo[n] = true;
+        float f[DT ? DT : 1];
+        float* acc = DT ? f : fo + n * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+        for (int64_t bit = 0; bit < 2 * H; ++bit) {
+          if (!(code >> bit & 1)) continue;
+          const float* src = V + at[bit] * D;
+          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+        }
+        if (DT)
+          for (int64_t d = 0; d < D; ++d) fo[n * D + d] = acc[d];
+        ++n;
+        const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
+        if (in_u && in_v)
+          for (int64_t i = 0; i < H; ++i)
+            for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
+      };
+      // Each hop's occupied columns as bitmask words built without branches (caches are mostly sparse, and a
+      // test-and-branch per column mispredicts on every occupied one), then visited by their set bits; sides and
+      // hops in table order, so keys come out in order of first appearance.
+      for (int64_t side = 0; side < 2; ++side) {
+        const int64_t* kr = K + (side ? r1 : r0);
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t own_bit = side * H + h;
+          for (int64_t c0 = L.off[h]; c0 < L.off[h + 1]; c0 += 64) {
+            const int64_t cn = std::min<int64_t>(64, L.off[h + 1] - c0);
+            uint64_t bits = 0;
+            for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
+            for (; bits; bits &= bits - 1) visit(kr[c0 + __builtin_ctzll(bits)], own_bit);
+          }
         }
       }
+      std::memcpy(a.cnt + p * H * H, c3, sizeof(int64_t) * H * H);
+      const int64_t pad = Kmax - n;
+      // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
+      std::fill(ko + n, ko + Kmax, int64_t(-1));
+      std::memset(co + n, 0, sizeof(int64_t) * pad);
+      std::memset(mo + n, 0, sizeof(bool) * pad);
+      std::memset(fo + n * D, 0, sizeof(float) * pad * D);
     }
-    std::memcpy(a.cnt + p * H * H, c3, sizeof(int64_t) * H * H);
-    const int64_t pad = Kmax - n;
-    // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
-    std::fill(ko + n, ko + Kmax, int64_t(-1));
-    std::memset(co + n, 0, sizeof(int64_t) * pad);
-    std::memset(mo + n, 0, sizeof(bool) * pad);
-    std::memset(fo + n * D, 0, sizeof(float) * pad * D);
   }
 }
 

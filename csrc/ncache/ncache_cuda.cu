@@ -112,7 +112,7 @@ __global__ void update_hop_kernel(int64_t* __restrict__ K, int64_t* __restrict__
   for (int64_t s = tid; s < M; s += blockDim.x) {
     const Best x = best[s];
     if (x.rank < 0) continue;
-    commit_slot(K, E, T, V, o * S + off + s, x, h, o, sm, thr, evp, D);
+    commit_slot(K, E, T, V, o * S + off + s, x, h, o, sm, thr, evp, V, D);
   }
 }
 
