@@ -115,7 +115,8 @@ def build(spec, device):
                                                    "same-slot common keys)"), update_bytes + pair_bytes),
     }
     ours_fn, peer_fn, peer_name, min_bytes = cases[part]
-    occupancy = float((ours.keys[:, :SIZES[0]] >= 0).sum()) / (n * SIZES[0])
+    hop1 = ours.hop(1).keys  # columns 1 .. SIZES[0]: column 0 is hop 0, always occupied once a node has an edge
+    occupancy = float((hop1 >= 0).sum()) / hop1.numel()
     return Case(name=part, shape=f"B={B}, nodes={n}", ours=ours_fn, peer=peer_fn, peer_name=peer_name,
                 min_bytes=min_bytes, extra={"edges/call": B, "hop1_occupancy": occupancy, "warm_edges": warm * B},
                 make_inputs=make_inputs, input_bytes=B * (5 * 8 + 4 * D + 4 * 8))

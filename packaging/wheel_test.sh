@@ -6,8 +6,10 @@
 #   3. from a folder outside the source tree: `python -m fastlayers info`, then the test suite against the
 #      installed package (tests/conftest.py asserts fastlayers.__file__ is in site-packages): the whole suite on
 #      the first wheel (the CUDA one where built: its binary holds the CPU kernels too), the kernel, robustness
-#      and packaging tests on the others (FULL_EACH=1: the whole suite on each; WHEEL_SUITE=kernels: those tests
-#      on every wheel, for CI, whose make test has just run the whole suite on the objects the CUDA wheel links);
+#      and packaging tests on the others (FULL_EACH=1: the whole suite on each). WHEEL_SUITE=kernels, for CI,
+#      whose make test has just run the whole suite on the objects the CUDA wheel links: the packaging, refusal
+#      and backend tests on every wheel, plus every family on every ISA path (test_cpu_isa) and the N-cache on the
+#      first (the others' kernels are the same sources, compiled without CUDA);
 #   4. under another torch minor release (2.13.0, CPU build): importing the wheel must fail with fastlayers' one
 #      clear ImportError that names the torch it needs, never the loader's "undefined symbol".
 # Environment: PYTHON_BASE (python3.11), TORCH_VERSION (from the Makefile), OTHER_TORCH (2.13.0; empty skips 4),
@@ -67,10 +69,18 @@ for whl in "${WHEELS[@]}"; do
   (cd "$TOOLS/run" && "${NOCC[@]}" sh -c 'for c in gcc g++ cc c++ clang nvcc; do command -v $c && exit 1; done; exit 0') \
     || { echo "a compiler is reachable in the wheel-test environment"; exit 1; }
   (cd "$TOOLS/run" && "${NOCC[@]}" python -m fastlayers info) || status=1
-  if { [ "$whl" = "${WHEELS[0]}" ] && [ "${WHEEL_SUITE:-full}" = full ]; } || [ "${FULL_EACH:-0}" = 1 ]; then
+  first=0; [ "$whl" = "${WHEELS[0]}" ] && first=1
+  if { [ $first = 1 ] && [ "${WHEEL_SUITE:-full}" = full ]; } || [ "${FULL_EACH:-0}" = 1 ]; then
     targets=("$SRC/tests")
-  else  # every kernel of this binary, its packaging and its refusals; FULL_EACH=1 runs the whole suite here too
+  elif [ "${WHEEL_SUITE:-full}" = full ]; then
+    # every kernel of this binary, its packaging and its refusals; FULL_EACH=1 runs the whole suite here too
     targets=("$SRC"/tests/test_{packaging,mp_ops,mp_robust,ncache,eca,hyper,align,isonet_layer,robust_inputs}.py)
+  elif [ $first = 1 ]; then
+    # WHEEL_SUITE=kernels: packaging, refusals, backend choices, and every family's kernels on every ISA path
+    # against the float64 results of the scalar path (test_cpu_isa) plus the N-cache, from site-packages
+    targets=("$SRC"/tests/test_{packaging,robust_inputs,backend,cpu_isa,ncache}.py)
+  else  # WHEEL_SUITE=kernels, a later wheel: its packaging, refusals and backend choices (same kernel sources)
+    targets=("$SRC"/tests/test_{packaging,robust_inputs,backend}.py)
   fi
   (cd "$TOOLS/run" && "${NOCC[@]}" python -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} "${targets[@]}") || status=1
 done
