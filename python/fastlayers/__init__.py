@@ -23,7 +23,9 @@ __all__ = ["__version__", "cpu_cache", "cpu_isa", "nn", "ops", "reference"]
 
 def cpu_isa() -> str:
     """The instruction set the CPU kernels run in this process: "avx512", "avx2" or "scalar" (the baseline).
-    The best one this CPU supports, unless FASTLAYERS_CPU_ISA forces another (read once, at import)."""
+    The best one this CPU supports, unless FASTLAYERS_CPU_ISA forces another (read once, at import). On "avx2" the
+    align family (Sinkhorn, the hinge score, the IsoNet++ layer) runs its scalar (SSE2) build, which measured
+    faster there (csrc/align/align_avx2.cpp says why)."""
     return _C.cpu_isa_info()["isa"]
 
 

@@ -62,7 +62,8 @@ def info() -> dict:
         "CUDA arch list": config.get("cuda_arch_list"),
         "OpenMP": build["openmp"],
         "compiler": build["compiler"],
-        "CPU ISA": build["cpu_isa"] + " (of " + ", ".join(fastlayers._C.cpu_isa_info()["supported"]) + ")",
+        "CPU ISA": build["cpu_isa"] + " (of " + ", ".join(fastlayers._C.cpu_isa_info()["supported"]) + ")"
+                   + ("; align runs its SSE2 build on avx2" if build["cpu_isa"] == "avx2" else ""),
         "Triton": triton_version,
         "CPU threads": torch.get_num_threads(),
         "CPU output pool": fastlayers.cpu_cache.stats(),
