@@ -15,13 +15,18 @@ TORCH_LIBRARY(fastlayers, m) {
   m.def(
       "ncache_update(Tensor(a!) keys, Tensor(b!) eids, Tensor(c!) times, Tensor(d!) values, Tensor(e!) last_time,"
       " Tensor src, Tensor dst, Tensor t, Tensor eid, Tensor? edge_values, int[] sizes, float replace_prob,"
-      " int seed) -> ()");
+      " int seed, bool aligned=False) -> ()");
   m.def(
       "ncache_lookup(Tensor keys, Tensor eids, Tensor times, Tensor values, Tensor nodes)"
       " -> (Tensor keys, Tensor eids, Tensor times, Tensor values)");
   m.def(
-      "ncache_pair_features(Tensor keys, Tensor values, Tensor u, Tensor v, int[] sizes, int seed)"
+      "ncache_pair_features(Tensor keys, Tensor values, Tensor u, Tensor v, int[] sizes, int seed,"
+      " bool aligned=False)"
       " -> (Tensor keys, Tensor codes, Tensor feats, Tensor mask, Tensor counts)");
+  // aligned (update, pair_features): the caller vouches that every key of hops >= 1 sits at its hash slot, which
+  // every state written by update satisfies; the CPU kernels then skip the per-entry hash. misplaced counts the
+  // entries that are not (NCache checks a state it did not write once).
+  m.def("ncache_misplaced(Tensor keys, int[] sizes, int seed) -> int");
 
   // mp (sparse message passing). A graph is given as CSR arrays from fastlayers.Graph: rowptr [N+1], col [E]
   // (source of each slot), perm [E] (caller edge id of each slot); its reversed graph as (colptr, row, cperm).

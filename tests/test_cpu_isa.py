@@ -158,6 +158,18 @@ def _family_outputs(dtype):
     grads("edge_softmax", lambda s: ops.edge_softmax(g, s), r(100, 2))
     grads("block_spmm", lambda B_, x: ops.block_spmm(g, B_, x), r(100, 3, 3), r(N, 3, 18))
     grads("block_spmm.diag", lambda B_, x: ops.block_spmm(g, B_, x), r(100, 3), r(N, 3, 18))
+    # ncache: pair features on NAT's (32, 16), whose aligned path has per-ISA code (no float dtype of its own)
+    from fastlayers import NCache
+
+    c = NCache(40, (32, 16), 4, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(20):
+        s, d = torch.randint(0, 40, (30,), generator=gen), torch.randint(0, 40, (30,), generator=gen)
+        c.update(s, d, torch.full((30,), float(i), dtype=torch.float64), torch.arange(30) + 30 * i,
+                 torch.randn(30, 4, generator=gen))
+    u, v = torch.randint(0, 40, (200,), generator=gen), torch.randint(0, 40, (200,), generator=gen)
+    u[:20], u[20:50], v[20:50] = v[:20], s, d
+    out["ncache.pairs"] = [t.double() for t in c.pair_features(u, v)]
     return out
 
 

@@ -431,6 +431,10 @@ def test_opcheck():
                                                                 torch.tensor([0, 4, 4])))
     torch.library.opcheck(torch.ops.fastlayers.ncache_pair_features, (c.keys, c.values, torch.tensor([0, 2]),
                                                                        torch.tensor([1, 2]), [4, 2], 0))
+    # The aligned shortcuts (c was written by update only, so its keys sit at their slots).
+    torch.library.opcheck(torch.ops.fastlayers.ncache_update, args[:-1] + (0, True))
+    torch.library.opcheck(torch.ops.fastlayers.ncache_pair_features, (c.keys, c.values, torch.tensor([0, 2, 5]),
+                                                                       torch.tensor([1, 2, 3]), [4, 2], 0, True))
 
 
 # ---- CUDA: bit-identical to the CPU kernel ------------------------------------------------------------------------
@@ -508,3 +512,117 @@ def test_nat_joint_features_peer_holds_what_pair_features_holds(sizes):
     for key, (f, code) in ours.items():
         assert code == theirs[key][1], key
         torch.testing.assert_close(f, theirs[key][0], rtol=1e-6, atol=1e-6)
+
+
+# ---- aligned shortcuts: the kernels skip the hash when every key sits at its slot --------------------------------
+
+_PAIR = torch.ops.fastlayers.ncache_pair_features.default
+_UPDATE = torch.ops.fastlayers.ncache_update.default
+
+
+def _pair_probe_set(n, gen, src, dst, P=300):
+    """Pairs that share neighbours: u == v, the batch's own edges (both ways), partners of partners, random."""
+    u = torch.randint(0, n, (P,), generator=gen)
+    v = torch.randint(0, n, (P,), generator=gen)
+    v[:30] = u[:30]
+    k = min(60, src.numel())
+    u[30:30 + k], v[30:30 + k] = src[:k], dst[:k]
+    u[100:100 + k], v[100:100 + k] = dst[:k], src[:k]
+    return u, v
+
+
+# NAT's (32, 16) takes the 4-lane vector path; the others the column loop (r = 0, 2, 5 and a hop-1 of 64).
+@pytest.mark.parametrize("sizes, D", [((32, 16), 4), ((32, 16), 3), ((8, 2), 4), ((16, 16), 2), ((64, 2), 1),
+                                      ((64, 32), 4), ((4, 1), 4), ((2, 1), 2)])
+def test_aligned_pair_features_equal_the_hashed_probes(sizes, D):
+    gen = torch.Generator().manual_seed(sum(sizes) + D)
+    n = 60
+    c = NCache(n, sizes, D, replace_prob=0.8, seed=3)
+    for s, d, t, e, v in _stream(n, 30, 40, D, gen):
+        c.update(s, d, t, e, v)
+    assert _MISPLACED(c) == 0
+    u, v = _pair_probe_set(n, gen, s, d)
+    hashed = _PAIR(c.keys, c.values, u, v, list(sizes), 3, False)
+    aligned = _PAIR(c.keys, c.values, u, v, list(sizes), 3, True)
+    for name, a, b in zip(PairFeatures_fields, hashed, aligned):
+        # Bit for bit: the same entries, order, codes, and sums in the same order.
+        assert a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), name
+    codes = hashed[1]
+    assert ((codes & 7 != 0) & (codes >> 3 != 0)).any(), "the probe set must hold common neighbours"
+    assert hashed[4].sum() > 0
+
+
+PairFeatures_fields = ("keys", "codes", "feats", "mask", "counts")
+
+
+def _MISPLACED(c):
+    return torch.ops.fastlayers.ncache_misplaced(c.keys, list(c.sizes), c.seed)
+
+
+@pytest.mark.parametrize("sizes", [(32, 16), (8, 2), (16, 16), (4, 3, 2), (5,)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_aligned_update_equals_the_hashed_update(sizes, threads):
+    gen = torch.Generator().manual_seed(len(sizes) + threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = NCache(50, sizes, 2, replace_prob=0.7, seed=1), NCache(50, sizes, 2, replace_prob=0.7, seed=1)
+        for s, d, t, e, v in _stream(50, 30, 70, 2, gen):
+            for c, aligned in ((a, False), (b, True)):
+                _UPDATE(c.keys, c.eids, c.times, c.values, c.last_time, s, d, t, e, v, list(sizes), 0.7, 1, aligned)
+        _assert_same_tables(b, _ref_tables(a))
+        assert (a.hop(len(sizes)).keys >= 0).float().mean() > 0.5
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_misplaced_counts_keys_off_their_slot():
+    c = NCache(20, (8, 4), 2, seed=4)
+    assert _MISPLACED(c) == 0
+    for s, d, t, e, v in _stream(20, 5, 20, 2, torch.Generator().manual_seed(0)):
+        c.update(s, d, t, e, v)
+    assert _MISPLACED(c) == 0
+    occupied = (c.keys[:, 1:9] >= 0).nonzero()[0]  # a hop-1 entry (columns 1..8)
+    row, col = int(occupied[0]), 1 + int(occupied[1])
+    c.keys[row, 1 + col % 8] = c.keys[row, col]  # the same key copied one hop-1 slot over
+    assert _MISPLACED(c) == 1
+    with pytest.raises(ValueError, match="columns"):
+        torch.ops.fastlayers.ncache_misplaced(c.keys, [8, 5], 4)
+    with pytest.raises(TypeError, match="int64"):
+        torch.ops.fastlayers.ncache_misplaced(c.keys.double(), [8, 4], 4)
+
+
+def _hashed_pairs(c, u, v):
+    return _PAIR(c.keys, c.values, u, v, list(c.sizes), c.seed, False)
+
+
+def test_ncache_notices_a_state_it_did_not_write():
+    # A state loaded from a cache with another seed has its keys off this cache's slots: pair features must be
+    # those of the hashed probes (off-slot keys are not matched), not of the column shortcut.
+    gen = torch.Generator().manual_seed(7)
+    other = NCache(40, (32, 16), 4, seed=11)
+    for s, d, t, e, v in _stream(40, 20, 40, 4, gen):
+        other.update(s, d, t, e, v)
+    c = NCache(40, (32, 16), 4, seed=0)
+    u, v = _pair_probe_set(40, gen, s, d)
+    assert c._aligned(c.keys)
+    c.load_state_dict(other.state_dict())
+    got = c.pair_features(u, v)
+    assert not c._aligned(c.keys)
+    for name, a, b in zip(PairFeatures_fields, _hashed_pairs(c, u, v), got):
+        assert torch.equal(a, b), name
+    assert not torch.equal(_PAIR(c.keys, c.values, u, v, [32, 16], 0, True)[1], got.codes)  # the shortcut differs
+    # An update keeps the state as it is (misaligned); reset makes it aligned again without a check.
+    c.update(s, d, t - t[0] + float(c.last_time) + 1.0, e, torch.randn(s.numel(), 4, generator=gen))
+    assert not c._aligned(c.keys)
+    c.reset()
+    assert c._aligned_state[2] and c._aligned(c.keys)
+    # An in-place edit bumps the version counter: checked again.
+    for s, d, t, e, vals in _stream(40, 5, 40, 4, gen):
+        c.update(s, d, t, e, vals)
+    assert c._aligned(c.keys)
+    col = int((c.keys[3, 1:33] >= 0).nonzero()[0]) + 1
+    c.keys[3, 1 + (col % 32)] = c.keys[3, col]
+    assert not c._aligned(c.keys)
+    for name, a, b in zip(PairFeatures_fields, _hashed_pairs(c, u, v), c.pair_features(u, v)):
+        assert torch.equal(a, b), name

@@ -28,6 +28,7 @@
 #define FASTLAYERS_WITH_TORCH_API
 #include "common/cpu_cache.h"
 #include "ncache/ncache_common.h"
+#include "ncache/ncache_isa.h"
 
 namespace fastlayers::ncache {
 namespace {
@@ -120,10 +121,21 @@ void validate_values(const int64_t* s, const int64_t* d, const double* t, int64_
                     ", older than the cache's latest time ", last, " (reset() the cache to replay a stream)");
 }
 
+// NAT's shape (3 hops, hop sizes powers of two, m1 = m2 << r, m1 <= 64) on an aligned state (every key at its
+// hash slot: what update writes; NCache checks a loaded or edited state once): the hop-2 slot of a key is its
+// hop-1 slot >> r (slot_in keeps the top bits of one 32-bit hash), so the hop-1 columns 2^r g .. 2^r g + 2^r - 1
+// and hop-2 column g of both rows form a group that no key outside it can match. Codes then come from
+// column-wise compares with no hash per entry, and a key's places are found by the same compares. Entries and
+// their order, codes and sums are those of pair_rows (the hashed probes): tests compare the two paths.
+bool aligned_shape(const Layout& L) {
+  auto pow2 = [](int64_t m) { return m >= 1 && (m & (m - 1)) == 0; };
+  return L.hops == 3 && pow2(L.m[1]) && pow2(L.m[2]) && L.m[2] <= L.m[1] && L.m[1] <= kGroupMaxM1;
+}
+
 void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tensor& values, at::Tensor& last_time,
                 const at::Tensor& src_in, const at::Tensor& dst_in, const at::Tensor& t_in, const at::Tensor& eid_in,
                 const c10::optional<at::Tensor>& edge_values_in, at::IntArrayRef sizes, double replace_prob,
-                int64_t seed) {
+                int64_t seed, bool aligned) {
   FL_CHECK_CPU(keys);
   int64_t t0 = profile().on ? now_ns() : 0;
   const Layout L = check_tables(keys, eids, times, values, sizes);
@@ -232,6 +244,8 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       return;
     }
     const int64_t pm = L.m[h - 1], poff0 = L.off[h - 1];
+    // On an aligned state a hop-1 entry's hop-2 slot is its column >> shift (see aligned_shape); -1: hash it.
+    const int shift = aligned && h == 2 && aligned_shape(L) ? __builtin_ctzll(uint64_t(pm / M)) : -1;
     thread_local std::vector<int64_t> kb, eb;
     thread_local std::vector<double> tb;
     thread_local std::vector<float> vb;
@@ -270,6 +284,33 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       if (ge < g1) warm_block(ge);
       for (int64_t g = gb; g < ge; ++g) {
         const int64_t o = inc[start[g]].first;
+        if (shift >= 0) {
+          // Aligned: slot s's candidates are columns s << shift .. of every partner's row. The winner is picked
+          // without branches (whether a column is occupied, and the order of times, is data the predictor
+          // cannot learn); the same total order as offer().
+          const int64_t G = int64_t(1) << shift;
+          for (int64_t slot = 0; slot < M; ++slot) {
+            Best x{0.0, 0, -1, -1, 0};
+            for (int64_t i = start[g]; i < start[g + 1]; ++i) {
+              const int64_t j = inc[i].second, base = (i - i0) * pm;
+              for (int64_t c = slot << shift; c < (slot + 1) << shift; ++c) {
+                const int64_t k = kb[base + c], e = eb[base + c], r = j * pm + c;
+                const double t = tb[base + c];
+                const bool later = (t > x.t) | ((t == x.t) & ((e > x.eid) | ((e == x.eid) & ((k > x.key) |
+                                                                                         ((k == x.key) & (r > x.rank))))));
+                const bool win = (k >= 0) & ((x.rank < 0) | later);
+                x.t = win ? t : x.t;
+                x.eid = win ? e : x.eid;
+                x.key = win ? k : x.key;
+                x.rank = win ? r : x.rank;
+                x.src = win ? base + c : x.src;
+              }
+            }
+            if (x.rank >= 0) commit_slot(K, E, T, V, o * S + off + slot, x, h, o, sm, thr, evp, vb.data(), D);
+          }
+          (void)G;
+          continue;
+        }
         for (int64_t i = start[g]; i < start[g + 1]; ++i) {
           const int64_t j = inc[i].second, base = (i - i0) * pm;
           const int64_t* kr = kb.data() + base;
@@ -281,7 +322,8 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
             for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
             for (; bits; bits &= bits - 1) {
               const int64_t c = c0 + __builtin_ctzll(bits), k = kr[c];
-              offer(slot_in(key_hash(k, sm), M), tb[base + c], eb[base + c], k, j * pm + c, base + c);
+              const int64_t slot = shift >= 0 ? c >> shift : slot_in(key_hash(k, sm), M);
+              offer(slot, tb[base + c], eb[base + c], k, j * pm + c, base + c);
             }
           }
         }
@@ -316,6 +358,35 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
     }
   }
   *last = std::max(*last, tp[B - 1]);
+}
+
+// Entries of hops >= 1 that are not at their key's hash slot: 0 on every state that update writes. NCache runs
+// this once on a state it did not write (loaded, assigned or edited in place) to decide whether the kernels may
+// take the aligned shortcuts (ops ncache_update / ncache_pair_features, argument aligned).
+int64_t misplaced_cpu(const at::Tensor& keys_in, at::IntArrayRef sizes, int64_t seed) {
+  FL_CHECK_CPU(keys_in);
+  TORCH_CHECK_TYPE(keys_in.scalar_type() == at::kLong, "ncache.misplaced: keys must be int64, got ",
+                   keys_in.scalar_type());
+  TORCH_CHECK_VALUE(keys_in.dim() == 2, "ncache.misplaced: keys must be an [N, S] table, got shape ", keys_in.sizes());
+  const Layout L = make_layout(sizes, 0);
+  TORCH_CHECK_VALUE(keys_in.size(1) == L.S, "ncache.misplaced: keys has ", keys_in.size(1), " columns, sizes ", sizes,
+                    " imply S = ", L.S);
+  const at::Tensor keys = keys_in.contiguous();
+  const int64_t* K = keys.const_data_ptr<int64_t>();
+  const int64_t N = keys.size(0), S = L.S;
+  const uint64_t sm = seed_mix_of(seed);
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
+    int64_t n = 0;
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t h = 1; h < L.hops; ++h)
+        for (int64_t c = 0; c < L.m[h]; ++c) {
+          const int64_t k = K[r * S + L.off[h] + c];
+          n += k >= 0 && slot_in(key_hash(k, sm), L.m[h]) != c;
+        }
+    bad += n;
+  });
+  return bad.load();
 }
 
 void check_nodes(const int64_t* p, int64_t n, int64_t N, const char* op, const char* name) {
@@ -482,12 +553,116 @@ void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
   }
 }
 
+template <int DT>
+void pair_rows_aligned(const PairArgs& a, int64_t p0, int64_t p1) {
+  const Layout& L = a.L;
+  const int64_t D = DT ? DT : L.D, S = L.S, Kmax = 2 * S, m1 = L.m[1], m2 = L.m[2];
+  const int64_t *up = a.up, *vp = a.vp;
+  const auto group_codes = kernels().group_codes;
+  thread_local std::vector<int64_t> kbuf;
+  thread_local std::vector<float> vbuf;
+  kbuf.resize(size_t(2 * kPairBlock * S));
+  vbuf.resize(size_t(2 * kPairBlock * S * D));
+  int64_t* const K = kbuf.data();
+  float* const V = vbuf.data();
+  auto warm_block = [&](int64_t q0) {
+    for (int64_t p = q0; p < std::min(p1, q0 + kPairBlock); ++p) {
+      prefetch(a.K + up[p] * S, S * 8);
+      prefetch(a.K + vp[p] * S, S * 8);
+    }
+  };
+  GroupCodes gc;
+  warm_block(p0);
+  for (int64_t q0 = p0; q0 < p1; q0 += kPairBlock) {
+    const int64_t q1 = std::min(p1, q0 + kPairBlock);
+    for (int64_t p = q0; p < q1; ++p) {
+      const int64_t i = 2 * (p - q0);
+      std::memcpy(K + i * S, a.K + up[p] * S, sizeof(int64_t) * S);
+      std::memcpy(K + (i + 1) * S, a.K + vp[p] * S, sizeof(int64_t) * S);
+      std::memcpy(V + i * S * D, a.V + up[p] * S * D, sizeof(float) * S * D);
+      std::memcpy(V + (i + 1) * S * D, a.V + vp[p] * S * D, sizeof(float) * S * D);
+    }
+    if (q1 < p1) warm_block(q1);
+    for (int64_t p = q0; p < q1; ++p) {
+      const int64_t r0 = 2 * (p - q0) * S, r1 = r0 + S;
+      const int64_t row[2] = {r0, r1};
+      group_codes(K + r0, K + r1, m1, m2, gc);
+      int64_t c3[9] = {};
+      int64_t* ko = a.ko + p * Kmax;
+      int64_t* co = a.co + p * Kmax;
+      float* fo = a.fo + p * Kmax * D;
+      int64_t n = 0;
+      // Emits key k with its code; own: its entry's values. A key found in other places too (a common
+      // neighbour, a node's own id) sums them in bit order, its places found by the hashed probes of pair_rows.
+      auto emit = [&](int64_t k, int64_t code, int64_t own_bit, const float* own) {
+        ko[n] = k;
+        co[n] = code;
+        float* f = fo + n * D;
+        ++n;
+        if (code == (int64_t(1) << own_bit)) {
+          if constexpr (DT > 0) {
+            // Through a local copy: f and own are not known to be apart, so the sum would go lane by lane.
+            float t[DT];
+            std::memcpy(t, own, sizeof(t));
+            for (int d = 0; d < DT; ++d) t[d] += 0.0f;  // 0 + x as in the bit-order sum: -0.0 becomes 0.0
+            std::memcpy(f, t, sizeof(t));
+          } else {
+            for (int64_t d = 0; d < D; ++d) f[d] = 0.0f + own[d];
+          }
+          return;
+        }
+        int64_t at[2 * kMaxHops];
+        pair_code(K, row, L, k, a.sm, at);
+        float acc[DT ? DT : 1];
+        float* sum = DT ? acc : f;
+        for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
+        for (int64_t bit = 0; bit < 6; ++bit) {
+          if (!(code >> bit & 1)) continue;
+          const float* src = V + at[bit] * D;
+          for (int64_t d = 0; d < D; ++d) sum[d] += src[d];
+        }
+        if (DT)
+          for (int64_t d = 0; d < D; ++d) f[d] = acc[d];
+        const int64_t in_u = code & 7, in_v = code >> 3;
+        for (int64_t i = 0; i < 3; ++i)
+          for (int64_t j = 0; j < 3; ++j) c3[i * 3 + j] += (in_u >> i & 1) & (in_v >> j & 1);
+      };
+      // Segment s (u's hop 1, u's hop 2, v's hop 1, v's hop 2) starts at column col of its row.
+      auto segment = [&](int s, int64_t own_bit, int64_t col) {
+        const int64_t* keys = K + col;
+        for (uint64_t bits = gc.emit[s]; bits; bits &= bits - 1) {
+          const int64_t c = __builtin_ctzll(bits);
+          emit(keys[c], gc.code[s][c], own_bit, V + (col + c) * D);
+        }
+      };
+      int64_t at[2 * kMaxHops];
+      const int64_t U0 = K[r0], V0 = K[r1];
+      if (U0 >= 0) emit(U0, pair_code(K, row, L, U0, a.sm, at), 0, V + r0 * D);
+      segment(0, 1, r0 + 1);
+      segment(1, 2, r0 + 1 + m1);
+      if (V0 >= 0) {
+        const int64_t code = pair_code(K, row, L, V0, a.sm, at);
+        if (first_place(code, 3)) emit(V0, code, 3, V + r1 * D);
+      }
+      segment(2, 4, r1 + 1);
+      segment(3, 5, r1 + 1 + m1);
+      std::memcpy(a.cnt + p * 9, c3, sizeof(int64_t) * 9);
+      const int64_t pad = Kmax - n;
+      std::memset(a.mo + p * Kmax, 1, sizeof(bool) * n);
+      std::fill(ko + n, ko + Kmax, int64_t(-1));
+      std::memset(co + n, 0, sizeof(int64_t) * pad);
+      std::memset(a.mo + p * Kmax + n, 0, sizeof(bool) * pad);
+      std::memset(fo + n * D, 0, sizeof(float) * pad * D);
+    }
+  }
+}
+
 // An AVX-512 version of this loop (vpmullq hashes, gathered probes, compress-stored keys) was measured: slower
 // (470 vs 370 us for 400 pairs on a 10k-node cache), the loop waits on table and output lines, not on arithmetic.
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
     const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
-    at::IntArrayRef sizes, int64_t seed) {
+    at::IntArrayRef sizes, int64_t seed, bool aligned) {
   FL_CHECK_CPU(keys_in);
   int64_t t0 = profile().on ? now_ns() : 0;
   check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
@@ -516,6 +691,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
   if (H == 3 && D == 4) rows = &pair_rows<3, 4>;
   else if (H == 3) rows = &pair_rows<3, 0>;
   else if (H == 2) rows = &pair_rows<2, 0>;
+  if (aligned && aligned_shape(L))
+    rows = D == 4 ? &pair_rows_aligned<4> : &pair_rows_aligned<0>;
   static const int64_t pair_grain = knob("FASTLAYERS_NCACHE_PAIR_GRAIN", kPairGrain);
   at::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
   lap(kPairLoop, t0);
@@ -528,6 +705,7 @@ TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
   m.impl("ncache_update", &update_cpu);
   m.impl("ncache_lookup", &lookup_cpu);
   m.impl("ncache_pair_features", &pair_features_cpu);
+  m.impl("ncache_misplaced", &misplaced_cpu);
 }
 
 }  // namespace fastlayers::ncache

@@ -119,7 +119,7 @@ __global__ void update_hop_kernel(int64_t* __restrict__ K, int64_t* __restrict__
 void update_cuda(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tensor& values, at::Tensor& last_time,
                  const at::Tensor& src_in, const at::Tensor& dst_in, const at::Tensor& t_in, const at::Tensor& eid_in,
                  const c10::optional<at::Tensor>& edge_values_in, at::IntArrayRef sizes, double replace_prob,
-                 int64_t seed) {
+                 int64_t seed, bool /*aligned: a CPU shortcut; this kernel hashes anyway*/) {
   TORCH_CHECK(keys.is_cuda(), "ncache_update (CUDA): keys must be a CUDA tensor");
   const Layout L = check_tables(keys, eids, times, values, sizes);
   for (int64_t h = 0; h < L.hops; ++h)
@@ -248,7 +248,7 @@ __global__ void pair_kernel(const int64_t* __restrict__ K, const float* __restri
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cuda(
     const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
-    at::IntArrayRef sizes, int64_t seed) {
+    at::IntArrayRef sizes, int64_t seed, bool /*aligned: a CPU shortcut; one thread block per pair probes anyway*/) {
   TORCH_CHECK(keys_in.is_cuda(), "ncache_pair_features (CUDA): keys must be a CUDA tensor");
   check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
   // Read-only: any layout is served by a dense copy.

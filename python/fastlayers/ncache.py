@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -33,6 +34,7 @@ class PairFeatures(NamedTuple):
 # The registered ops, resolved once (torch.ops attribute lookups cost microseconds per call).
 _UPDATE_OP = torch.ops.fastlayers.ncache_update.default
 _PAIR_OP = torch.ops.fastlayers.ncache_pair_features.default
+_MISPLACED_OP = torch.ops.fastlayers.ncache_misplaced.default
 
 
 class NCache(torch.nn.Module):
@@ -97,18 +99,21 @@ class NCache(torch.nn.Module):
         self.register_buffer("times", torch.empty(num_nodes, s, dtype=torch.float64, device=device))
         self.register_buffer("values", torch.empty(num_nodes, s, value_dim, dtype=torch.float32, device=device))
         self.register_buffer("last_time", torch.empty(1, dtype=torch.float64, device=device))
+        # (weak ref to the keys table, its version counter, aligned?) as last known: see _aligned.
+        self._aligned_state = None
         self._advise_huge_pages()
         self.reset()
 
     def _advise_huge_pages(self) -> None:
         # Rows are read and written at random: with 4 KiB pages a table of a million nodes misses the TLB on
         # nearly every row (measured 2x slower per batch until the OS promotes the pages on its own). Advised
-        # before reset() first touches them, the tables are faulted in as 2 MiB pages where the OS allows it.
+        # before reset() first touches them, the tables (2 MiB and more: one page at least) are faulted in as 2 MiB
+        # pages where the OS allows it.
         if not self.huge_pages:
             return
         for name in ("keys", "eids", "times", "values"):
             t = getattr(self, name)
-            if t.device.type == "cpu" and t.numel() * t.element_size() >= 8 << 20:
+            if t.device.type == "cpu" and t.numel() * t.element_size() >= 2 << 20:
                 _C.advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
 
     @property
@@ -127,7 +132,24 @@ class NCache(torch.nn.Module):
         self.times.zero_()
         self.values.zero_()
         self.last_time.zero_()
+        self._vouch_aligned(self.keys)
         return self
+
+    def _vouch_aligned(self, k: torch.Tensor) -> None:
+        self._aligned_state = (weakref.ref(k), k._version, True)
+
+    def _aligned(self, k: torch.Tensor) -> bool:
+        """Whether every key of hops >= 1 in table k sits at its hash slot, so the CPU kernels may skip the hash
+        (op argument ``aligned``). Every state written by reset() and update() is; a state this cache did not
+        write (load_state_dict, a new tensor assigned, an in-place edit: each changes the tensor or its version
+        counter) is checked once, a pass over the table. Writes that bypass the version counter (``.data``,
+        ``.numpy()``) are not seen: edit the tables through the tensors themselves."""
+        st = self._aligned_state
+        if st is not None and st[0]() is k and st[1] == k._version:
+            return st[2]
+        ok = k.device.type == "cpu" and _MISPLACED_OP(k, self.sizes, self.seed) == 0
+        self._aligned_state = (weakref.ref(k), k._version, ok)
+        return ok
 
     def hop(self, h: int) -> Lookup:
         """Views of hop h's tables: keys/eids/times [N, M_h], values [N, M_h, D]."""
@@ -171,8 +193,11 @@ class NCache(torch.nn.Module):
                 and (values is None or (isinstance(values, torch.Tensor) and values.dtype is torch.float32
                                         and not values.requires_grad))):
             try:
+                aligned = self._aligned(tables[0])
                 _UPDATE_OP(*tables, self._buffers["last_time"], src, dst, t, eid, values, self.sizes,
-                           self.replace_prob, self.seed)
+                           self.replace_prob, self.seed, aligned)
+                if aligned:  # update keeps every key at its slot (whatever the version counter did)
+                    self._vouch_aligned(tables[0])
                 return
             except (TypeError, ValueError, IndexError):
                 # The kernel checks everything before it writes, so nothing changed: the general path below
@@ -199,7 +224,8 @@ class NCache(torch.nn.Module):
                 and u.dtype is torch.int64 and v.dtype is torch.int64):
             # Fast path as in update: the kernel checks shapes, devices and id ranges itself.
             try:
-                return PairFeatures(*_PAIR_OP(tables[0], tables[3], u, v, self.sizes, self.seed))
+                return PairFeatures(*_PAIR_OP(tables[0], tables[3], u, v, self.sizes, self.seed,
+                                              self._aligned(tables[0])))
             except (TypeError, ValueError, IndexError):
                 pass  # read-only: the general path raises with the Python layer's message
         with torch.no_grad():

@@ -301,6 +301,9 @@ def _declare_all() -> None:
     for op in ("ncache_update", "ncache_lookup", "ncache_pair_features"):
         declare(op, [Backend(CPP, ("cpu",), **idx), Backend(CUDA_CPP, ("cuda",), available=_cuda_not_built, **idx),
                      Backend(REFERENCE, None, refuse=_reference_refuses_cuda_without_wheel, **idx)], (op,), "keys")
+    # Whether a state's keys all sit at their hash slots (NCache's check before the CPU kernels' aligned shortcuts;
+    # the CUDA kernels hash every probe, so nothing asks this of a CUDA table).
+    declare("ncache_misplaced", [Backend(CPP, ("cpu",), **idx)], ("ncache_misplaced",), "keys")
     triton_avail = availability("triton:eca", _TRITON_MISSING)
     declare("eca", [cpp, Backend(TRITON, ("cuda",), {"cuda": FLOATS}, available=triton_avail),
                     Backend(REFERENCE, None, {"*": FLOATS})], ("eca_fwd", "eca_bwd"), "x")

@@ -247,7 +247,8 @@ def ncache_pair_features(keys, values, u, v, sizes=(32, 16), seed: int = 0):
 
 
 @torch.library.register_fake("fastlayers::ncache_update")
-def _update_fake(keys, eids, times, values, last_time, src, dst, t, eid, edge_values, sizes, replace_prob, seed):
+def _update_fake(keys, eids, times, values, last_time, src, dst, t, eid, edge_values, sizes, replace_prob, seed,
+                 aligned=False):
     return None
 
 
@@ -260,7 +261,7 @@ def _lookup_fake(keys, eids, times, values, nodes):
 
 
 @torch.library.register_fake("fastlayers::ncache_pair_features")
-def _pair_features_fake(keys, values, u, v, sizes, seed):
+def _pair_features_fake(keys, values, u, v, sizes, seed, aligned=False):
     p = u.shape[0]
     k = 2 * keys.shape[1]
     h = 1 + len(sizes)
