@@ -144,6 +144,9 @@ class NCache(torch.nn.Module):
         write (load_state_dict, a new tensor assigned, an in-place edit: each changes the tensor or its version
         counter) is checked once, a pass over the table. Writes that bypass the version counter (``.data``,
         ``.numpy()``) are not seen: edit the tables through the tensors themselves."""
+        if type(k) is not torch.Tensor or torch.compiler.is_compiling():
+            # Traced (torch.compile / torch.export): the graph keeps the hashed path, right for any state it runs on.
+            return False
         st = self._aligned_state
         if st is not None and st[0]() is k and st[1] == k._version:
             return st[2]
