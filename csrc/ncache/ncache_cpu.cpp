@@ -592,34 +592,36 @@ void pair_rows_aligned(const PairArgs& a, int64_t p0, int64_t p1) {
       int64_t* co = a.co + p * Kmax;
       float* fo = a.fo + p * Kmax * D;
       int64_t n = 0;
-      // Emits key k with its code; own: its entry's values. A key found in other places too (a common
-      // neighbour, a node's own id) sums them in bit order, its places found by the hashed probes of pair_rows.
-      auto emit = [&](int64_t k, int64_t code, int64_t own_bit, const float* own) {
+      // Emits key k with its code. own: the block index of the entry's own place; places(at) fills at[bit]
+      // with the block index of the key's place for each code bit (any valid index where the bit is clear),
+      // asked only for a key found in more than one place. The values are summed in bit order from 0.0f as in
+      // pair_rows: a clear bit adds 0.0f, which leaves every sum as it was (never -0.0, having started at +0.0).
+      auto emit = [&](int64_t k, int64_t code, int64_t own_bit, int64_t own, auto&& places) {
         ko[n] = k;
         co[n] = code;
         float* f = fo + n * D;
         ++n;
         if (code == (int64_t(1) << own_bit)) {
           if constexpr (DT > 0) {
-            // Through a local copy: f and own are not known to be apart, so the sum would go lane by lane.
+            // Through a local copy: f and the values are not known to be apart, so the sum would go lane by lane.
             float t[DT];
-            std::memcpy(t, own, sizeof(t));
+            std::memcpy(t, V + own * D, sizeof(t));
             for (int d = 0; d < DT; ++d) t[d] += 0.0f;  // 0 + x as in the bit-order sum: -0.0 becomes 0.0
             std::memcpy(f, t, sizeof(t));
           } else {
-            for (int64_t d = 0; d < D; ++d) f[d] = 0.0f + own[d];
+            for (int64_t d = 0; d < D; ++d) f[d] = 0.0f + V[own * D + d];
           }
           return;
         }
         int64_t at[2 * kMaxHops];
-        pair_code(K, row, L, k, a.sm, at);
+        places(at);
         float acc[DT ? DT : 1];
         float* sum = DT ? acc : f;
         for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
         for (int64_t bit = 0; bit < 6; ++bit) {
-          if (!(code >> bit & 1)) continue;
           const float* src = V + at[bit] * D;
-          for (int64_t d = 0; d < D; ++d) sum[d] += src[d];
+          const bool on = code >> bit & 1;
+          for (int64_t d = 0; d < D; ++d) sum[d] += on ? src[d] : 0.0f;
         }
         if (DT)
           for (int64_t d = 0; d < D; ++d) f[d] = acc[d];
@@ -627,25 +629,46 @@ void pair_rows_aligned(const PairArgs& a, int64_t p0, int64_t p1) {
         for (int64_t i = 0; i < 3; ++i)
           for (int64_t j = 0; j < 3; ++j) c3[i * 3 + j] += (in_u >> i & 1) & (in_v >> j & 1);
       };
-      // Segment s (u's hop 1, u's hop 2, v's hop 1, v's hop 2) starts at column col of its row.
-      auto segment = [&](int s, int64_t own_bit, int64_t col) {
-        const int64_t* keys = K + col;
+      // Segment s (u's hop 1, u's hop 2, v's hop 1, v's hop 2). A key's places follow from its column: hop-1
+      // column c and hop-2 column c >> r in both rows (for a hop-2 entry, the hop-1 column of its group that
+      // holds it), hop 0 at column 0; no hash. Common neighbours are frequent for a positive pair: ~20 per pair
+      // right after the pair's edge was inserted.
+      const int64_t G = m1 / m2;
+      const int r = __builtin_ctzll(uint64_t(G));
+      auto segment = [&](int s, int64_t own_bit) {
+        const bool hop2 = s & 1;
+        const int64_t base = (s < 2 ? r0 : r1) + 1 + (hop2 ? m1 : 0);
         for (uint64_t bits = gc.emit[s]; bits; bits &= bits - 1) {
-          const int64_t c = __builtin_ctzll(bits);
-          emit(keys[c], gc.code[s][c], own_bit, V + (col + c) * D);
+          const int64_t c = __builtin_ctzll(bits), k = K[base + c];
+          emit(k, gc.code[s][c], own_bit, base + c, [&](int64_t* at) {
+            const int64_t g = hop2 ? c : c >> r;
+            const int64_t h1 = hop2 ? g << r : c;  // for a hop-2 entry: the group's first hop-1 column
+            at[0] = r0, at[1] = r0 + 1 + h1, at[2] = r0 + 1 + m1 + g;
+            at[3] = r1, at[4] = r1 + 1 + h1, at[5] = r1 + 1 + m1 + g;
+            if (hop2)
+              for (int64_t j = 1; j < G; ++j) {
+                at[1] = K[r0 + 1 + h1 + j] == k ? r0 + 1 + h1 + j : at[1];
+                at[4] = K[r1 + 1 + h1 + j] == k ? r1 + 1 + h1 + j : at[4];
+              }
+          });
         }
       };
-      int64_t at[2 * kMaxHops];
+      // Hop 0: the node ids' places come from the hashed probes (two per pair).
+      int64_t at0[2 * kMaxHops];
+      auto hashed = [&](int64_t* at) { std::memcpy(at, at0, sizeof(at0)); };
       const int64_t U0 = K[r0], V0 = K[r1];
-      if (U0 >= 0) emit(U0, pair_code(K, row, L, U0, a.sm, at), 0, V + r0 * D);
-      segment(0, 1, r0 + 1);
-      segment(1, 2, r0 + 1 + m1);
-      if (V0 >= 0) {
-        const int64_t code = pair_code(K, row, L, V0, a.sm, at);
-        if (first_place(code, 3)) emit(V0, code, 3, V + r1 * D);
+      if (U0 >= 0) {
+        const int64_t code = pair_code(K, row, L, U0, a.sm, at0);
+        emit(U0, code, 0, r0, hashed);
       }
-      segment(2, 4, r1 + 1);
-      segment(3, 5, r1 + 1 + m1);
+      segment(0, 1);
+      segment(1, 2);
+      if (V0 >= 0) {
+        const int64_t code = pair_code(K, row, L, V0, a.sm, at0);
+        if (first_place(code, 3)) emit(V0, code, 3, r1, hashed);
+      }
+      segment(2, 4);
+      segment(3, 5);
       std::memcpy(a.cnt + p * 9, c3, sizeof(int64_t) * 9);
       const int64_t pad = Kmax - n;
       std::memset(a.mo + p * Kmax, 1, sizeof(bool) * n);
