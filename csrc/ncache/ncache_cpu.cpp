@@ -284,33 +284,6 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
       if (ge < g1) warm_block(ge);
       for (int64_t g = gb; g < ge; ++g) {
         const int64_t o = inc[start[g]].first;
-        if (shift >= 0) {
-          // Aligned: slot s's candidates are columns s << shift .. of every partner's row. The winner is picked
-          // without branches (whether a column is occupied, and the order of times, is data the predictor
-          // cannot learn); the same total order as offer().
-          const int64_t G = int64_t(1) << shift;
-          for (int64_t slot = 0; slot < M; ++slot) {
-            Best x{0.0, 0, -1, -1, 0};
-            for (int64_t i = start[g]; i < start[g + 1]; ++i) {
-              const int64_t j = inc[i].second, base = (i - i0) * pm;
-              for (int64_t c = slot << shift; c < (slot + 1) << shift; ++c) {
-                const int64_t k = kb[base + c], e = eb[base + c], r = j * pm + c;
-                const double t = tb[base + c];
-                const bool later = (t > x.t) | ((t == x.t) & ((e > x.eid) | ((e == x.eid) & ((k > x.key) |
-                                                                                         ((k == x.key) & (r > x.rank))))));
-                const bool win = (k >= 0) & ((x.rank < 0) | later);
-                x.t = win ? t : x.t;
-                x.eid = win ? e : x.eid;
-                x.key = win ? k : x.key;
-                x.rank = win ? r : x.rank;
-                x.src = win ? base + c : x.src;
-              }
-            }
-            if (x.rank >= 0) commit_slot(K, E, T, V, o * S + off + slot, x, h, o, sm, thr, evp, vb.data(), D);
-          }
-          (void)G;
-          continue;
-        }
         for (int64_t i = start[g]; i < start[g + 1]; ++i) {
           const int64_t j = inc[i].second, base = (i - i0) * pm;
           const int64_t* kr = kb.data() + base;

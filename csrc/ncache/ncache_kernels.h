@@ -77,8 +77,11 @@ inline void group_codes_pairs(const int64_t* ku, const int64_t* kv, int64_t m1, 
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.code[0] + c), ca);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.code[2] + c), cb);
     // Lanes 0 and 2 hold the two groups' hop-2 codes.
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o.code[1] + g), _mm256_castsi256_si128(_mm256_permute4x64_epi64(cx, 0x08)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o.code[3] + g), _mm256_castsi256_si128(_mm256_permute4x64_epi64(cy, 0x08)));
+    auto store_lanes02 = [](int64_t* to, __m256i m) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(to), _mm256_castsi256_si128(_mm256_permute4x64_epi64(m, 0x08)));
+    };
+    store_lanes02(o.code[1] + g, cx);
+    store_lanes02(o.code[3] + g, cy);
     // First places: occupied with no code bit below the entry's own.
     eA |= lanes(_mm256_andnot_si256(aU, av)) << c;
     eB |= lanes(_mm256_andnot_si256(Or(Or(bU, ab), Or(bx, bV)), bv)) << c;
