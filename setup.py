@@ -1,8 +1,15 @@
-"""Builds fastlayers._C from csrc/.
+"""Builds fastlayers' two compiled libraries from csrc/.
+
+- fastlayers._C: the op schemas and the CPU kernels of the families in STABLE_FAMILIES, on the LibTorch stable ABI
+  only (torch/csrc/stable, torch/headeronly; TORCH_TARGET_VERSION 2.13): one binary loads under every torch from
+  2.13 on.
+- fastlayers._C_aten: everything that needs more of ATen (the CPU kernels of the other families, which call ATen
+  GEMMs inside parallel regions, and every CUDA kernel: streams, device guards, sort/searchsorted). It loads only
+  under the torch minor release it was compiled against.
 
 C++ sources are always compiled. CUDA sources (csrc/**/*.cu) are compiled too when the installed torch has CUDA,
 nvcc is found and FASTLAYERS_NO_CUDA is not 1. Build with `pip install --no-build-isolation -e .` so the
-extension is compiled against the torch that will import it.
+libraries are compiled against the torch that will import them.
 """
 
 import glob
@@ -22,6 +29,15 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.
 import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# Families whose CPU kernels are written against the stable ABI (csrc/common/stable.h). The others (and all CUDA
+# code) are compiled into _C_aten: hyper and align multiply with ATen GEMMs (at::mm_out / bmm_out into buffers
+# inside parallel regions), which the stable ABI only offers as allocating dispatcher calls.
+STABLE_FAMILIES = ("eca", "mp", "ncache")
+# The oldest torch the stable library targets (major, minor): the wheel's torch floor.
+STABLE_TARGET = (2, 13)
+# Sources in both libraries (each holds its own ISA choice and output pool).
+SHARED_SOURCES = ("csrc/common/cpu_isa.cpp", "csrc/common/cpu_cache.cpp")
 
 
 def _base_version():
@@ -50,11 +66,29 @@ def _build_config(with_cuda, arch_list):
         "variant": variant,
         "cuda_arch_list": arch_list or None,
         "python_abi": "abi3 (CPython >= 3.10)",
+        # fastlayers._C (these families' CPU kernels) loads under any torch from stable_torch_min on; _C_aten
+        # (the rest, and CUDA) only under torch_requires.
+        "stable_torch_min": "{}.{}".format(*STABLE_TARGET),
+        "stable_families": list(STABLE_FAMILIES),
     }
 
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "**", pattern), recursive=True))
+
+
+def _split_sources(cpp):
+    """(stable, aten) C++ sources: see the module docstring and STABLE_FAMILIES."""
+    stable, aten = list(SHARED_SOURCES), list(SHARED_SOURCES)
+    for src in cpp:
+        parts = src.split(os.sep)
+        if src in SHARED_SOURCES:
+            continue
+        if parts[1] in STABLE_FAMILIES or src in ("csrc/ops.cpp", "csrc/module.cpp") or src.endswith("_stable.cpp"):
+            stable.append(src)
+        else:
+            aten.append(src)
+    return stable, aten
 
 
 def _want_cuda(cu_sources):
@@ -69,7 +103,7 @@ def _want_cuda(cu_sources):
     return True, "torch CUDA " + torch.version.cuda
 
 
-def _extension():
+def _extensions():
     cpp = _sources("*.cpp")
     cu = _sources("*.cu")
     with_cuda, why = _want_cuda(cu)
@@ -104,20 +138,21 @@ def _extension():
                 include_dirs.append(inc)
                 break
     print(f"fastlayers: CUDA sources {'on' if with_cuda else 'off'} ({why}); {platform.machine()}", flush=True)
-    kwargs = dict(
-        name="fastlayers._C",
-        sources=cpp + (cu if with_cuda else []),
-        include_dirs=include_dirs,
-        define_macros=macros,
-        extra_link_args=link,
-        # The module uses only the limited C API (csrc/module.cpp), so one binary serves every CPython >= 3.10.
-        py_limited_api=True,
-    )
+    stable_src, aten_src = _split_sources(cpp)
+    # The modules use only the limited C API (csrc/module*.cpp), so one binary serves every CPython >= 3.10.
+    common = dict(include_dirs=include_dirs, define_macros=macros, extra_link_args=link, py_limited_api=True)
+    # Any use of a header outside the stable ABI is a compile error (ATen/ATen.h refuses under these macros).
+    target = "-DTORCH_TARGET_VERSION=0x{:02x}{:02x}000000000000".format(*STABLE_TARGET)
+    stable = CppExtension(name="fastlayers._C", sources=stable_src,
+                          extra_compile_args={"cxx": cxx + ["-DTORCH_STABLE_ONLY", target]}, **common)
     config = _build_config(with_cuda, arch_list)
     if with_cuda:
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-        return CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs), config
-    return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs), config
+        aten = CUDAExtension(name="fastlayers._C_aten", sources=aten_src + cu,
+                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
+    else:
+        aten = CppExtension(name="fastlayers._C_aten", sources=aten_src, extra_compile_args={"cxx": cxx}, **common)
+    return [stable, aten], config
 
 
 def _packages():
@@ -141,6 +176,15 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
         temp = os.environ.get("FASTLAYERS_BUILD_TEMP") or (os.path.join(base, "temp") if base else "build/temp")
         self.build_temp = os.path.join(ROOT, temp)
 
+    def build_extension(self, ext):
+        # One folder (and ninja file) per library: they compile the shared sources with different flags.
+        temp = self.build_temp
+        self.build_temp = os.path.join(temp, ext.name.split(".")[-1])
+        try:
+            super().build_extension(ext)
+        finally:
+            self.build_temp = temp
+
     def run(self):
         super().run()
         # Next to the binary, so an editable install and a wheel each describe the library they actually hold.
@@ -156,19 +200,20 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
         return super().get_outputs() + [os.path.join(self.build_lib, "fastlayers", "_build_config.json")]
 
 
-EXTENSION, BUILD_CONFIG = _extension()
+EXTENSIONS, BUILD_CONFIG = _extensions()
 _options = {"bdist_wheel": {"py_limited_api": "cp310"}}
 if os.environ.get("FASTLAYERS_BUILD_BASE"):
     _options["build"] = {"build_base": os.environ["FASTLAYERS_BUILD_BASE"]}
 
 setup(
     version=BUILD_CONFIG["version"],
-    # The binary loads only under the torch minor release it was built against (fastlayers/_compat.py says so
-    # at import); numpy and tqdm are used by the data loaders and progress bars.
-    install_requires=[f"torch=={BUILD_CONFIG['torch_requires']}.*", "numpy", "tqdm"],
+    # _C loads under any torch from stable_torch_min on; _C_aten only under the minor release it was built
+    # against (fastlayers/_compat.py says which families that leaves out); numpy and tqdm are used by the data
+    # loaders and progress bars.
+    install_requires=[f"torch>={BUILD_CONFIG['stable_torch_min']}", "numpy", "tqdm"],
     options=_options,
     packages=_packages(),
     package_dir={"fastlayers": "python/fastlayers", "fastlayers.kernels": "kernels"},
-    ext_modules=[EXTENSION],
+    ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildExt},
 )

@@ -1,11 +1,12 @@
-// The Python module fastlayers._C. Ops are reached through torch.ops.fastlayers (registered in ops.cpp and the
-// per-family files); this module only reports how the library was built, without pulling in pybind11.
+// The Python module fastlayers._C (the stable-ABI library). Ops are reached through torch.ops.fastlayers
+// (registered in ops.cpp and the per-family files); this module only reports how the library was built and
+// controls its output pool, without pulling in pybind11.
 #include <Python.h>
 
 #include <cstdlib>
 #include <initializer_list>
 
-#include "common/cpu_cache.h"
+#include "common/cpu_cache_py.h"
 #include "common/cpu_isa.h"
 
 #if defined(__linux__)
@@ -52,32 +53,6 @@ static PyObject* build_info(PyObject*, PyObject*) {
                        fastlayers::cpu_isa::name(fastlayers::cpu_isa::active()));
 }
 
-static PyObject* cpu_cache_stats(PyObject*, PyObject*) {
-  const auto s = fastlayers::cpu_cache::stats();
-  return Py_BuildValue("{s:K,s:K,s:K,s:K}", "cached_bytes", (unsigned long long)s.cached_bytes, "limit_bytes",
-                       (unsigned long long)s.limit_bytes, "hits", (unsigned long long)s.hits, "misses",
-                       (unsigned long long)s.misses);
-}
-
-static PyObject* cpu_cache_set_limit(PyObject*, PyObject* arg) {
-  const unsigned long long bytes = PyLong_AsUnsignedLongLong(arg);
-  if (PyErr_Occurred()) return nullptr;
-  fastlayers::cpu_cache::set_limit(size_t(bytes));
-  Py_RETURN_NONE;
-}
-
-static PyObject* cpu_cache_empty(PyObject*, PyObject*) {
-  fastlayers::cpu_cache::empty();
-  Py_RETURN_NONE;
-}
-
-static PyObject* set_poison(PyObject*, PyObject* arg) {
-  const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
-  fastlayers::cpu_cache::set_poison(on != 0);
-  Py_RETURN_NONE;
-}
-
 // Asks the kernel to back [address, address + nbytes) with transparent huge pages (the 2 MiB-aligned part of it).
 // For large tables read at random rows (the N-cache) a 4 KiB page costs a TLB miss on nearly every access. Returns
 // whether the advice was taken; a kernel without THP, or another OS, just says False.
@@ -95,10 +70,7 @@ static PyObject* advise_huge_pages(PyObject*, PyObject* args) {
 static PyMethodDef methods[] = {
     {"advise_huge_pages", advise_huge_pages, METH_VARARGS,
      "advise_huge_pages(address, nbytes): back the 2 MiB-aligned part of a CPU buffer with huge pages."},
-    {"set_poison", set_poison, METH_O, "Test aid: fill every CPU output with NaN bytes before kernels write it."},
-    {"cpu_cache_stats", cpu_cache_stats, METH_NOARGS, "Pool of large CPU outputs: cached bytes, limit, hits."},
-    {"cpu_cache_set_limit", cpu_cache_set_limit, METH_O, "Set the pool's limit in bytes (0 disables it)."},
-    {"cpu_cache_empty", cpu_cache_empty, METH_NOARGS, "Return every pooled block to the system."},
+    FL_CPU_CACHE_METHODS,
     {"cpu_isa_info", cpu_isa_info, METH_NOARGS,
      "CPU kernels' instruction set: the one in use, those this CPU supports, FASTLAYERS_CPU_ISA and its error."},
     {"build_info", build_info, METH_NOARGS, "How fastlayers._C was compiled: CUDA, OpenMP, compiler."},

@@ -1,8 +1,10 @@
-// Every op schema of the fastlayers library, in one place. Kernels register per device in csrc/<family>/ (C++,
-// CUDA) or from Python (Triton); fake kernels and autograd formulas live in python/fastlayers/ops/<family>.py.
-#include <torch/library.h>
+// Every op schema of the fastlayers library, in one place: compiled into fastlayers._C (the stable-ABI library,
+// which loads under any torch from 2.13 on), so every op exists even where the torch-pinned _C_aten cannot load.
+// Kernels register per device in csrc/<family>/ (C++, CUDA) or from Python (Triton); fake kernels and autograd
+// formulas live in python/fastlayers/ops/<family>.py.
+#include "common/stable.h"
 
-TORCH_LIBRARY(fastlayers, m) {
+STABLE_TORCH_LIBRARY(fastlayers, m) {
   // eca: y = x * sigmoid(conv1d_over_channels(mean_spatial(x), weight)); also returns the pooled means and the
   // gates ([N, C], float32 or float64) that the backward needs.
   m.def("eca_fwd(Tensor x, Tensor weight, bool circular) -> (Tensor y, Tensor pooled, Tensor gate)");

@@ -39,9 +39,11 @@ def check(path: str) -> list[str]:
     name = os.path.basename(path)
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-        so = [n for n in names if re.fullmatch(r"fastlayers/_C\..*so", n)]
-        if so != ["fastlayers/_C.abi3.so"]:
-            bad.append(f"expected exactly fastlayers/_C.abi3.so, found {so}")
+        so = sorted(n for n in names if re.fullmatch(r"fastlayers/_C.*\.so", n))
+        if so != ["fastlayers/_C.abi3.so", "fastlayers/_C_aten.abi3.so"]:
+            bad.append(f"expected exactly fastlayers/_C.abi3.so and fastlayers/_C_aten.abi3.so, found {so}")
+        else:
+            bad += _check_stable_binary(z)
         if "fastlayers/_build_config.json" not in names:
             return bad + ["fastlayers/_build_config.json missing"]
         config = json.loads(z.read("fastlayers/_build_config.json"))
@@ -49,7 +51,7 @@ def check(path: str) -> list[str]:
         bad += [f"vendors {n}: torch provides it at run time" for n in names if FORBIDDEN.search(n)]
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         wheel = z.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
-        req = f"torch=={config['torch_requires']}.*"
+        req = f"torch>={config['stable_torch_min']}"
         if not re.search(rf"^Requires-Dist: {re.escape(req)}$", meta, re.MULTILINE):
             bad.append(f"METADATA does not require {req}")
         version = re.search(r"^Version: (.+)$", meta, re.MULTILINE).group(1)
@@ -65,12 +67,25 @@ def check(path: str) -> list[str]:
     return bad
 
 
+def _check_stable_binary(z: zipfile.ZipFile) -> list[str]:
+    """_C must import nothing from libtorch but the stable C shim: a C++ symbol of c10/at/torch (mangled _ZN...)
+    would tie it to one torch release."""
+    nm = shutil.which("nm")
+    if nm is None:
+        return ["nm not found: cannot check that _C uses only the stable ABI"]
+    with tempfile.TemporaryDirectory() as d:
+        so = z.extract("fastlayers/_C.abi3.so", d)
+        out = subprocess.run([nm, "-D", "--undefined-only", so], capture_output=True, text=True).stdout
+    pinned = sorted(set(re.findall(r"\b(_ZN(?:K)?\d+(?:c10|at|torch)\w*)", out)))
+    return [f"_C imports torch C++ symbols outside the stable ABI: {pinned[:5]}"] if pinned else []
+
+
 def _check_cuda_binary(z: zipfile.ZipFile, config: dict) -> list[str]:
     tool = _cuobjdump()
     if tool is None:
         return ["cuobjdump not found: cannot check the CUDA wheel's device code"]
     with tempfile.TemporaryDirectory() as d:
-        so = z.extract("fastlayers/_C.abi3.so", d)
+        so = z.extract("fastlayers/_C_aten.abi3.so", d)
         elf = subprocess.run([tool, "--list-elf", so], capture_output=True, text=True).stdout
         ptx = subprocess.run([tool, "--list-ptx", so], capture_output=True, text=True).stdout
     bad = []

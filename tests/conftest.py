@@ -154,7 +154,7 @@ def triton_available() -> bool:
 @pytest.fixture(autouse=True)
 def _poison_outputs():
     """Every CPU output a fastlayers kernel allocates starts as NaN bytes, so an unwritten element fails a test."""
-    fastlayers._C.set_poison(True)
+    fastlayers.cpu_cache._set_poison(True)
     try:
         import fastlayers.kernels._alloc as triton_alloc
     except ImportError:
@@ -162,6 +162,6 @@ def _poison_outputs():
     if triton_alloc is not None:
         triton_alloc.POISON = True
     yield
-    fastlayers._C.set_poison(False)
+    fastlayers.cpu_cache._set_poison(False)
     if triton_alloc is not None:
         triton_alloc.POISON = False

@@ -210,9 +210,10 @@ def test_no_wide_instructions_outside_isa_namespaces():
     objdump = shutil.which("objdump")
     if objdump is None or not sys.platform.startswith("linux"):
         pytest.skip("needs binutils' objdump")
-    lib = fastlayers._C.__file__
-    dump = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", lib], capture_output=True, text=True,
-                          timeout=300).stdout
+    import fastlayers._C_aten
+
+    dump = "".join(subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", lib.__file__], capture_output=True,
+                                  text=True, timeout=300).stdout for lib in (fastlayers._C, fastlayers._C_aten))
     if "fastlayers::" not in dump:
         pytest.skip("the library's symbol table is stripped (a wheel): this check runs on source builds")
     bad, fn, isa_fns = [], None, {"avx512": 0, "avx2": 0}

@@ -16,9 +16,9 @@ import torch
 from fastlayers import _compat
 
 CPU = {"version": "0.1.0+pt214cpu", "torch_built": "2.14.1+cpu", "torch_requires": "2.14", "cuda": None,
-       "variant": "cpu", "cuda_arch_list": None}
+       "variant": "cpu", "cuda_arch_list": None, "stable_torch_min": "2.13"}
 CUDA = {"version": "0.1.0+pt214cu130", "torch_built": "2.14.1+cu130", "torch_requires": "2.14", "cuda": "13.0",
-        "variant": "cu130", "cuda_arch_list": "8.0;9.0+PTX"}
+        "variant": "cu130", "cuda_arch_list": "8.0;9.0+PTX", "stable_torch_min": "2.13"}
 
 
 @pytest.mark.parametrize("config", [CPU, CUDA])
@@ -53,10 +53,18 @@ def test_cuda_wheel_under_other_cuda_major():
     assert "compiled with CUDA 13.0" in why and "uses CUDA 12.6" in why and "+pt214cu126" in why
 
 
-def test_load_library_refuses_before_loading(monkeypatch):
-    monkeypatch.setattr(_compat, "build_config", lambda: dict(CPU, torch_requires="2.13", torch_built="2.13.0"))
-    with pytest.raises(ImportError, match=r"loads only under torch 2\.13\.x, but this Python has torch"):
+def test_load_library_refuses_a_torch_older_than_the_stable_target(monkeypatch):
+    monkeypatch.setattr(_compat, "build_config", lambda: dict(CPU, stable_torch_min="2.99"))
+    with pytest.raises(ImportError, match=r"needs torch 2\.99 or newer, but this Python has torch"):
         _compat.load_library()
+
+
+def test_load_library_under_another_torch_keeps_the_stable_families(monkeypatch):
+    # _C_aten is pinned: under another minor release it is not loaded and aten_error() says why; _C still loads.
+    monkeypatch.setattr(_compat, "build_config", lambda: dict(CPU, torch_requires="2.13", torch_built="2.13.0"))
+    monkeypatch.setattr(_compat, "_aten_error", None)
+    assert _compat.load_library() is fastlayers._C
+    assert "loads only under torch 2.13.x" in _compat.aten_error() and "hyper and align" in _compat.aten_error()
 
 
 def test_cpu_build_refuses_cuda_tensors(monkeypatch):
@@ -77,6 +85,8 @@ def test_build_config_describes_this_build():
     assert bool(config["cuda"]) == fastlayers._C.build_info()["cuda"]
     assert (config["variant"] == "cpu") == (config["cuda"] is None)
     assert os.path.basename(fastlayers._C.__file__) == "_C.abi3.so"  # one binary for every CPython >= 3.10
+    assert config["stable_torch_min"] == "2.13" and "eca" in config["stable_families"]
+    assert _compat.aten_error() is None  # under the torch it was built for, both libraries load
     with open(os.path.join(os.path.dirname(fastlayers._C.__file__), "_build_config.json")) as f:
         assert json.load(f) == config
 
@@ -104,8 +114,9 @@ def test_check_wheel_rejects_a_bad_wheel(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "packaging", "check_wheel.py"), str(bad)],
                        capture_output=True, text=True)
     assert r.returncode == 1
-    for why in ("expected exactly fastlayers/_C.abi3.so", "fastlayers/kernels/eca.py missing",
-                "vendors fastlayers/libtorch_cpu.so", "does not require torch==2.14.*", "should end with +pt214cpu",
+    for why in ("expected exactly fastlayers/_C.abi3.so and fastlayers/_C_aten.abi3.so",
+                "fastlayers/kernels/eca.py missing", "vendors fastlayers/libtorch_cpu.so", "does not require torch>=2.13",
+                "should end with +pt214cpu",
                 "not tagged cp310-abi3"):
         assert why in r.stdout, (why, r.stdout)
 

@@ -24,6 +24,14 @@ void empty();                  // returns every pooled block to the system
 void set_poison(bool on);
 bool poison();
 
+// For the allocation front-ends (cpu_cache_stable.cpp for fastlayers._C, cpu_cache_aten.cpp for _C_aten; each
+// library holds its own pool): outputs below kMinCachedBytes skip the pool; blocks are round_up(nbytes) long;
+// take returns nullptr when out of memory.
+constexpr size_t kMinCachedBytes = size_t(1) << 20;
+size_t round_up(size_t nbytes);
+void* take(size_t size);
+void give_back(void* ptr, size_t size);
+
 }  // namespace fastlayers::cpu_cache
 
 #ifdef FASTLAYERS_WITH_TORCH_API

@@ -3,17 +3,11 @@
 // Each op makes two passes over x and allocates nothing of x's size but its output. Samples are processed in
 // blocks of about kBlockBytes so the second pass re-reads x (and g) from cache rather than memory: the traffic
 // approaches the 2|x| floor (forward) and 3|x| (backward) instead of 3|x| and 4|x|.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "common/checks.h"
-#define FASTLAYERS_WITH_TORCH_API
-#include "common/cpu_cache.h"
+#include "common/stable.h"
 #include "eca/eca_isa.h"
 
 namespace fastlayers {
@@ -88,7 +82,7 @@ struct Shape {
   bool cl;
 };
 
-Shape shape_of(const at::Tensor& x) {
+Shape shape_of(const Tensor& x) {
   const int64_t N = x.size(0), C = x.size(1);
   return {N, C, (N * C) == 0 ? 0 : x.numel() / (N * C), is_channels_last_dense(x)};
 }
@@ -99,7 +93,7 @@ int64_t samples_per_block(int64_t bytes_per_sample) {
 
 // Row chunks per sample for channels-last passes, so a block of few samples still feeds every thread.
 int64_t row_chunks(int64_t samples, int64_t S) {
-  const int64_t want = (2 * at::get_num_threads() + samples - 1) / samples;
+  const int64_t want = (2 * int64_t(torch::stable::get_num_threads()) + samples - 1) / samples;
   return std::max<int64_t>(1, std::min<int64_t>(want, S / 16));
 }
 
@@ -112,10 +106,10 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
     const int64_t n1 = std::min(N, n0 + block);
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) p[i] = T(plane_sum(x + i * S, S)) * inv_S;
       });
-      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           const int64_t n = i / C, c = i % C;
           const T g = sigmoid(conv_at(p + n * C, w, k, c, C, circular));
@@ -126,7 +120,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
     } else {
       const int64_t nb = n1 - n0, R = row_chunks(nb, S);
       std::vector<double> part(nb * R * C);
-      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           double* acc = part.data() + it * C;
@@ -134,7 +128,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
           rows_sum(x + (n * S + r0) * C, acc, r1 - r0, C);
         }
       });
-      at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
         for (int64_t m = b; m < e; ++m) {
           T* pn = p + (n0 + m) * C;
           for (int64_t c = 0; c < C; ++c) {
@@ -146,7 +140,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
           for (int64_t c = 0; c < C; ++c) sn[c] = sigmoid(conv_at(pn, w, k, c, C, circular));
         }
       });
-      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           rows_scale(x + (n * S + r0) * C, y + (n * S + r0) * C, s + n * C, r1 - r0, C);
@@ -186,13 +180,13 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
     const int64_t n1 = std::min(N, n0 + block), nb = n1 - n0;
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) gs[i - n0 * C] = T(plane_dot(g + i * S, x + i * S, S));
       });
     } else {
       const int64_t R = row_chunks(nb, S);
       std::vector<double> part(nb * R * C);
-      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           double* acc = part.data() + it * C;
@@ -207,7 +201,7 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
           gs[m * C + c] = T(acc);
         }
     }
-    at::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    torch::stable::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t m = b; m < e; ++m) {
         const int64_t n = n0 + m;
         channel_backward(gs.data() + m * C, s + n * C, p + n * C, w, k, C, S, circular, ga.data() + m * C,
@@ -216,12 +210,12 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
     });
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      at::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) plane_affine(g + i * S, dx + i * S, s[i], gp[i - n0 * C], S);
       });
     } else {
       const int64_t R = row_chunks(nb, S);
-      at::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t m = it / R, n = n0 + m, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           rows_affine(g + (n * S + r0) * C, dx + (n * S + r0) * C, s + n * C, gp.data() + m * C, r1 - r0, C);
@@ -231,30 +225,31 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
   }
 }
 
-void check_args(const at::Tensor& x, const at::Tensor& weight) {
-  FL_CHECK_CPU(x);
-  FL_CHECK_CPU(weight);
-  TORCH_CHECK_VALUE(x.dim() >= 3, "eca: x must be [N, C, *spatial], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 1, "eca: weight must be 1-D [k], got shape ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.numel() % 2 == 1, "eca: weight length k must be odd and positive, got ", weight.numel());
+void check_args(const Tensor& x, const Tensor& weight) {
+  FL_CHECK(x.is_cpu(), "x must be a CPU tensor");
+  FL_CHECK(weight.is_cpu(), "weight must be a CPU tensor");
+  FL_CHECK_VALUE(x.dim() >= 3, "eca: x must be [N, C, *spatial], got shape ", errors::list(x.sizes()));
+  FL_CHECK_VALUE(weight.dim() == 1, "eca: weight must be 1-D [k], got shape ", errors::list(weight.sizes()));
+  FL_CHECK_VALUE(weight.numel() % 2 == 1, "eca: weight length k must be odd and positive, got ", weight.numel());
   // An integer weight would be cast silently (and its gradient could not be returned in its dtype).
-  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()), "eca: weight must have a floating dtype, got ",
-                   weight.scalar_type());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-                   "eca: x must be float32/float64 on CPU, got ", x.scalar_type());
+  FL_CHECK_TYPE(is_floating(weight.scalar_type()), "eca: weight must have a floating dtype, got ",
+                weight.scalar_type());
+  FL_CHECK_TYPE(x.scalar_type() == dtype::kFloat || x.scalar_type() == dtype::kDouble,
+                "eca: x must be float32/float64 on CPU, got ", x.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> eca_fwd_cpu(const Tensor& x_in, const Tensor& weight,
                                                            bool circular) {
   check_args(x_in, weight);
-  const at::Tensor x = dense_for_kernel(x_in);
+  const Tensor x = dense_for_kernel(x_in);
   const Shape sh = shape_of(x);
-  at::Tensor y = empty_like_cached(x);
-  at::Tensor p = empty_cached({sh.N, sh.C}, x.options());
-  at::Tensor s = empty_cached({sh.N, sh.C}, x.options());
-  const at::Tensor w = weight.to(x.scalar_type()).contiguous();
+  Tensor y = empty_like_cached(x);
+  Tensor p = empty_cached({sh.N, sh.C}, x.scalar_type(), x);
+  Tensor s = empty_cached({sh.N, sh.C}, x.scalar_type(), x);
+  const Tensor w = torch::stable::contiguous(to_dtype(weight, x.scalar_type()));
   if (sh.N * sh.C == 0) return {y, p, s};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eca_fwd_cpu", [&] {
+  dispatch_float_double(x.scalar_type(), "eca_fwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     forward_impl<scalar_t>(sh, x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
                            w.const_data_ptr<scalar_t>(), w.numel(), circular, p.mutable_data_ptr<scalar_t>(),
                            s.mutable_data_ptr<scalar_t>());
@@ -262,27 +257,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> eca_fwd_cpu(const at::Tensor& x_i
   return {y, p, s};
 }
 
-std::tuple<at::Tensor, at::Tensor> eca_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
-                                               const at::Tensor& weight, const at::Tensor& pooled,
-                                               const at::Tensor& gate, bool circular) {
+std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x_in,
+                                               const Tensor& weight, const Tensor& pooled,
+                                               const Tensor& gate, bool circular) {
   check_args(x_in, weight);
-  TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "eca_bwd: grad_y must have x's shape ", x_in.sizes(), ", got ",
-                    grad_y.sizes());
-  FL_CHECK_CPU(grad_y);
-  FL_CHECK_CPU(pooled);
-  FL_CHECK_CPU(gate);
-  const at::Tensor x = dense_for_kernel(x_in);
+  FL_CHECK_VALUE(grad_y.sizes().equals(x_in.sizes()), "eca_bwd: grad_y must have x's shape ",
+                 errors::list(x_in.sizes()), ", got ", errors::list(grad_y.sizes()));
+  FL_CHECK(grad_y.is_cpu() && pooled.is_cpu() && gate.is_cpu(), "eca_bwd: grad_y, pooled and gate must be CPU tensors");
+  const Tensor x = dense_for_kernel(x_in);
   const Shape sh = shape_of(x);
-  TORCH_CHECK(pooled.numel() == sh.N * sh.C && gate.numel() == sh.N * sh.C, "eca_bwd: pooled/gate must be [N, C]");
-  const at::Tensor g = like_layout(grad_y.to(x.scalar_type()), x);
-  const at::Tensor p = pooled.to(x.scalar_type()).contiguous();
-  const at::Tensor s = gate.to(x.scalar_type()).contiguous();
-  const at::Tensor w = weight.to(x.scalar_type()).contiguous();
+  FL_CHECK(pooled.numel() == sh.N * sh.C && gate.numel() == sh.N * sh.C, "eca_bwd: pooled/gate must be [N, C]");
+  const Tensor g = like_layout(to_dtype(grad_y, x.scalar_type()), x);
+  const Tensor p = torch::stable::contiguous(to_dtype(pooled, x.scalar_type()));
+  const Tensor s = torch::stable::contiguous(to_dtype(gate, x.scalar_type()));
+  const Tensor w = torch::stable::contiguous(to_dtype(weight, x.scalar_type()));
   const int64_t k = w.numel();
-  at::Tensor dx = empty_like_cached(x);
-  at::Tensor dw_per_sample = at::zeros({sh.N, k}, x.options().dtype(at::kDouble));
+  Tensor dx = empty_like_cached(x);
+  Tensor dw_per_sample = zeros_cached({sh.N, k}, dtype::kDouble, x);
   if (sh.N * sh.C > 0) {
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eca_bwd_cpu", [&] {
+    dispatch_float_double(x.scalar_type(), "eca_bwd_cpu", [&](auto tag) {
+      using scalar_t = decltype(tag);
       backward_impl<scalar_t>(sh, g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                               w.const_data_ptr<scalar_t>(), k, circular, p.const_data_ptr<scalar_t>(),
                               s.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
@@ -290,14 +284,14 @@ std::tuple<at::Tensor, at::Tensor> eca_bwd_cpu(const at::Tensor& grad_y, const a
     });
   }
   // Summed over samples in a fixed order: deterministic whatever the thread count.
-  return {dx, dw_per_sample.sum(0).to(weight.scalar_type())};
+  return {dx, to_dtype(torch::stable::sum(dw_per_sample, std::vector<int64_t>{0}), weight.scalar_type())};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
-  m.impl("eca_fwd", &eca_fwd_cpu);
-  m.impl("eca_bwd", &eca_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("eca_fwd", TORCH_BOX(&eca_fwd_cpu));
+  m.impl("eca_bwd", TORCH_BOX(&eca_bwd_cpu));
 }
 
 }  // namespace fastlayers

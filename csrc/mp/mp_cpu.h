@@ -4,29 +4,57 @@
 // Every kernel is "owner computes": a thread owns a range of output rows and reads whatever it needs, so there
 // are no atomics, results do not depend on the thread count, and nothing of size [E, F] is ever allocated.
 #pragma once
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "common/cpu_isa.h"
 #include "common/cpu_simd.h"
+#include "common/stable.h"
+
+// The dims check of the old common/checks.h (FL_CHECK_DIM, ATen only), with its message: "x_in must have 3 dims,
+// got 2" (a RuntimeError, as TORCH_CHECK raised).
+#define FL_MP_CHECK_DIM(t, d) FL_CHECK((t).dim() == (d), #t " must have " #d " dims, got ", (t).dim())
 
 namespace fastlayers::mp {
 
 enum class Reduce { Sum, Mean, Max, Min };
 
-inline Reduce parse_reduce(c10::string_view s) {
+inline Reduce parse_reduce(const std::string& s) {
   if (s == "sum") return Reduce::Sum;
   if (s == "mean") return Reduce::Mean;
   if (s == "max") return Reduce::Max;
   if (s == "min") return Reduce::Min;
-  TORCH_CHECK(false, "fastlayers: reduce must be sum, mean, min or max, got ", std::string(s));
+  FL_CHECK(false, "fastlayers: reduce must be sum, mean, min or max, got ", s);
+  return Reduce::Sum;  // not reached
 }
+
+// torch::stable::parallel_for for every parallel region of the mp kernels. An exception must never leave a body
+// (the shim would turn it into a RuntimeError that has lost its type and message): the bodies record their
+// failures and the ops raise after the region. As a safety net for what no body expects to throw (a chunk's
+// scratch allocation), the first exception a body lets out is caught in that thread and rethrown here after the
+// region, as at::parallel_for did with it.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    try {
+      f(b, e);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+inline int64_t num_threads() { return int64_t(torch::stable::get_num_threads()); }
+
+// Tensor::contiguous() as ATen has it: t itself when contiguous (no dispatcher call), else a contiguous copy.
+inline Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
 
 inline bool is_arg_reduce(Reduce r) { return r == Reduce::Max || r == Reduce::Min; }
 
@@ -41,7 +69,7 @@ inline std::vector<int64_t> balanced_chunks(const int64_t* rowptr, int64_t n, in
   const int64_t nnz = rowptr[n] - rowptr[0];
   const int64_t total = nnz + n;
   const int64_t by_work = (total * std::max<int64_t>(width, 1)) / kChunkWork + 1;
-  const int64_t m = std::max<int64_t>(1, std::min<int64_t>({by_work, int64_t(16) * at::get_num_threads(), n}));
+  const int64_t m = std::max<int64_t>(1, std::min<int64_t>({by_work, int64_t(16) * num_threads(), n}));
   std::vector<int64_t> b(m + 1);
   b[0] = 0;
   b[m] = n;
@@ -70,7 +98,7 @@ void parallel_rows(const int64_t* rowptr, int64_t n, int64_t width, const F& fn)
     return;
   }
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(m, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+  mp::parallel_for(0, std::min<int64_t>(m, num_threads()), 1, [&](int64_t, int64_t) {
     for (int64_t c = next.fetch_add(1); c < m; c = next.fetch_add(1)) fn(b[c], b[c + 1]);
   });
 }
@@ -100,16 +128,16 @@ struct Csr {
 
 // rowptr of a CSR over E slots: rowptr[0] == 0, non-decreasing, rowptr[n] == E. Cheap next to any kernel (O(N)).
 inline void check_rowptr(const int64_t* p, int64_t n, int64_t E, const char* op, const char* name) {
-  TORCH_CHECK(p[0] == 0, op, ": ", name, "[0] must be 0, got ", p[0]);
+  FL_CHECK(p[0] == 0, op, ": ", name, "[0] must be 0, got ", p[0]);
   bool ok = true;
   for (int64_t i = 0; i < n; ++i) ok &= p[i] <= p[i + 1];
   if (!ok) {
     for (int64_t i = 0; i < n; ++i) {
-      TORCH_CHECK(p[i] <= p[i + 1], op, ": ", name, " must be non-decreasing, got ", name, "[", i, "] = ", p[i],
-                  " > ", name, "[", i + 1, "] = ", p[i + 1]);
+      FL_CHECK(p[i] <= p[i + 1], op, ": ", name, " must be non-decreasing, got ", name, "[", i, "] = ", p[i],
+               " > ", name, "[", i + 1, "] = ", p[i + 1]);
     }
   }
-  TORCH_CHECK(p[n] == E, op, ": ", name, "[-1] must equal the number of slots (", E, "), got ", p[n]);
+  FL_CHECK(p[n] == E, op, ": ", name, "[-1] must equal the number of slots (", E, "), got ", p[n]);
 }
 
 // The first bad slot any thread saw (threads finish in any order; the lowest position is reported, so the message
@@ -131,12 +159,12 @@ FL_INLINE bool out_of(int64_t v, int64_t hi) { return uint64_t(v) >= uint64_t(hi
 [[noreturn]] inline void raise_bad_slot(const char* op, int64_t k, const int64_t* col, const char* col_name,
                                         int64_t nsrc, const int64_t* perm, const char* perm_name, int64_t nid) {
   if (col && out_of(col[k], nsrc)) {
-    TORCH_CHECK(false, op, ": ", col_name, "[", k, "] = ", col[k], " is out of range: expected a node id in [0, ",
-                nsrc, ")");
+    FL_CHECK(false, op, ": ", col_name, "[", k, "] = ", col[k], " is out of range: expected a node id in [0, ",
+             nsrc, ")");
   }
   const int64_t v = perm ? perm[k] : k;
-  TORCH_CHECK(false, op, ": ", perm_name, "[", k, "] = ", v, " is out of range: expected an edge id in [0, ", nid,
-              ")");
+  FL_CHECK(false, op, ": ", perm_name, "[", k, "] = ", v, " is out of range: expected an edge id in [0, ", nid,
+           ")");
 }
 
 // Values of an arg tensor (the winning index of a max/min forward) must lie in [0, hi], hi being the forward's
@@ -144,15 +172,15 @@ FL_INLINE bool out_of(int64_t v, int64_t hi) { return uint64_t(v) >= uint64_t(hi
 // gradient: one parallel streaming pass (backward of max/min only) turns that into an error.
 inline void check_arg_range(const int64_t* a, int64_t numel, int64_t hi, const char* op, const char* what) {
   std::atomic<bool> bad{false};
-  at::parallel_for(0, numel, int64_t(1) << 16, [&](int64_t b, int64_t e) {
+  mp::parallel_for(0, numel, int64_t(1) << 16, [&](int64_t b, int64_t e) {
     bool ok = true;
     for (int64_t i = b; i < e; ++i) ok &= uint64_t(a[i]) <= uint64_t(hi);
     if (!ok) bad.store(true);
   });
   if (!bad.load()) return;
   for (int64_t i = 0; i < numel; ++i) {
-    TORCH_CHECK(uint64_t(a[i]) <= uint64_t(hi), op, ": arg (flat position ", i, ") = ", a[i],
-                " is out of range: expected ", what, " in [0, ", hi, "), or ", hi, " for an empty row");
+    FL_CHECK(uint64_t(a[i]) <= uint64_t(hi), op, ": arg (flat position ", i, ") = ", a[i],
+             " is out of range: expected ", what, " in [0, ", hi, "), or ", hi, " for an empty row");
   }
 }
 

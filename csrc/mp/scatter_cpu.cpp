@@ -3,57 +3,53 @@
 // scatter streams src in order, each thread reducing the rows of its own output block (up to kStreamMaxThreads
 // threads); with more threads it sorts its index into a CSR (a threaded counting sort) and runs the same
 // owner-computes gather-reduce as spmm. Neither needs atomics or per-thread copies of the output.
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include <atomic>
 
-#include "common/checks.h"
-#define FASTLAYERS_WITH_TORCH_API
-#include "common/cpu_cache.h"
+#include "common/stable.h"
 #include "mp/mp_cpu.h"
 
 namespace fastlayers::mp {
 namespace {
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
-              "fastlayers: ", name, " must be a float32/float64 CPU tensor");
+void check_float(const Tensor& t, const char* name) {
+  FL_CHECK(t.is_cpu() && (t.scalar_type() == dtype::kFloat || t.scalar_type() == dtype::kDouble),
+           "fastlayers: ", name, " must be a float32/float64 CPU tensor");
 }
 
 // segment_csr's indptr may start above 0 and end below num_src (rows outside every segment are skipped), so this
 // is looser than check_rowptr: 0 <= indptr[0] <= ... <= indptr[-1] <= num_src.
-at::Tensor checked_indptr(const at::Tensor& indptr_in, int64_t num_src, const char* op) {
-  TORCH_CHECK(indptr_in.device().is_cpu() && indptr_in.scalar_type() == at::kLong && indptr_in.dim() == 1 &&
-                  indptr_in.numel() >= 1,
-              op, ": indptr must be a non-empty 1-D int64 CPU tensor");
-  at::Tensor indptr = indptr_in.contiguous();
+Tensor checked_indptr(const Tensor& indptr_in, int64_t num_src, const char* op) {
+  FL_CHECK(indptr_in.is_cpu() && indptr_in.scalar_type() == dtype::kLong && indptr_in.dim() == 1 &&
+               indptr_in.numel() >= 1,
+           op, ": indptr must be a non-empty 1-D int64 CPU tensor");
+  Tensor indptr = contig(indptr_in);
   const int64_t* p = indptr.const_data_ptr<int64_t>();
   const int64_t n = indptr.numel() - 1;
-  TORCH_CHECK(p[0] >= 0 && p[n] <= num_src, op, ": indptr must lie in [0, ", num_src, "], got indptr[0] = ", p[0],
-              " and indptr[-1] = ", p[n]);
+  FL_CHECK(p[0] >= 0 && p[n] <= num_src, op, ": indptr must lie in [0, ", num_src, "], got indptr[0] = ", p[0],
+           " and indptr[-1] = ", p[n]);
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(p[i] <= p[i + 1], op, ": indptr must be non-decreasing, got indptr[", i, "] = ", p[i],
-                " > indptr[", i + 1, "] = ", p[i + 1]);
+    FL_CHECK(p[i] <= p[i + 1], op, ": indptr must be non-decreasing, got indptr[", i, "] = ", p[i],
+             " > indptr[", i + 1, "] = ", p[i + 1]);
   }
   return indptr;
 }
 
-std::tuple<at::Tensor, at::Tensor> segment_fwd_cpu(const at::Tensor& src_in, const at::Tensor& indptr_in,
-                                                   c10::string_view reduce, bool need_arg) {
+std::tuple<Tensor, Tensor> segment_fwd_cpu(const Tensor& src_in, const Tensor& indptr_in, const std::string& reduce,
+                                           bool need_arg) {
   check_float(src_in, "src");
-  FL_CHECK_DIM(src_in, 2);
+  FL_MP_CHECK_DIM(src_in, 2);
   const Reduce red = parse_reduce(reduce);
-  const at::Tensor src = src_in.contiguous();
+  const Tensor src = contig(src_in);
   const int64_t E = src.size(0), B = src.size(1);
-  const at::Tensor indptr = checked_indptr(indptr_in, E, "segment_fwd");
+  const Tensor indptr = checked_indptr(indptr_in, E, "segment_fwd");
   const int64_t n = indptr.numel() - 1;
-  at::Tensor out = empty_cached({n, B}, src.options());
+  Tensor out = empty_cached({n, B}, src.scalar_type(), src);
   const bool with_arg = need_arg && is_arg_reduce(red);
-  at::Tensor arg = empty_cached({with_arg ? n : 0, B}, src.options().dtype(at::kLong));
+  Tensor arg = empty_cached({with_arg ? n : 0, B}, dtype::kLong, src);
   if (n == 0 || B == 0) return {out, arg};
   const Csr g{indptr.const_data_ptr<int64_t>(), nullptr, nullptr};
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "segment_fwd_cpu", [&] {
+  dispatch_float_double(src.scalar_type(), "segment_fwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     // Slots are the src rows themselves, inside [0, E] by checked_indptr: the kernel's range test never fails.
     csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                          with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, 1, B, red, E, E, E);
@@ -63,27 +59,28 @@ std::tuple<at::Tensor, at::Tensor> segment_fwd_cpu(const at::Tensor& src_in, con
 
 // grad_src[k] = grad_out[r] (divided by the segment length for mean; for max/min only where arg == k) for the
 // slots k of segment r; rows of src outside every segment get 0.
-at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_in, const at::Tensor& arg_in,
-                           int64_t num_src, c10::string_view reduce) {
+Tensor segment_bwd_cpu(const Tensor& grad_in, const Tensor& indptr_in, const Tensor& arg_in, int64_t num_src,
+                       const std::string& reduce) {
   check_float(grad_in, "grad_out");
-  FL_CHECK_DIM(grad_in, 2);
+  FL_MP_CHECK_DIM(grad_in, 2);
   const Reduce red = parse_reduce(reduce);
-  const at::Tensor g = grad_in.contiguous();
-  TORCH_CHECK(num_src >= 0, "segment_bwd: num_src must be >= 0, got ", num_src);
-  const at::Tensor indptr = checked_indptr(indptr_in, num_src, "segment_bwd");
+  const Tensor g = contig(grad_in);
+  FL_CHECK(num_src >= 0, "segment_bwd: num_src must be >= 0, got ", num_src);
+  const Tensor indptr = checked_indptr(indptr_in, num_src, "segment_bwd");
   const int64_t n = indptr.numel() - 1, B = g.size(1);
-  TORCH_CHECK(g.size(0) == n, "segment_bwd: grad_out must have one row per segment");
+  FL_CHECK(g.size(0) == n, "segment_bwd: grad_out must have one row per segment");
   const bool use_arg = is_arg_reduce(red);
-  TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
-              "segment_bwd: arg must be int64 [N, F] for max/min");
-  const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  FL_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == dtype::kLong),
+           "segment_bwd: arg must be int64 [N, F] for max/min");
+  const Tensor arg = use_arg ? contig(arg_in) : arg_in;
   // arg is only compared with slot positions, never dereferenced: a value past num_src would silently drop its
   // gradient. num_src itself is the forward's sentinel for an empty segment.
   if (use_arg) check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), num_src, "segment_bwd", "a position in src");
-  at::Tensor gs = empty_cached({num_src, B}, g.options());
+  Tensor gs = empty_cached({num_src, B}, g.scalar_type(), g);
   if (num_src == 0 || B == 0) return gs;
   const int64_t* p = indptr.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "segment_bwd_cpu", [&] {
+  dispatch_float_double(g.scalar_type(), "segment_bwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     scalar_t* o = gs.mutable_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int64_t* ap = use_arg ? arg.const_data_ptr<int64_t>() : nullptr;
@@ -114,10 +111,10 @@ at::Tensor segment_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& indptr_i
 // slice of the index; a thread's slots in a row follow those of the threads before it.
 void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, int64_t* order, const char* op,
                    const char* name) {
-  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), L / (int64_t(1) << 16)));
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(num_threads(), L / (int64_t(1) << 16)));
   std::vector<int64_t> hist(T * n, 0);
   BadSlot bad;
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+  mp::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * n;
       for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) {
@@ -132,7 +129,7 @@ void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, in
   });
   if (bad.any()) {
     const int64_t i = bad.pos.load();
-    TORCH_CHECK(false, op, ": ", name, "[", i, "] = ", idx[i], " is out of range: expected a value in [0, ", n, ")");
+    FL_CHECK(false, op, ": ", name, "[", i, "] = ", idx[i], " is out of range: expected a value in [0, ", n, ")");
   }
   rowptr[0] = 0;
   for (int64_t r = 0; r < n; ++r) {
@@ -144,7 +141,7 @@ void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, in
     }
     rowptr[r + 1] = start;
   }
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+  mp::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * n;
       for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) order[h[idx[i]]++] = i;
@@ -152,11 +149,11 @@ void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, in
   });
 }
 
-at::Tensor checked_index(const at::Tensor& index_in, int64_t L) {
-  TORCH_CHECK(index_in.device().is_cpu() && index_in.scalar_type() == at::kLong && index_in.dim() == 1 &&
-                  index_in.numel() == L,
-              "scatter: index must be a 1-D int64 CPU tensor of src.size(1) values");
-  return index_in.contiguous();
+Tensor checked_index(const Tensor& index_in, int64_t L) {
+  FL_CHECK(index_in.is_cpu() && index_in.scalar_type() == dtype::kLong && index_in.dim() == 1 &&
+               index_in.numel() == L,
+           "scatter: index must be a 1-D int64 CPU tensor of src.size(1) values");
+  return contig(index_in);
 }
 
 // The streaming path: each thread owns a range of output rows, scans the whole index in order and reduces the
@@ -181,7 +178,7 @@ void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int6
   const int kind = red == Reduce::Max ? 1 : red == Reduce::Min ? 2 : 0;
   std::vector<int64_t> count(n, 0);
   std::atomic<bool> failed{false};
-  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+  mp::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
       bool bad = false;
@@ -198,25 +195,25 @@ void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int6
   });
   if (failed.load()) {
     for (int64_t p = 0; p < L; ++p) {
-      TORCH_CHECK(!out_of(idx[p], n), "scatter_fwd: index[", p, "] = ", idx[p],
-                  " is out of range: expected a value in [0, dim_size = ", n, ")");
+      FL_CHECK(!out_of(idx[p], n), "scatter_fwd: index[", p, "] = ", idx[p],
+               " is out of range: expected a value in [0, dim_size = ", n, ")");
     }
   }
 }
 
 // src [A, L, B] reduced along dim 1 into [A, n, B].
-std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, const at::Tensor& index_in,
-                                                   int64_t n, c10::string_view reduce, bool need_arg) {
+std::tuple<Tensor, Tensor> scatter_fwd_cpu(const Tensor& src_in, const Tensor& index_in, int64_t n,
+                                           const std::string& reduce, bool need_arg) {
   check_float(src_in, "src");
-  FL_CHECK_DIM(src_in, 3);
-  TORCH_CHECK(n >= 0, "scatter_fwd: dim_size must be >= 0, got ", n);
+  FL_MP_CHECK_DIM(src_in, 3);
+  FL_CHECK(n >= 0, "scatter_fwd: dim_size must be >= 0, got ", n);
   const Reduce red = parse_reduce(reduce);
-  const at::Tensor src = src_in.contiguous();
+  const Tensor src = contig(src_in);
   const int64_t A = src.size(0), L = src.size(1), B = src.size(2);
-  const at::Tensor index = checked_index(index_in, L);
-  at::Tensor out = empty_cached({A, n, B}, src.options());
+  const Tensor index = checked_index(index_in, L);
+  Tensor out = empty_cached({A, n, B}, src.scalar_type(), src);
   const bool with_arg = need_arg && is_arg_reduce(red);
-  at::Tensor arg = empty_cached({with_arg ? A : 0, n, B}, src.options().dtype(at::kLong));
+  Tensor arg = empty_cached({with_arg ? A : 0, n, B}, dtype::kLong, src);
   // dim_size: the kernels index with int64 throughout (CPU and CUDA), so no dim_size overflows them and none is
   // refused; an output too large to allocate fails in the allocator with a RuntimeError. What is avoided is
   // scratch that grows with dim_size rather than with src: with nothing to reduce (L == 0) or nothing to write
@@ -224,18 +221,20 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
   if (L == 0 || A * n * B == 0) {
     const int64_t* ip = index.const_data_ptr<int64_t>();
     for (int64_t p = 0; p < L; ++p) {
-      TORCH_CHECK(!out_of(ip[p], n), "scatter_fwd: index[", p, "] = ", ip[p],
-                  " is out of range: expected a value in [0, dim_size = ", n, ")");
+      FL_CHECK(!out_of(ip[p], n), "scatter_fwd: index[", p, "] = ", ip[p],
+               " is out of range: expected a value in [0, dim_size = ", n, ")");
     }
-    out.zero_();
-    if (with_arg) arg.fill_(L);
+    torch::stable::zero_(out);
+    // fill_ takes a double: exact, since arg holds elements only when L == 0 (else A * n * B == 0).
+    if (with_arg) torch::stable::fill_(arg, double(L));
     return {out, arg};
   }
   // Threads that would each stream the whole index: few enough on one socket. Small inputs run on one.
   const int64_t threads =
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (L * std::max<int64_t>(B, 1)) / kChunkWork));
+      std::max<int64_t>(1, std::min<int64_t>(num_threads(), (L * std::max<int64_t>(B, 1)) / kChunkWork));
   if (threads <= kStreamMaxThreads && A * n * B > 0) {
-    AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_stream_cpu", [&] {
+    dispatch_float_double(src.scalar_type(), "scatter_stream_cpu", [&](auto tag) {
+      using scalar_t = decltype(tag);
       for (int64_t a = 0; a < A; ++a) {
         scatter_stream<scalar_t>(src.const_data_ptr<scalar_t>() + a * L * B, index.const_data_ptr<int64_t>(),
                                  out.mutable_data_ptr<scalar_t>() + a * n * B,
@@ -248,7 +247,8 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
   std::vector<int64_t> rowptr(n + 1), order(L);
   counting_sort(index.const_data_ptr<int64_t>(), L, n, rowptr.data(), order.data(), "scatter_fwd", "index");
   const Csr g{rowptr.data(), order.data(), order.data()};
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_fwd_cpu", [&] {
+  dispatch_float_double(src.scalar_type(), "scatter_fwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     for (int64_t a = 0; a < A; ++a) {
       // order is a permutation of [0, L) built here: the kernel's range test never fails.
       csr_reduce<scalar_t>(g, n, nullptr, 1, src.const_data_ptr<scalar_t>() + a * L * B,
@@ -260,43 +260,49 @@ std::tuple<at::Tensor, at::Tensor> scatter_fwd_cpu(const at::Tensor& src_in, con
 }
 
 // grad_src[a, p] = grad_out[a, index[p]] (divided by the count for mean; for max/min only where arg == p).
-at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in, const at::Tensor& arg_in,
-                           c10::string_view reduce) {
+Tensor scatter_bwd_cpu(const Tensor& grad_in, const Tensor& index_in, const Tensor& arg_in,
+                       const std::string& reduce) {
   check_float(grad_in, "grad_out");
-  FL_CHECK_DIM(grad_in, 3);
+  FL_MP_CHECK_DIM(grad_in, 3);
   const Reduce red = parse_reduce(reduce);
-  const at::Tensor g = grad_in.contiguous();
+  const Tensor g = contig(grad_in);
   const int64_t A = g.size(0), n = g.size(1), B = g.size(2), L = index_in.numel();
-  const at::Tensor index = checked_index(index_in, L);
+  const Tensor index = checked_index(index_in, L);
   const bool use_arg = is_arg_reduce(red);
-  TORCH_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == at::kLong),
-              "scatter_bwd: arg must be int64 like grad_out for max/min");
-  const at::Tensor arg = use_arg ? arg_in.contiguous() : arg_in;
+  FL_CHECK(!use_arg || (arg_in.sizes() == g.sizes() && arg_in.scalar_type() == dtype::kLong),
+           "scatter_bwd: arg must be int64 like grad_out for max/min");
+  const Tensor arg = use_arg ? contig(arg_in) : arg_in;
   // Compared, not dereferenced: a value past L would silently drop gradient. L is the forward's empty-row sentinel.
   if (use_arg) check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), L, "scatter_bwd", "a position in src");
-  at::Tensor gs = empty_cached({A, L, B}, g.options());
+  Tensor gs = empty_cached({A, L, B}, g.scalar_type(), g);
   if (A * L * B == 0) return gs;
   const int64_t* ip = index.const_data_ptr<int64_t>();
   std::vector<int64_t> count;
   if (red == Reduce::Mean) {
     count.assign(n, 0);
     for (int64_t i = 0; i < L; ++i) {
-      TORCH_CHECK(!out_of(ip[i], n), "scatter_bwd: index[", i, "] = ", ip[i],
-                  " is out of range: expected a value in [0, ", n, ")");
+      FL_CHECK(!out_of(ip[i], n), "scatter_bwd: index[", i, "] = ", ip[i],
+               " is out of range: expected a value in [0, ", n, ")");
       ++count[ip[i]];
     }
   }
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "scatter_bwd_cpu", [&] {
+  dispatch_float_double(g.scalar_type(), "scatter_bwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const int64_t* ap = use_arg ? arg.const_data_ptr<int64_t>() : nullptr;
     scalar_t* o = gs.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(B, 1));
     for (int64_t a = 0; a < A; ++a) {
-      at::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
+      // A bad index is skipped and noted (never raised inside the region); the op raises after it, naming the
+      // first bad position.
+      BadSlot bad;
+      mp::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t t = ip[p];
-          TORCH_CHECK(!out_of(t, n), "scatter_bwd: index[", p, "] = ", t,
-                      " is out of range: expected a value in [0, ", n, ")");
+          if (out_of(t, n)) {
+            bad.note(p);
+            continue;
+          }
           const scalar_t* gr = gp + (a * n + t) * B;
           scalar_t* op = o + (a * L + p) * B;
           if (use_arg) {
@@ -308,20 +314,26 @@ at::Tensor scatter_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& index_in
           }
         }
       });
+      if (bad.any()) {
+        const int64_t p = bad.pos.load();
+        FL_CHECK(false, "scatter_bwd: index[", p, "] = ", ip[p], " is out of range: expected a value in [0, ", n,
+                 ")");
+      }
     }
   });
   return gs;
 }
 
 // Graph building: a stable sort of key [E] (values in [0, n)) as (rowptr [n+1], perm [E]), in O(E + n).
-std::tuple<at::Tensor, at::Tensor> csr_index_cpu(const at::Tensor& key_in, int64_t n) {
-  TORCH_CHECK(key_in.device().is_cpu() && key_in.scalar_type() == at::kLong && key_in.dim() == 1,
-              "csr_index: key must be a 1-D int64 CPU tensor");
-  TORCH_CHECK(n >= 0, "csr_index: n must be >= 0");
-  const at::Tensor key = key_in.contiguous();
+std::tuple<Tensor, Tensor> csr_index_cpu(const Tensor& key_in, int64_t n) {
+  FL_CHECK(key_in.is_cpu() && key_in.scalar_type() == dtype::kLong && key_in.dim() == 1,
+           "csr_index: key must be a 1-D int64 CPU tensor");
+  FL_CHECK(n >= 0, "csr_index: n must be >= 0");
+  const Tensor key = contig(key_in);
   const int64_t L = key.numel();
-  at::Tensor rowptr = at::empty({n + 1}, key.options());
-  at::Tensor perm = at::empty({L}, key.options());
+  // As before the port, torch's allocator (at::empty with key's options), not the output pool.
+  Tensor rowptr = torch::stable::new_empty(key, {n + 1});
+  Tensor perm = torch::stable::new_empty(key, {L});
   counting_sort(key.const_data_ptr<int64_t>(), L, n, rowptr.mutable_data_ptr<int64_t>(),
                 perm.mutable_data_ptr<int64_t>(), "csr_index", "key");
   return {rowptr, perm};
@@ -329,12 +341,12 @@ std::tuple<at::Tensor, at::Tensor> csr_index_cpu(const at::Tensor& key_in, int64
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
-  m.impl("csr_index", &csr_index_cpu);
-  m.impl("segment_fwd", &segment_fwd_cpu);
-  m.impl("segment_bwd", &segment_bwd_cpu);
-  m.impl("scatter_fwd", &scatter_fwd_cpu);
-  m.impl("scatter_bwd", &scatter_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("csr_index", TORCH_BOX(&csr_index_cpu));
+  m.impl("segment_fwd", TORCH_BOX(&segment_fwd_cpu));
+  m.impl("segment_bwd", TORCH_BOX(&segment_bwd_cpu));
+  m.impl("scatter_fwd", TORCH_BOX(&scatter_fwd_cpu));
+  m.impl("scatter_bwd", TORCH_BOX(&scatter_bwd_cpu));
 }
 
 }  // namespace fastlayers::mp

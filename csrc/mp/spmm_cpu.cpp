@@ -1,75 +1,71 @@
 // CPU kernels over a Graph's CSR: spmm (forward; the backward of sum/mean is spmm on the reversed graph plus an
 // sddmm), the max/min backward, sddmm and edge softmax. Rows are split into nnz-balanced chunks (mp_cpu.h).
-#include <ATen/ATen.h>
-#include <torch/library.h>
-
 #include <cmath>
 
-#include "common/checks.h"
-#define FASTLAYERS_WITH_TORCH_API
-#include "common/cpu_cache.h"
+#include "common/stable.h"
 #include "mp/mp_cpu.h"
 
 namespace fastlayers::mp {
 namespace {
 
-void check_index(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1,
-              "fastlayers: ", name, " must be a 1-D int64 CPU tensor");
+void check_index(const Tensor& t, const char* name) {
+  FL_CHECK(t.is_cpu() && t.scalar_type() == dtype::kLong && t.dim() == 1,
+           "fastlayers: ", name, " must be a 1-D int64 CPU tensor");
 }
 
-void check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& perm, const char* op,
+void check_csr(const Tensor& rowptr, const Tensor& col, const Tensor& perm, const char* op,
                const char* ptr_name = "rowptr", const char* col_name = "col", const char* perm_name = "perm") {
   check_index(rowptr, ptr_name);
   check_index(col, col_name);
   check_index(perm, perm_name);
-  TORCH_CHECK(rowptr.numel() >= 1, op, ": ", ptr_name, " must have N + 1 >= 1 entries");
-  TORCH_CHECK(col.numel() == perm.numel(), op, ": ", col_name, " and ", perm_name, " must have one length, got ",
-              col.numel(), " and ", perm.numel());
+  FL_CHECK(rowptr.numel() >= 1, op, ": ", ptr_name, " must have N + 1 >= 1 entries");
+  FL_CHECK(col.numel() == perm.numel(), op, ": ", col_name, " and ", perm_name, " must have one length, got ",
+           col.numel(), " and ", perm.numel());
 }
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
-              "fastlayers: ", name, " must be a float32/float64 CPU tensor");
+void check_float(const Tensor& t, const char* name) {
+  FL_CHECK(t.is_cpu() && (t.scalar_type() == dtype::kFloat || t.scalar_type() == dtype::kDouble),
+           "fastlayers: ", name, " must be a float32/float64 CPU tensor");
 }
 
-int64_t weight_heads(const c10::optional<at::Tensor>& weight, int64_t E, int64_t H, const at::Tensor& x) {
+int64_t weight_heads(const std::optional<Tensor>& weight, int64_t E, int64_t H, const Tensor& x) {
   if (!weight.has_value()) return 0;
-  const at::Tensor& w = *weight;
+  const Tensor& w = *weight;
   check_float(w, "weight");
-  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fastlayers: weight must have x's dtype");
-  TORCH_CHECK(w.size(0) == E && (w.dim() == 1 || (w.dim() == 2 && (w.size(1) == 1 || w.size(1) == H))),
-              "fastlayers: weight must be [E] or [E, H]");
+  FL_CHECK(w.scalar_type() == x.scalar_type(), "fastlayers: weight must have x's dtype");
+  FL_CHECK(w.size(0) == E && (w.dim() == 1 || (w.dim() == 2 && (w.size(1) == 1 || w.size(1) == H))),
+           "fastlayers: weight must be [E] or [E, H]");
   return w.dim() == 2 ? w.size(1) : 1;
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in,
-                                                const at::Tensor& perm_in, const at::Tensor& /*colptr*/,
-                                                const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
-                                                const c10::optional<at::Tensor>& weight,
-                                                const at::Tensor& x_in, c10::string_view reduce, bool need_arg) {
+std::tuple<Tensor, Tensor> spmm_fwd_cpu(const Tensor& rowptr_in, const Tensor& col_in, const Tensor& perm_in,
+                                        const Tensor& /*colptr*/, const Tensor& /*row*/, const Tensor& /*cperm*/,
+                                        const std::optional<Tensor>& weight, const Tensor& x_in,
+                                        const std::string& reduce, bool need_arg) {
   check_csr(rowptr_in, col_in, perm_in, "spmm_fwd");
   check_float(x_in, "x");
-  FL_CHECK_DIM(x_in, 3);
+  FL_MP_CHECK_DIM(x_in, 3);
   const Reduce red = parse_reduce(reduce);
-  const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
-  const at::Tensor x = x_in.contiguous();
+  const Tensor rowptr = contig(rowptr_in), col = contig(col_in), perm = contig(perm_in);
+  const Tensor x = contig(x_in);
   const int64_t n = rowptr.numel() - 1, E = col.numel(), H = x.size(1), F = x.size(2);
   check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "spmm_fwd", "rowptr");
   const int64_t wH = weight_heads(weight, E, H, x);
-  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
-  at::Tensor out = empty_cached({n, H, F}, x.options());
+  const Tensor w = weight.has_value() ? contig(*weight) : Tensor();
+  Tensor out = empty_cached({n, H, F}, x.scalar_type(), x);
   const bool with_arg = need_arg && is_arg_reduce(red);
-  at::Tensor arg = empty_cached({with_arg ? n : 0, H, F}, x.options().dtype(at::kLong));
+  Tensor arg = empty_cached({with_arg ? n : 0, H, F}, dtype::kLong, x);
   if (n == 0 || H * F == 0) return {out, arg};
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
+  const int64_t nsrc = x.size(0);
   int64_t bad = -1;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_fwd_cpu", [&] {
+  dispatch_float_double(x.scalar_type(), "spmm_fwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     bad = csr_reduce<scalar_t>(g, n, wH ? w.const_data_ptr<scalar_t>() : nullptr, std::max<int64_t>(wH, 1),
                                x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                               with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, H, F, red, E, x.size(0), E);
+                               with_arg ? arg.mutable_data_ptr<int64_t>() : nullptr, H, F, red, E, nsrc, E);
   });
-  if (bad >= 0) raise_bad_slot("spmm_fwd", bad, g.col, "col", x.size(0), g.perm, "perm", E);
+  if (bad >= 0) raise_bad_slot("spmm_fwd", bad, g.col, "col", nsrc, g.perm, "perm", E);
   return {out, arg};
 }
 
@@ -85,43 +81,46 @@ FL_INLINE int64_t arg_bwd_dispatch(const Csr& g, const double* w, int64_t wH, co
   return kernels<double>().arg_bwd_rows(g, w, wH, x, go, a, gx, gw, r0, r1, H, F, n, nid);
 }
 
-std::tuple<at::Tensor, at::Tensor> spmm_arg_bwd_cpu(const at::Tensor& colptr_in, const at::Tensor& row_in,
-                                                    const at::Tensor& cperm_in,
-                                                    const c10::optional<at::Tensor>& weight, const at::Tensor& x_in,
-                                                    const at::Tensor& grad_in, const at::Tensor& arg_in, bool need_x,
-                                                    bool need_weight) {
+std::tuple<Tensor, Tensor> spmm_arg_bwd_cpu(const Tensor& colptr_in, const Tensor& row_in, const Tensor& cperm_in,
+                                            const std::optional<Tensor>& weight, const Tensor& x_in,
+                                            const Tensor& grad_in, const Tensor& arg_in, bool need_x,
+                                            bool need_weight) {
   check_csr(colptr_in, row_in, cperm_in, "spmm_arg_bwd", "colptr", "row", "cperm");
   check_float(x_in, "x");
-  FL_CHECK_DIM(x_in, 3);
-  const at::Tensor colptr = colptr_in.contiguous(), row = row_in.contiguous(), cperm = cperm_in.contiguous();
-  const at::Tensor x = x_in.contiguous();
+  FL_MP_CHECK_DIM(x_in, 3);
+  const Tensor colptr = contig(colptr_in), row = contig(row_in), cperm = contig(cperm_in);
+  const Tensor x = contig(x_in);
   const int64_t n = colptr.numel() - 1, E = row.numel(), H = x.size(1), F = x.size(2);
-  TORCH_CHECK(grad_in.sizes() == x.sizes() && arg_in.sizes() == x.sizes() && arg_in.scalar_type() == at::kLong,
-              "spmm_arg_bwd: grad_out and arg must be [N, H, F] like x");
-  TORCH_CHECK(x.size(0) == n, "spmm_arg_bwd: x must have colptr.numel() - 1 = ", n, " rows, got ", x.size(0));
+  FL_CHECK(grad_in.sizes() == x.sizes() && arg_in.sizes() == x.sizes() && arg_in.scalar_type() == dtype::kLong,
+           "spmm_arg_bwd: grad_out and arg must be [N, H, F] like x");
+  FL_CHECK(x.size(0) == n, "spmm_arg_bwd: x must have colptr.numel() - 1 = ", n, " rows, got ", x.size(0));
   check_rowptr(colptr.const_data_ptr<int64_t>(), n, E, "spmm_arg_bwd", "colptr");
-  const at::Tensor gout = grad_in.to(x.scalar_type()).contiguous(), arg = arg_in.contiguous();
+  const Tensor gout = contig(to_dtype(grad_in, x.scalar_type())), arg = contig(arg_in);
   // The forward's sentinel for an empty row is E (spmm_fwd's none_id).
   check_arg_range(arg.const_data_ptr<int64_t>(), arg.numel(), E, "spmm_arg_bwd", "an edge id");
   const int64_t wH = weight_heads(weight, E, H, x);
-  const at::Tensor w = weight.has_value() ? weight->contiguous() : at::Tensor();
+  const Tensor w = weight.has_value() ? contig(*weight) : Tensor();
   const bool do_w = need_weight && wH > 0;
-  at::Tensor gx = empty_cached({need_x ? n : 0, H, F}, x.options());
-  at::Tensor gw = do_w ? empty_like_cached(w) : empty_cached({0}, x.options());
+  Tensor gx = empty_cached({need_x ? n : 0, H, F}, x.scalar_type(), x);
+  Tensor gw = do_w ? empty_like_cached(w) : empty_cached({0}, x.scalar_type(), x);
   if (n == 0 || (!need_x && !do_w)) return {gx, gw};
   if (H * F == 0) {
-    if (do_w) gw.zero_();
+    if (do_w) torch::stable::zero_(gw);
     return {gx, gw};
   }
   const Csr g{colptr.const_data_ptr<int64_t>(), row.const_data_ptr<int64_t>(), cperm.const_data_ptr<int64_t>()};
   BadSlot bad;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spmm_arg_bwd_cpu", [&] {
+  dispatch_float_double(x.scalar_type(), "spmm_arg_bwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    // Every pointer is taken before the parallel region: a tensor accessor may throw, a region body must not.
     const scalar_t* wp = wH ? w.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gout.const_data_ptr<scalar_t>();
+    const int64_t* ap = arg.const_data_ptr<int64_t>();
+    scalar_t* gxp = need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gwp = do_w ? gw.mutable_data_ptr<scalar_t>() : nullptr;
     parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
-      bad.note(arg_bwd_dispatch(g, wp, std::max<int64_t>(wH, 1), x.const_data_ptr<scalar_t>(),
-                                gout.const_data_ptr<scalar_t>(), arg.const_data_ptr<int64_t>(),
-                                need_x ? gx.mutable_data_ptr<scalar_t>() : nullptr,
-                                do_w ? gw.mutable_data_ptr<scalar_t>() : nullptr, r0, r1, H, F, n, E));
+      bad.note(arg_bwd_dispatch(g, wp, std::max<int64_t>(wH, 1), xp, gp, ap, gxp, gwp, r0, r1, H, F, n, E));
     });
   });
   if (bad.any()) raise_bad_slot("spmm_arg_bwd", bad.pos.load(), g.col, "row", n, g.perm, "cperm", E);
@@ -137,27 +136,29 @@ FL_INLINE int64_t sddmm_dispatch(const Csr& g, const double* a, const double* b,
   return kernels<double>().sddmm_rows(g, a, b, o, r0, r1, H, F, nsrc, nid);
 }
 
-at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& perm_in,
-                     const at::Tensor& /*colptr*/, const at::Tensor& /*row*/, const at::Tensor& /*cperm*/,
-                     const at::Tensor& a_in, const at::Tensor& b_in) {
+Tensor sddmm_cpu(const Tensor& rowptr_in, const Tensor& col_in, const Tensor& perm_in, const Tensor& /*colptr*/,
+                 const Tensor& /*row*/, const Tensor& /*cperm*/, const Tensor& a_in, const Tensor& b_in) {
   check_csr(rowptr_in, col_in, perm_in, "sddmm");
   check_float(a_in, "a");
-  FL_CHECK_DIM(a_in, 3);
-  TORCH_CHECK(b_in.sizes() == a_in.sizes() && b_in.scalar_type() == a_in.scalar_type(),
-              "sddmm: a and b must have one shape and dtype");
-  const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), perm = perm_in.contiguous();
-  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  FL_MP_CHECK_DIM(a_in, 3);
+  FL_CHECK(b_in.sizes() == a_in.sizes() && b_in.scalar_type() == a_in.scalar_type(),
+           "sddmm: a and b must have one shape and dtype");
+  const Tensor rowptr = contig(rowptr_in), col = contig(col_in), perm = contig(perm_in);
+  const Tensor a = contig(a_in), b = contig(b_in);
   const int64_t n = rowptr.numel() - 1, E = col.numel(), H = a.size(1), F = a.size(2);
-  TORCH_CHECK(a.size(0) == n, "sddmm: a and b must have rowptr.numel() - 1 = ", n, " rows, got ", a.size(0));
+  FL_CHECK(a.size(0) == n, "sddmm: a and b must have rowptr.numel() - 1 = ", n, " rows, got ", a.size(0));
   check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "sddmm", "rowptr");
-  at::Tensor out = empty_cached({E, H}, a.options());
+  Tensor out = empty_cached({E, H}, a.scalar_type(), a);
   if (E == 0 || H == 0) return out;
   const Csr g{rowptr.const_data_ptr<int64_t>(), col.const_data_ptr<int64_t>(), perm.const_data_ptr<int64_t>()};
   BadSlot bad;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sddmm_cpu", [&] {
+  dispatch_float_double(a.scalar_type(), "sddmm_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(g.rowptr, n, H * F, [&](int64_t r0, int64_t r1) {
-      bad.note(sddmm_dispatch(g, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-                              out.mutable_data_ptr<scalar_t>(), r0, r1, H, F, n, E));
+      bad.note(sddmm_dispatch(g, ap, bp, op, r0, r1, H, F, n, E));
     });
   });
   if (bad.any()) raise_bad_slot("sddmm", bad.pos.load(), g.col, "col", n, g.perm, "perm", E);
@@ -165,22 +166,23 @@ at::Tensor sddmm_cpu(const at::Tensor& rowptr_in, const at::Tensor& col_in, cons
 }
 
 // Softmax over the incoming edges of each target, per head: scores and out are [E, H] in the caller's order.
-at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& perm_in, const at::Tensor& s_in) {
+Tensor edge_softmax_fwd_cpu(const Tensor& rowptr_in, const Tensor& perm_in, const Tensor& s_in) {
   check_index(rowptr_in, "rowptr");
   check_index(perm_in, "perm");
   check_float(s_in, "scores");
-  FL_CHECK_DIM(s_in, 2);
-  TORCH_CHECK(s_in.size(0) == perm_in.numel(), "edge_softmax: scores must be [E, H]");
-  const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), s = s_in.contiguous();
+  FL_MP_CHECK_DIM(s_in, 2);
+  FL_CHECK(s_in.size(0) == perm_in.numel(), "edge_softmax: scores must be [E, H]");
+  const Tensor rowptr = contig(rowptr_in), perm = contig(perm_in), s = contig(s_in);
   const int64_t n = rowptr.numel() - 1, H = s.size(1), E = perm.numel();
-  TORCH_CHECK(n >= 0, "edge_softmax_fwd: rowptr must have N + 1 >= 1 entries");
+  FL_CHECK(n >= 0, "edge_softmax_fwd: rowptr must have N + 1 >= 1 entries");
   check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "edge_softmax_fwd", "rowptr");
-  at::Tensor out = empty_like_cached(s);
+  Tensor out = empty_like_cached(s);
   if (s.numel() == 0) return out;
   const int64_t* rp = rowptr.const_data_ptr<int64_t>();
   const int64_t* pm = perm.const_data_ptr<int64_t>();
   BadSlot bad;
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "edge_softmax_fwd_cpu", [&] {
+  dispatch_float_double(s.scalar_type(), "edge_softmax_fwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     const scalar_t* sp = s.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     parallel_rows(rp, n, H, [&](int64_t r0, int64_t r1) {
@@ -228,25 +230,25 @@ at::Tensor edge_softmax_fwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
 }
 
 // grad_scores = y * (g - sum over the row of y * g).
-at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& perm_in, const at::Tensor& y_in,
-                                const at::Tensor& g_in) {
+Tensor edge_softmax_bwd_cpu(const Tensor& rowptr_in, const Tensor& perm_in, const Tensor& y_in, const Tensor& g_in) {
   check_index(rowptr_in, "rowptr");
   check_index(perm_in, "perm");
   check_float(y_in, "out");
-  FL_CHECK_DIM(y_in, 2);
-  TORCH_CHECK(g_in.sizes() == y_in.sizes() && y_in.size(0) == perm_in.numel(),
-              "edge_softmax_bwd: out and grad_out must be [E, H]");
-  const at::Tensor rowptr = rowptr_in.contiguous(), perm = perm_in.contiguous(), y = y_in.contiguous();
-  const at::Tensor g = g_in.to(y.scalar_type()).contiguous();
+  FL_MP_CHECK_DIM(y_in, 2);
+  FL_CHECK(g_in.sizes() == y_in.sizes() && y_in.size(0) == perm_in.numel(),
+           "edge_softmax_bwd: out and grad_out must be [E, H]");
+  const Tensor rowptr = contig(rowptr_in), perm = contig(perm_in), y = contig(y_in);
+  const Tensor g = contig(to_dtype(g_in, y.scalar_type()));
   const int64_t n = rowptr.numel() - 1, H = y.size(1), E = perm.numel();
-  TORCH_CHECK(n >= 0, "edge_softmax_bwd: rowptr must have N + 1 >= 1 entries");
+  FL_CHECK(n >= 0, "edge_softmax_bwd: rowptr must have N + 1 >= 1 entries");
   check_rowptr(rowptr.const_data_ptr<int64_t>(), n, E, "edge_softmax_bwd", "rowptr");
-  at::Tensor gs = empty_like_cached(y);
+  Tensor gs = empty_like_cached(y);
   if (y.numel() == 0) return gs;
   const int64_t* rp = rowptr.const_data_ptr<int64_t>();
   const int64_t* pm = perm.const_data_ptr<int64_t>();
   BadSlot bad;
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "edge_softmax_bwd_cpu", [&] {
+  dispatch_float_double(y.scalar_type(), "edge_softmax_bwd_cpu", [&](auto tag) {
+    using scalar_t = decltype(tag);
     const scalar_t* yp = y.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* op = gs.mutable_data_ptr<scalar_t>();
@@ -280,12 +282,12 @@ at::Tensor edge_softmax_bwd_cpu(const at::Tensor& rowptr_in, const at::Tensor& p
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
-  m.impl("spmm_fwd", &spmm_fwd_cpu);
-  m.impl("spmm_arg_bwd", &spmm_arg_bwd_cpu);
-  m.impl("sddmm", &sddmm_cpu);
-  m.impl("edge_softmax_fwd", &edge_softmax_fwd_cpu);
-  m.impl("edge_softmax_bwd", &edge_softmax_bwd_cpu);
+STABLE_TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("spmm_fwd", TORCH_BOX(&spmm_fwd_cpu));
+  m.impl("spmm_arg_bwd", TORCH_BOX(&spmm_arg_bwd_cpu));
+  m.impl("sddmm", TORCH_BOX(&sddmm_cpu));
+  m.impl("edge_softmax_fwd", TORCH_BOX(&edge_softmax_fwd_cpu));
+  m.impl("edge_softmax_bwd", TORCH_BOX(&edge_softmax_bwd_cpu));
 }
 
 }  // namespace fastlayers::mp

@@ -1,9 +1,13 @@
-// Shapes and argument checks shared by the CPU and CUDA N-cache kernels.
+// Shapes, device code and argument checks shared by the CPU and CUDA N-cache kernels.
 #pragma once
-#include <ATen/ATen.h>
+// Free of ATen: included by the CPU kernels (stable ABI) and the CUDA kernels (ATen) alike.
+#include <torch/headeronly/core/DeviceType.h>
+#include <torch/headeronly/core/ScalarType.h>
 
-#include <vector>
+#include <cstdint>
+#include <string>
 
+#include "common/errors.h"
 #include "common/ncache_hash.h"
 
 namespace fastlayers::ncache {
@@ -17,15 +21,56 @@ struct Layout {
   int64_t off[kMaxHops + 1] = {0, 0, 0, 0, 0};
 };
 
-inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
-  TORCH_CHECK_VALUE(sizes.size() >= 1 && int64_t(sizes.size()) < kMaxHops, "ncache: sizes must have 1 to ",
-                    kMaxHops - 1, " entries, got ", sizes);
+// ---- Argument checks, one source for both builds: templates over the tensor type (at::Tensor in the CUDA
+// kernels of fastlayers._C_aten, torch::stable::Tensor in the CPU kernels of fastlayers._C) and the int[] type
+// (at::IntArrayRef, std::vector<int64_t>). They throw the std exceptions of common/errors.h: invalid_argument
+// (Python ValueError; dtype errors too) and runtime_error.
+
+// A device as ATen prints it: "cpu", "cuda:0". Both builds' Device types have type(), has_index() and index().
+inline const char* device_type_name(torch::headeronly::DeviceType t) {
+  using T = torch::headeronly::DeviceType;
+  switch (t) {
+    case T::CPU: return "cpu";
+    case T::CUDA: return "cuda";
+    case T::MKLDNN: return "mkldnn";
+    case T::OPENGL: return "opengl";
+    case T::OPENCL: return "opencl";
+    case T::IDEEP: return "ideep";
+    case T::HIP: return "hip";
+    case T::FPGA: return "fpga";
+    case T::MAIA: return "maia";
+    case T::XLA: return "xla";
+    case T::Vulkan: return "vulkan";
+    case T::Metal: return "metal";
+    case T::XPU: return "xpu";
+    case T::MPS: return "mps";
+    case T::Meta: return "meta";
+    case T::HPU: return "hpu";
+    case T::VE: return "ve";
+    case T::Lazy: return "lazy";
+    case T::IPU: return "ipu";
+    case T::MTIA: return "mtia";
+    case T::PrivateUse1: return "privateuseone";
+    default: return "unknown";
+  }
+}
+template <typename Device>
+std::string device_name(const Device& d) {
+  std::string s = device_type_name(d.type());
+  if (d.has_index()) s += ":" + std::to_string(int(d.index()));  // at::DeviceIndex is int8_t: not a char
+  return s;
+}
+
+template <typename Sizes>
+Layout make_layout(const Sizes& sizes, int64_t D) {
+  FL_CHECK_VALUE(sizes.size() >= 1 && int64_t(sizes.size()) < kMaxHops, "ncache: sizes must have 1 to ",
+                 kMaxHops - 1, " entries, got ", errors::list(sizes));
   Layout L;
   L.hops = 1 + int64_t(sizes.size());
   L.m[0] = 1;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    TORCH_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: sizes must each be in [1, 2^31), got ",
-                      sizes);
+  for (size_t i = 0; i < size_t(sizes.size()); ++i) {
+    FL_CHECK_VALUE(sizes[i] >= 1 && sizes[i] < (int64_t(1) << 31), "ncache: sizes must each be in [1, 2^31), got ",
+                   errors::list(sizes));
     L.m[i + 1] = sizes[i];
   }
   for (int64_t h = 0; h < L.hops; ++h) L.off[h + 1] = L.off[h] + L.m[h];
@@ -37,52 +82,59 @@ inline Layout make_layout(at::IntArrayRef sizes, int64_t D) {
 // Dtypes, shapes and devices of the tables (eids / times may be undefined: ops that do not read them). Every
 // kernel indexes all tables with keys' row and column counts, so a table that disagrees would be read out of
 // bounds.
-inline void check_table_shapes(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
-                               const at::Tensor& values, const char* op) {
-  TORCH_CHECK_TYPE(keys.scalar_type() == at::kLong, "ncache.", op, ": keys must be int64, got ", keys.scalar_type());
-  TORCH_CHECK_VALUE(keys.dim() == 2, "ncache.", op, ": keys must be an [N, S] table, got shape ", keys.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat, "ncache.", op, ": values must be float32, got ",
-                   values.scalar_type());
-  TORCH_CHECK_VALUE(values.dim() == 3 && values.size(0) == keys.size(0) && values.size(1) == keys.size(1), "ncache.",
-                    op, ": values must be [N, S, D] = [", keys.size(0), ", ", keys.size(1), ", D] like keys ",
-                    keys.sizes(), ", got shape ", values.sizes());
+template <typename Tensor>
+void check_table_shapes(const Tensor& keys, const Tensor& eids, const Tensor& times, const Tensor& values,
+                        const char* op) {
+  using ST = torch::headeronly::ScalarType;
+  FL_CHECK_TYPE(keys.scalar_type() == ST::Long, "ncache.", op, ": keys must be int64, got ", keys.scalar_type());
+  FL_CHECK_VALUE(keys.dim() == 2, "ncache.", op, ": keys must be an [N, S] table, got shape ",
+                 errors::list(keys.sizes()));
+  FL_CHECK_TYPE(values.scalar_type() == ST::Float, "ncache.", op, ": values must be float32, got ",
+                values.scalar_type());
+  FL_CHECK_VALUE(values.dim() == 3 && values.size(0) == keys.size(0) && values.size(1) == keys.size(1), "ncache.",
+                 op, ": values must be [N, S, D] = [", keys.size(0), ", ", keys.size(1), ", D] like keys ",
+                 errors::list(keys.sizes()), ", got shape ", errors::list(values.sizes()));
   if (eids.defined()) {
-    TORCH_CHECK_TYPE(eids.scalar_type() == at::kLong, "ncache.", op, ": eids must be int64, got ", eids.scalar_type());
-    TORCH_CHECK_VALUE(eids.sizes() == keys.sizes(), "ncache.", op, ": eids must have keys' shape ", keys.sizes(),
-                      ", got ", eids.sizes());
+    FL_CHECK_TYPE(eids.scalar_type() == ST::Long, "ncache.", op, ": eids must be int64, got ", eids.scalar_type());
+    FL_CHECK_VALUE(eids.sizes() == keys.sizes(), "ncache.", op, ": eids must have keys' shape ",
+                   errors::list(keys.sizes()), ", got ", errors::list(eids.sizes()));
   }
   if (times.defined()) {
-    TORCH_CHECK_TYPE(times.scalar_type() == at::kDouble, "ncache.", op, ": times must be float64, got ",
-                     times.scalar_type());
-    TORCH_CHECK_VALUE(times.sizes() == keys.sizes(), "ncache.", op, ": times must have keys' shape ", keys.sizes(),
-                      ", got ", times.sizes());
+    FL_CHECK_TYPE(times.scalar_type() == ST::Double, "ncache.", op, ": times must be float64, got ",
+                  times.scalar_type());
+    FL_CHECK_VALUE(times.sizes() == keys.sizes(), "ncache.", op, ": times must have keys' shape ",
+                   errors::list(keys.sizes()), ", got ", errors::list(times.sizes()));
   }
-  TORCH_CHECK_VALUE(values.device() == keys.device() && (!eids.defined() || eids.device() == keys.device()) &&
-                        (!times.defined() || times.device() == keys.device()),
-                    "ncache.", op, ": the tables must be on one device, keys is on ", keys.device());
+  FL_CHECK_VALUE(values.device() == keys.device() && (!eids.defined() || eids.device() == keys.device()) &&
+                     (!times.defined() || times.device() == keys.device()),
+                 "ncache.", op, ": the tables must be on one device, keys is on ", device_name(keys.device()));
 }
 
 // The state tables are updated in place, so they must already be dense: a copy would lose the update.
-inline Layout check_tables(const at::Tensor& keys, const at::Tensor& eids, const at::Tensor& times,
-                           const at::Tensor& values, at::IntArrayRef sizes, const char* op = "update") {
+template <typename Tensor, typename Sizes>
+Layout check_tables(const Tensor& keys, const Tensor& eids, const Tensor& times, const Tensor& values,
+                    const Sizes& sizes, const char* op = "update") {
   check_table_shapes(keys, eids, times, values, op);
-  for (const at::Tensor* t : {&keys, &eids, &times, &values})
-    TORCH_CHECK_VALUE(!t->defined() || t->is_contiguous(), "ncache.", op,
-                      ": the tables must be contiguous (they are written in place), got strides ", t->strides(),
-                      " for shape ", t->sizes(), "; call .contiguous() on the cache's tables first");
+  for (const Tensor* t : {&keys, &eids, &times, &values})
+    FL_CHECK_VALUE(!t->defined() || t->is_contiguous(), "ncache.", op,
+                   ": the tables must be contiguous (they are written in place), got strides ",
+                   errors::list(t->strides()), " for shape ", errors::list(t->sizes()),
+                   "; call .contiguous() on the cache's tables first");
   const Layout L = make_layout(sizes, values.size(2));
-  TORCH_CHECK_VALUE(keys.size(1) == L.S, "ncache.", op, ": keys has ", keys.size(1), " columns, sizes ", sizes,
-                    " imply S = 1 + sum(sizes) = ", L.S);
+  FL_CHECK_VALUE(keys.size(1) == L.S, "ncache.", op, ": keys has ", keys.size(1), " columns, sizes ",
+                 errors::list(sizes), " imply S = 1 + sum(sizes) = ", L.S);
   return L;
 }
 
-// An index vector of the kernels ([B] int64); returned contiguous.
-inline at::Tensor check_ids(const at::Tensor& x, const char* name, const at::Tensor& keys) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, "ncache: ", name, " must be int64, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 1, "ncache: ", name, " must be 1-D, got shape ", x.sizes());
-  TORCH_CHECK_VALUE(x.device() == keys.device(), "ncache: ", name, " is on ", x.device(), ", the cache on ",
-                    keys.device());
-  return x.contiguous();
+// An index vector of the kernels ([B] int64 on the cache's device). Each build's check_ids runs this and returns
+// the vector contiguous (ncache_cpu.cpp; ncache_checks_aten.h for the CUDA kernels).
+template <typename Tensor>
+void check_id_vector(const Tensor& x, const char* name, const Tensor& keys) {
+  FL_CHECK_TYPE(x.scalar_type() == torch::headeronly::ScalarType::Long, "ncache: ", name, " must be int64, got ",
+                x.scalar_type());
+  FL_CHECK_VALUE(x.dim() == 1, "ncache: ", name, " must be 1-D, got shape ", errors::list(x.sizes()));
+  FL_CHECK_VALUE(x.device() == keys.device(), "ncache: ", name, " is on ", device_name(x.device()),
+                 ", the cache on ", device_name(keys.device()));
 }
 
 // Where key k can sit in a pair's two rows (row[s] = node * S): only at its hash slot of each hop, or column 0
@@ -131,8 +183,8 @@ FL_HD void commit_slot(int64_t* K, int64_t* E, double* T, float* V, int64_t at, 
 }
 
 inline uint64_t threshold53(double replace_prob) {
-  TORCH_CHECK_VALUE(replace_prob >= 0.0 && replace_prob <= 1.0, "ncache: replace_prob must be in [0, 1], got ",
-                    replace_prob);
+  FL_CHECK_VALUE(replace_prob >= 0.0 && replace_prob <= 1.0, "ncache: replace_prob must be in [0, 1], got ",
+                 replace_prob);
   if (replace_prob >= 1.0) return uint64_t(1) << 53;
   return uint64_t(replace_prob * double(uint64_t(1) << 53));
 }

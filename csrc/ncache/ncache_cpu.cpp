@@ -5,10 +5,6 @@
 // every read sees the state as it was before the batch without copying it. Within a pass each owner writes only
 // its own row, so owners run in parallel with no locks, and the per-slot winner is the maximum of a total order
 // (time, edge id, key, rank): the result does not depend on the thread count.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -21,12 +17,13 @@
 #include <cstdlib>
 #include <mutex>
 #include <cstring>
+#include <optional>
+#include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
-#include "common/checks.h"
-#define FASTLAYERS_WITH_TORCH_API
-#include "common/cpu_cache.h"
+#include "common/stable.h"
 #include "ncache/ncache_common.h"
 #include "ncache/ncache_isa.h"
 
@@ -91,34 +88,43 @@ inline void prefetch(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
 }
 
-void check_batch(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& t, const at::Tensor& eid,
-                 const c10::optional<at::Tensor>& edge_values, const Layout& L) {
+// x itself when it is contiguous (as at::Tensor::contiguous: no dispatcher call), otherwise a contiguous copy.
+inline Tensor dense(const Tensor& x) { return x.is_contiguous() ? x : torch::stable::contiguous(x); }
+
+// An index vector of the kernels ([B] int64); returned contiguous.
+Tensor check_ids(const Tensor& x, const char* name, const Tensor& keys) {
+  check_id_vector(x, name, keys);
+  return dense(x);
+}
+
+void check_batch(const Tensor& src, const Tensor& dst, const Tensor& t, const Tensor& eid,
+                 const std::optional<Tensor>& edge_values, const Layout& L) {
   const int64_t B = src.size(0);
-  TORCH_CHECK_VALUE(dst.size(0) == B && eid.size(0) == B && t.dim() == 1 && t.size(0) == B,
-                    "ncache.update: src, dst, t and eid must have one length, got ", src.size(0), ", ", dst.size(0),
-                    ", ", t.sizes(), ", ", eid.size(0));
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, "ncache.update: t must be float64, got ", t.scalar_type());
+  FL_CHECK_VALUE(dst.size(0) == B && eid.size(0) == B && t.dim() == 1 && t.size(0) == B,
+                 "ncache.update: src, dst, t and eid must have one length, got ", src.size(0), ", ", dst.size(0),
+                 ", ", errors::list(t.sizes()), ", ", eid.size(0));
+  FL_CHECK_TYPE(t.scalar_type() == dtype::kDouble, "ncache.update: t must be float64, got ", t.scalar_type());
   if (edge_values.has_value()) {
-    const at::Tensor& v = *edge_values;
-    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat, "ncache.update: edge_values must be float32, got ",
-                     v.scalar_type());
-    TORCH_CHECK_VALUE(v.dim() == 2 && v.size(0) == B && v.size(1) == L.D, "ncache.update: edge_values must be [",
-                      B, ", ", L.D, "], got ", v.sizes());
-    TORCH_CHECK_VALUE(v.is_cpu(), "ncache.update: edge_values must be on the CPU like the cache");
+    const Tensor& v = *edge_values;
+    FL_CHECK_TYPE(v.scalar_type() == dtype::kFloat, "ncache.update: edge_values must be float32, got ",
+                  v.scalar_type());
+    FL_CHECK_VALUE(v.dim() == 2 && v.size(0) == B && v.size(1) == L.D, "ncache.update: edge_values must be [", B,
+                   ", ", L.D, "], got ", errors::list(v.sizes()));
+    FL_CHECK_VALUE(v.is_cpu(), "ncache.update: edge_values must be on the CPU like the cache");
   }
 }
 
 void validate_values(const int64_t* s, const int64_t* d, const double* t, int64_t B, int64_t N, double last) {
   for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_INDEX(s[b] >= 0 && s[b] < N, "ncache.update: src[", b, "] = ", s[b], " is out of range [0, ", N, ")");
-    TORCH_CHECK_INDEX(d[b] >= 0 && d[b] < N, "ncache.update: dst[", b, "] = ", d[b], " is out of range [0, ", N, ")");
-    TORCH_CHECK_VALUE(std::isfinite(t[b]) && t[b] >= 0, "ncache.update: t[", b, "] = ", t[b],
-                      " must be finite and >= 0");
-    TORCH_CHECK_VALUE(b == 0 || t[b] >= t[b - 1], "ncache.update: t must be non-decreasing within a batch, t[", b,
-                      "] = ", t[b], " < t[", b - 1, "] = ", t[b - 1]);
+    FL_CHECK_INDEX(s[b] >= 0 && s[b] < N, "ncache.update: src[", b, "] = ", s[b], " is out of range [0, ", N, ")");
+    FL_CHECK_INDEX(d[b] >= 0 && d[b] < N, "ncache.update: dst[", b, "] = ", d[b], " is out of range [0, ", N, ")");
+    FL_CHECK_VALUE(std::isfinite(t[b]) && t[b] >= 0, "ncache.update: t[", b, "] = ", t[b],
+                   " must be finite and >= 0");
+    FL_CHECK_VALUE(b == 0 || t[b] >= t[b - 1], "ncache.update: t must be non-decreasing within a batch, t[", b,
+                   "] = ", t[b], " < t[", b - 1, "] = ", t[b - 1]);
   }
-  TORCH_CHECK_VALUE(B == 0 || t[0] >= last, "ncache.update: the batch starts at t = ", t[0],
-                    ", older than the cache's latest time ", last, " (reset() the cache to replay a stream)");
+  FL_CHECK_VALUE(B == 0 || t[0] >= last, "ncache.update: the batch starts at t = ", t[0],
+                 ", older than the cache's latest time ", last, " (reset() the cache to replay a stream)");
 }
 
 // NAT's shape (3 hops, hop sizes powers of two, m1 = m2 << r, m1 <= 64) on an aligned state (every key at its
@@ -132,21 +138,24 @@ bool aligned_shape(const Layout& L) {
   return L.hops == 3 && pow2(L.m[1]) && pow2(L.m[2]) && L.m[2] <= L.m[1] && L.m[1] <= kGroupMaxM1;
 }
 
-void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tensor& values, at::Tensor& last_time,
-                const at::Tensor& src_in, const at::Tensor& dst_in, const at::Tensor& t_in, const at::Tensor& eid_in,
-                const c10::optional<at::Tensor>& edge_values_in, at::IntArrayRef sizes, double replace_prob,
-                int64_t seed, bool aligned) {
-  FL_CHECK_CPU(keys);
+// The tables and last_time are written in place (schema Tensor(a!) .. Tensor(e!)): a stable Tensor is a handle,
+// so const& still writes through mutable_data_ptr.
+void update_cpu(const Tensor& keys, const Tensor& eids, const Tensor& times, const Tensor& values,
+                const Tensor& last_time, const Tensor& src_in, const Tensor& dst_in, const Tensor& t_in,
+                const Tensor& eid_in, const std::optional<Tensor>& edge_values_in, const std::vector<int64_t>& sizes,
+                double replace_prob, int64_t seed, bool aligned) {
+  FL_CHECK(keys.is_cpu(), "keys must be a CPU tensor");
   int64_t t0 = profile().on ? now_ns() : 0;
   const Layout L = check_tables(keys, eids, times, values, sizes);
-  TORCH_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == at::kDouble && last_time.is_cpu(),
-                    "ncache.update: last_time must be a float64 CPU tensor of one element, got ",
-                    last_time.scalar_type(), " of shape ", last_time.sizes(), " on ", last_time.device());
-  const at::Tensor src = check_ids(src_in, "src", keys), dst = check_ids(dst_in, "dst", keys);
-  const at::Tensor eid = check_ids(eid_in, "eid", keys);
+  FL_CHECK_VALUE(last_time.numel() == 1 && last_time.scalar_type() == dtype::kDouble && last_time.is_cpu(),
+                 "ncache.update: last_time must be a float64 CPU tensor of one element, got ",
+                 last_time.scalar_type(), " of shape ", errors::list(last_time.sizes()), " on ",
+                 device_name(last_time.device()));
+  const Tensor src = check_ids(src_in, "src", keys), dst = check_ids(dst_in, "dst", keys);
+  const Tensor eid = check_ids(eid_in, "eid", keys);
   check_batch(src, dst, t_in, eid, edge_values_in, L);
-  TORCH_CHECK_VALUE(t_in.is_cpu(), "ncache.update: t must be on the CPU like the cache");
-  const at::Tensor t = t_in.contiguous();
+  FL_CHECK_VALUE(t_in.is_cpu(), "ncache.update: t must be on the CPU like the cache");
+  const Tensor t = dense(t_in);
   const uint64_t thr = threshold53(replace_prob);
   const int64_t B = src.size(0), N = keys.size(0), S = L.S, D = L.D;
   const int64_t* sp = src.const_data_ptr<int64_t>();
@@ -156,9 +165,9 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   double* last = last_time.mutable_data_ptr<double>();
   validate_values(sp, dp, tp, B, N, *last);
   if (B == 0) return;
-  at::Tensor ev;
-  if (edge_values_in.has_value()) ev = edge_values_in->contiguous();
-  const float* evp = ev.defined() ? ev.const_data_ptr<float>() : nullptr;
+  std::optional<Tensor> ev;
+  if (edge_values_in.has_value()) ev = dense(*edge_values_in);
+  const float* evp = ev.has_value() ? ev->const_data_ptr<float>() : nullptr;
   lap(kUpdChecks, t0);
 
   // Incidence j = 2b + side: side 0 is (owner src, partner dst), side 1 the reverse.
@@ -307,9 +316,16 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
   // The passes run in one parallel region with a barrier between hops, not one region per hop: waking the
   // worker threads three times per batch cost more than the work of a small batch.
   static const int64_t owner_grain = knob("FASTLAYERS_NCACHE_OWNER_GRAIN", kOwnerGrain);
-  const int64_t nt = at::in_parallel_region()
-                         ? 1
-                         : std::min<int64_t>(at::get_num_threads(), (U + owner_grain - 1) / owner_grain);
+  // at::in_parallel_region() has no stable counterpart; torch's CPU parallel backend is OpenMP, where it is
+  // omp_in_parallel().
+#ifdef _OPENMP
+  const bool nested = omp_in_parallel();
+#else
+  const bool nested = false;
+#endif
+  const int64_t nt =
+      nested ? 1
+             : std::min<int64_t>(torch::stable::get_num_threads(), (U + owner_grain - 1) / owner_grain);
 #ifdef _OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -336,20 +352,21 @@ void update_cpu(at::Tensor& keys, at::Tensor& eids, at::Tensor& times, at::Tenso
 // Entries of hops >= 1 that are not at their key's hash slot: 0 on every state that update writes. NCache runs
 // this once on a state it did not write (loaded, assigned or edited in place) to decide whether the kernels may
 // take the aligned shortcuts (ops ncache_update / ncache_pair_features, argument aligned).
-int64_t misplaced_cpu(const at::Tensor& keys_in, at::IntArrayRef sizes, int64_t seed) {
-  FL_CHECK_CPU(keys_in);
-  TORCH_CHECK_TYPE(keys_in.scalar_type() == at::kLong, "ncache.misplaced: keys must be int64, got ",
-                   keys_in.scalar_type());
-  TORCH_CHECK_VALUE(keys_in.dim() == 2, "ncache.misplaced: keys must be an [N, S] table, got shape ", keys_in.sizes());
+int64_t misplaced_cpu(const Tensor& keys_in, const std::vector<int64_t>& sizes, int64_t seed) {
+  FL_CHECK(keys_in.is_cpu(), "keys_in must be a CPU tensor");
+  FL_CHECK_TYPE(keys_in.scalar_type() == dtype::kLong, "ncache.misplaced: keys must be int64, got ",
+                keys_in.scalar_type());
+  FL_CHECK_VALUE(keys_in.dim() == 2, "ncache.misplaced: keys must be an [N, S] table, got shape ",
+                 errors::list(keys_in.sizes()));
   const Layout L = make_layout(sizes, 0);
-  TORCH_CHECK_VALUE(keys_in.size(1) == L.S, "ncache.misplaced: keys has ", keys_in.size(1), " columns, sizes ", sizes,
-                    " imply S = ", L.S);
-  const at::Tensor keys = keys_in.contiguous();
+  FL_CHECK_VALUE(keys_in.size(1) == L.S, "ncache.misplaced: keys has ", keys_in.size(1), " columns, sizes ",
+                 errors::list(sizes), " imply S = ", L.S);
+  const Tensor keys = dense(keys_in);
   const int64_t* K = keys.const_data_ptr<int64_t>();
   const int64_t N = keys.size(0), S = L.S;
   const uint64_t sm = seed_mix_of(seed);
   std::atomic<int64_t> bad{0};
-  at::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
+  torch::stable::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
     int64_t n = 0;
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t h = 1; h < L.hops; ++h)
@@ -364,28 +381,25 @@ int64_t misplaced_cpu(const at::Tensor& keys_in, at::IntArrayRef sizes, int64_t 
 
 void check_nodes(const int64_t* p, int64_t n, int64_t N, const char* op, const char* name) {
   for (int64_t i = 0; i < n; ++i)
-    TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < N, "ncache.", op, ": ", name, "[", i, "] = ", p[i],
-                      " is out of range [0, ", N, ")");
+    FL_CHECK_INDEX(p[i] >= 0 && p[i] < N, "ncache.", op, ": ", name, "[", i, "] = ", p[i],
+                   " is out of range [0, ", N, ")");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::Tensor& keys_in,
-                                                                      const at::Tensor& eids_in,
-                                                                      const at::Tensor& times_in,
-                                                                      const at::Tensor& values_in,
-                                                                      const at::Tensor& nodes_in) {
-  FL_CHECK_CPU(keys_in);
+std::tuple<Tensor, Tensor, Tensor, Tensor> lookup_cpu(const Tensor& keys_in, const Tensor& eids_in,
+                                                      const Tensor& times_in, const Tensor& values_in,
+                                                      const Tensor& nodes_in) {
+  FL_CHECK(keys_in.is_cpu(), "keys_in must be a CPU tensor");
   check_table_shapes(keys_in, eids_in, times_in, values_in, "lookup");
   // Read-only here, so any layout is served (a table loaded with load_state_dict(assign=True) may be a view).
-  const at::Tensor keys = keys_in.contiguous(), eids = eids_in.contiguous(), times = times_in.contiguous(),
-                   values = values_in.contiguous();
-  const at::Tensor nodes = check_ids(nodes_in, "nodes", keys);
+  const Tensor keys = dense(keys_in), eids = dense(eids_in), times = dense(times_in), values = dense(values_in);
+  const Tensor nodes = check_ids(nodes_in, "nodes", keys);
   const int64_t n = nodes.size(0), N = keys.size(0), S = keys.size(1), D = values.size(2);
   const int64_t* np = nodes.const_data_ptr<int64_t>();
   check_nodes(np, n, N, "lookup", "nodes");
-  at::Tensor ok = empty_cached({n, S}, keys.options());
-  at::Tensor oe = empty_cached({n, S}, eids.options());
-  at::Tensor ot = empty_cached({n, S}, times.options());
-  at::Tensor ov = empty_cached({n, S, D}, values.options());
+  Tensor ok = empty_cached({n, S}, dtype::kLong, keys);
+  Tensor oe = empty_cached({n, S}, dtype::kLong, eids);
+  Tensor ot = empty_cached({n, S}, dtype::kDouble, times);
+  Tensor ov = empty_cached({n, S, D}, dtype::kFloat, values);
   const int64_t* K = keys.const_data_ptr<int64_t>();
   const int64_t* E = eids.const_data_ptr<int64_t>();
   const double* T = times.const_data_ptr<double>();
@@ -394,7 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lookup_cpu(const at::
   int64_t* eo = oe.mutable_data_ptr<int64_t>();
   double* to = ot.mutable_data_ptr<double>();
   float* vo = ov.mutable_data_ptr<float>();
-  at::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+  torch::stable::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = np[i];
       std::memcpy(ko + i * S, K + r * S, sizeof(int64_t) * S);
@@ -656,28 +670,30 @@ void pair_rows_aligned(const PairArgs& a, int64_t p0, int64_t p1) {
 // An AVX-512 version of this loop (vpmullq hashes, gathered probes, compress-stored keys) was measured: slower
 // (470 vs 370 us for 400 pairs on a 10k-node cache), the loop waits on table and output lines, not on arithmetic.
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_features_cpu(
-    const at::Tensor& keys_in, const at::Tensor& values_in, const at::Tensor& u_in, const at::Tensor& v_in,
-    at::IntArrayRef sizes, int64_t seed, bool aligned) {
-  FL_CHECK_CPU(keys_in);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pair_features_cpu(const Tensor& keys_in, const Tensor& values_in,
+                                                                      const Tensor& u_in, const Tensor& v_in,
+                                                                      const std::vector<int64_t>& sizes, int64_t seed,
+                                                                      bool aligned) {
+  FL_CHECK(keys_in.is_cpu(), "keys_in must be a CPU tensor");
   int64_t t0 = profile().on ? now_ns() : 0;
-  check_table_shapes(keys_in, at::Tensor(), at::Tensor(), values_in, "pair_features");
+  const Tensor none;  // the eids / times pair_features does not read
+  check_table_shapes(keys_in, none, none, values_in, "pair_features");
   // Read-only: any layout is served by a dense copy.
-  const at::Tensor keys = keys_in.contiguous(), values = values_in.contiguous();
-  const Layout L = check_tables(keys, at::Tensor(), at::Tensor(), values, sizes, "pair_features");
-  const at::Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
-  TORCH_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ",
-                    u.size(0), " and ", v.size(0));
+  const Tensor keys = dense(keys_in), values = dense(values_in);
+  const Layout L = check_tables(keys, none, none, values, sizes, "pair_features");
+  const Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
+  FL_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ", u.size(0),
+                 " and ", v.size(0));
   const int64_t P = u.size(0), N = keys.size(0), S = L.S, D = L.D, H = L.hops, Kmax = 2 * S;
   const int64_t* up = u.const_data_ptr<int64_t>();
   const int64_t* vp = v.const_data_ptr<int64_t>();
   check_nodes(up, P, N, "pair_features", "u");
   check_nodes(vp, P, N, "pair_features", "v");
-  at::Tensor okeys = empty_cached({P, Kmax}, keys.options());
-  at::Tensor codes = empty_cached({P, Kmax}, keys.options());
-  at::Tensor feats = empty_cached({P, Kmax, D}, values.options());
-  at::Tensor mask = empty_cached({P, Kmax}, keys.options().dtype(at::kBool));
-  at::Tensor counts = empty_cached({P, H, H}, keys.options());
+  Tensor okeys = empty_cached({P, Kmax}, dtype::kLong, keys);
+  Tensor codes = empty_cached({P, Kmax}, dtype::kLong, keys);
+  Tensor feats = empty_cached({P, Kmax, D}, dtype::kFloat, values);
+  Tensor mask = empty_cached({P, Kmax}, dtype::kBool, keys);
+  Tensor counts = empty_cached({P, H, H}, dtype::kLong, keys);
   const PairArgs a{keys.const_data_ptr<int64_t>(), values.const_data_ptr<float>(), up, vp,
                    okeys.mutable_data_ptr<int64_t>(), codes.mutable_data_ptr<int64_t>(),
                    feats.mutable_data_ptr<float>(), mask.mutable_data_ptr<bool>(),
@@ -690,18 +706,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pair_feat
   if (aligned && aligned_shape(L))
     rows = D == 4 ? &pair_rows_aligned<4> : &pair_rows_aligned<0>;
   static const int64_t pair_grain = knob("FASTLAYERS_NCACHE_PAIR_GRAIN", kPairGrain);
-  at::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
+  torch::stable::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
   lap(kPairLoop, t0);
   return {okeys, codes, feats, mask, counts};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
-  m.impl("ncache_update", &update_cpu);
-  m.impl("ncache_lookup", &lookup_cpu);
-  m.impl("ncache_pair_features", &pair_features_cpu);
-  m.impl("ncache_misplaced", &misplaced_cpu);
+STABLE_TORCH_LIBRARY_IMPL(fastlayers, CPU, m) {
+  m.impl("ncache_update", TORCH_BOX(&update_cpu));
+  m.impl("ncache_lookup", TORCH_BOX(&lookup_cpu));
+  m.impl("ncache_pair_features", TORCH_BOX(&pair_features_cpu));
+  m.impl("ncache_misplaced", TORCH_BOX(&misplaced_cpu));
 }
 
 }  // namespace fastlayers::ncache

@@ -13,7 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "ncache/ncache_common.h"
+#include "ncache/ncache_checks_aten.h"
 
 namespace fastlayers::ncache {
 namespace {

@@ -1,9 +1,12 @@
-"""Loads the compiled library only under a torch it can run with, and says what to install when it can't.
+"""Loads the compiled libraries only under a torch they can run with, and says what to install when they can't.
 
-The torch C++ ABI changes between minor releases: a binary compiled against torch 2.14 fails to load under 2.13
-with an "undefined symbol" from the dynamic loader, and a CUDA build needs torch's CUDA libraries. setup.py writes
-what the binary depends on to ``_build_config.json`` next to it; this module compares that with the running torch
-before the binary is loaded.
+fastlayers has two: ``_C`` (the op schemas and the CPU kernels of the families written against the LibTorch
+stable ABI; it loads under every torch from ``stable_torch_min`` on) and ``_C_aten`` (the other families' CPU
+kernels and every CUDA kernel). The torch C++ ABI changes between minor releases: ``_C_aten`` compiled against
+torch 2.14 fails to load under 2.13 with an "undefined symbol" from the dynamic loader, and a CUDA build needs
+torch's CUDA libraries. setup.py writes what the binaries depend on to ``_build_config.json`` next to them; this
+module compares that with the running torch before ``_C_aten`` is loaded. Where it cannot load, the package still
+imports and the families it holds raise :func:`aten_error`'s message when called.
 """
 
 from __future__ import annotations
@@ -60,24 +63,59 @@ def mismatch(config: dict, torch_version: str, torch_cuda: str | None) -> str | 
     return None
 
 
+def stable_mismatch(config: dict, torch_version: str) -> str | None:
+    """Why the stable-ABI library cannot load under ``torch_version`` (older than it targets); None when it can."""
+    need = config.get("stable_torch_min")
+    if need is None:  # a build from before the split: everything is pinned to one torch
+        return mismatch(config, torch_version, None)
+    have = tuple(int(p) for p in _minor(torch_version).split("."))
+    if have < tuple(int(p) for p in need.split(".")):
+        return (f"fastlayers {config['version']} needs torch {need} or newer, but this Python has torch "
+                f"{torch_version}. Upgrade torch (pip install 'torch>={need}'), or {_SOURCE_BUILD}.")
+    return None
+
+
+_aten_error: str | None = "fastlayers._C_aten was not loaded"
+
+
+def aten_error() -> str | None:
+    """None when fastlayers._C_aten (hyper, align and every CUDA kernel) is loaded, else why not, with the fix."""
+    return _aten_error
+
+
 def load_library():
-    """Imports fastlayers._C after checking the running torch against the build; ImportError with the fix if not."""
+    """Imports fastlayers._C (ImportError with the fix when this torch is too old for it), then fastlayers._C_aten
+    where the running torch matches its build (else :func:`aten_error` says why). Returns _C."""
+    global _aten_error
     import torch
 
     config = build_config()
     if config is not None:
-        why = mismatch(config, torch.__version__, torch.version.cuda)
+        why = stable_mismatch(config, torch.__version__)
         if why:
             raise ImportError(why)
+    built = f" (built against torch {config['torch_built']})" if config else ""
     try:
         from . import _C
     except (ImportError, OSError) as e:
-        built = f" (built against torch {config['torch_built']})" if config else ""
         raise ImportError(f"fastlayers' compiled library{built} failed to load under torch {torch.__version__}: "
                           f"{e}. Reinstall the wheel that matches this torch, or {_SOURCE_BUILD}.") from e
     why = cpu_isa_error(_C.cpu_isa_info())
     if why:
         raise ImportError(why)
+    why = mismatch(config, torch.__version__, torch.version.cuda) if config is not None else None
+    if why:
+        _aten_error = (f"{why} (fastlayers._C_aten, which holds the hyper and align CPU kernels and every CUDA "
+                       f"kernel, is compiled against one torch; the other families run under any torch >= "
+                       f"{config.get('stable_torch_min')}.)")
+        return _C
+    try:
+        from . import _C_aten  # noqa: F401  (registers its kernels with the dispatcher)
+    except (ImportError, OSError) as e:
+        raise ImportError(f"fastlayers' torch-pinned library _C_aten{built} failed to load under torch "
+                          f"{torch.__version__}: {e}. Reinstall the wheel that matches this torch, or "
+                          f"{_SOURCE_BUILD}.") from e
+    _aten_error = None
     return _C
 
 

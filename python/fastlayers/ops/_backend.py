@@ -245,16 +245,26 @@ def _error(op: str, device: str, dtype, side, refused: dict[str, str]) -> NoBack
     return NoBackendDeviceError(msg, op, refused)
 
 
+def _forced_while_tracing() -> bool:
+    return _force_reference.get()
+
+
+if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14):
+    # torch 2.13's dynamo cannot trace ContextVar.get (2.14's can): read the flag once at trace time instead.
+    _forced_while_tracing = torch._dynamo.assume_constant_result(_forced_while_tracing)
+
+
 def choose(op: str, t: torch.Tensor, side=None, dtype=None) -> str:
     """The backend (CPP, CUDA_CPP, TRITON or REFERENCE) that runs op for main input t (its device and dtype, or
     dtype if given) and side (the largest size-limited dim). Raises NoBackendError when none accepts it."""
     device = t.device.type
     dtype = t.dtype if dtype is None else dtype
     side = _side(side)
-    forced = _force_reference.get()
     if torch.compiler.is_compiling():
+        forced = _forced_while_tracing()
         name = _decide_traced(op, device, dtype, side, forced)
     else:
+        forced = _force_reference.get()
         name = _decide(op, device, dtype, side, forced)
     if name is None:
         raise _error(op, device, dtype, side, _explain(op, device, dtype, side, forced)[1])
@@ -271,7 +281,24 @@ def _cuda_built() -> bool:
 
 
 def _cuda_not_built() -> str | None:
-    return None if _cuda_built() else "device cuda not built into this wheel (install the CUDA wheel)"
+    if not _cuda_built():
+        return "device cuda not built into this wheel (install the CUDA wheel)"
+    return _aten_missing()
+
+
+def _aten_missing() -> str | None:
+    """Why the kernels in fastlayers._C_aten (hyper and align on the CPU, every CUDA kernel) cannot run here."""
+    from .._compat import aten_error
+
+    why = aten_error()
+    return None if why is None else "fastlayers._C_aten is not loaded: " + why
+
+
+def _reference_refuses_without_aten(device: str) -> str | None:
+    # Where _C_aten cannot load (another torch), its families raise rather than run the reference silently slowly.
+    why = _aten_missing()
+    return ("refused: the C++ kernels are missing (" + why + ")") if why else _reference_refuses_cuda_without_wheel(
+        device)
 
 
 def _reference_refuses_cuda_without_wheel(device: str) -> str | None:
@@ -307,6 +334,9 @@ def _declare_all() -> None:
     triton_avail = availability("triton:eca", _TRITON_MISSING)
     declare("eca", [cpp, Backend(TRITON, ("cuda",), {"cuda": FLOATS}, available=triton_avail),
                     Backend(REFERENCE, None, {"*": FLOATS})], ("eca_fwd", "eca_bwd"), "x")
+    # hyper and align: C++ CPU kernels in _C_aten (ATen GEMMs), so they need the torch it was built for
+    cpp, strict_ref = (dataclasses.replace(cpp, available=_aten_missing),
+                       dataclasses.replace(strict_ref, refuse=_reference_refuses_without_aten))
     tri = Backend(TRITON, ("cuda",), {"cuda": FLOATS}, available=availability("triton:hyper", _TRITON_MISSING))
     declare("hyper_linear", [cpp, tri, strict_ref], ("hyper_linear_fwd", "hyper_linear_bwd"), "x")
     declare("interval_hyper_linear", [cpp, tri, strict_ref], ("hyper_abs_linear_fwd", "hyper_abs_linear_bwd"), "x_c")
@@ -315,7 +345,8 @@ def _declare_all() -> None:
     declare("sinkhorn", [cpp, tri_tile, strict_ref], ("sinkhorn_fwd", "sinkhorn_bwd"), "logits")
     declare("align_score", [cpp, tri_tile, strict_ref], ("align_score_fwd", "align_score_bwd"), "P")
     declare("partner", [cpp, tri_tile, strict_ref], ("partner_fwd", "partner_bwd"), "P")
-    declare("isonet_layer", [cpp, Backend(REFERENCE, None, {"cpu": F32_64, "*": FLOATS})],
+    declare("isonet_layer", [cpp, Backend(REFERENCE, None, {"cpu": F32_64, "*": FLOATS},
+                                          refuse=_reference_refuses_without_aten)],
             ("isonet_layer_fwd", "isonet_layer_bwd"), "h")
 
 
