@@ -7,9 +7,11 @@
 # make asan   - the extension built with AddressSanitizer + UBSan in build/asan-tree, the test suite and a fuzz slice
 #              run against it (fuzz/asan.sh)
 # make wheel    - dist/: the sdist, a CPU wheel built from it and, where nvcc is found, a CUDA wheel (sm_80, sm_90 +
-#                PTX); abi3, pinned to this torch's minor release, auditwheel-repaired (packaging/build_wheels.sh)
+#                PTX); abi3, the stable-ABI library for torch >= 2.13 plus one pinned to this torch's minor release,
+#                auditwheel-repaired (packaging/build_wheels.sh)
 # make wheel-test - each wheel in a fresh venv with torch from the registry and no compiler: fastlayers info and the
-#                test suite from outside the source tree; the wheel under torch 2.13 must refuse clearly
+#                test suite from outside the source tree; under torch 2.13 the stable-ABI families' tests pass
+#                and the pinned ones refuse clearly
 # make test-isa - every family's correctness tests again under FASTLAYERS_CPU_ISA=avx2 and =scalar (make test runs the
 #                 best path the CPU has, so that one is skipped here); a path this CPU lacks is skipped with a note
 # make gpu-check - compile every Triton and CUDA kernel for sm_80 and sm_90 (no GPU needed) and check the

@@ -34,8 +34,9 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 # code) are compiled into _C_aten: hyper and align multiply with ATen GEMMs (at::mm_out / bmm_out into buffers
 # inside parallel regions), which the stable ABI only offers as allocating dispatcher calls.
 STABLE_FAMILIES = ("eca", "mp", "ncache")
-# The oldest torch the stable library targets (major, minor): the wheel's torch floor.
-STABLE_TARGET = (2, 13)
+# The oldest torch the stable library targets (major, minor): the wheel's torch floor. Built against an older torch
+# (the lent GPU machine has 2.11), that torch's own version is the target: headers cannot target a newer ABI.
+STABLE_TARGET = min((2, 13), tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]))
 # Sources in both libraries (each holds its own ISA choice and output pool).
 SHARED_SOURCES = ("csrc/common/cpu_isa.cpp", "csrc/common/cpu_cache.cpp")
 

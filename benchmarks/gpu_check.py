@@ -322,7 +322,7 @@ def _nvcc_command(src: str, archs, obj: str) -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     std = "-std=c++20" if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 10) else "-std=c++17"
     cmd = [nvcc, "-c", src, "-o", obj, std, "-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas", "-v",
-           "-DFASTLAYERS_WITH_CUDA", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DTORCH_EXTENSION_NAME=_C",
+           "-DFASTLAYERS_WITH_CUDA", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-DTORCH_EXTENSION_NAME=_C_aten",
            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
            "-D__CUDA_NO_HALF2_OPERATORS__", "--compiler-options", "-fPIC"]
     for a in archs:

@@ -4,8 +4,9 @@
 #     wheel and JIT-compile on a GPU at run time, but the CUDA C++ families (mp, ncache) need the CUDA wheel.
 #   - where torch has CUDA and nvcc is found, a CUDA wheel (+pt<torch>cu<ver>): SASS for sm_80 and sm_90 plus
 #     PTX for newer GPUs (TORCH_CUDA_ARCH_LIST, default "8.0;9.0+PTX").
-# Both are abi3 (one file for CPython >= 3.10), require the torch minor release they were compiled against, and are
-# repaired with auditwheel, excluding torch's own libraries (they come with torch; vendoring them would load a
+# Both are abi3 (one file for CPython >= 3.10) and hold two libraries: fastlayers._C (stable ABI: loads under any
+# torch >= 2.13) and fastlayers._C_aten (pinned to the torch minor release in the version tag; see setup.py). They
+# require torch >= 2.13 and are repaired with auditwheel, excluding torch's own libraries (they come with torch; vendoring them would load a
 # second copy) so the platform tag is the one auditwheel finds this host's binary can claim.
 #
 # Environment: PYTHON (default .venv/bin/python), VARIANTS ("cpu cuda"), OUT (dist).

@@ -51,7 +51,7 @@ def check(path: str) -> list[str]:
         bad += [f"vendors {n}: torch provides it at run time" for n in names if FORBIDDEN.search(n)]
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         wheel = z.read(next(n for n in names if n.endswith(".dist-info/WHEEL"))).decode()
-        req = f"torch>={config['stable_torch_min']}"
+        req = f"torch>={config.get('stable_torch_min', '(no stable library in this build)')}"
         if not re.search(rf"^Requires-Dist: {re.escape(req)}$", meta, re.MULTILINE):
             bad.append(f"METADATA does not require {req}")
         version = re.search(r"^Version: (.+)$", meta, re.MULTILINE).group(1)

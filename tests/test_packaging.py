@@ -7,6 +7,8 @@ imported under torch 2.13) are `make wheel-test` (packaging/wheel_test.sh); thes
 import importlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -139,3 +141,16 @@ def test_info_reports_where_each_family_runs():
     triton = importlib.import_module("fastlayers.ops.eca")._triton_eca is not None
     for family in ("eca", "hyper", "align"):
         assert where[family].endswith("CUDA: Triton" if triton else "(Triton is not importable)"), where[family]
+
+
+def test_stable_library_imports_no_torch_cpp_symbol():
+    # fastlayers._C must load under every torch >= 2.13: it may call libtorch only through the stable C shim
+    # (aoti_torch_* / torch_* C functions), never a C++ symbol of c10, at or torch, whose ABI changes per release.
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("needs binutils' nm")
+    out = subprocess.run([nm, "-D", "--undefined-only", fastlayers._C.__file__], capture_output=True, text=True,
+                         check=True).stdout
+    assert "aoti_torch_" in out  # it does use the shim
+    pinned = re.findall(r"\b(_ZN(?:K)?\d+(?:c10|at|torch)\w*)", out)
+    assert not pinned, pinned[:5]

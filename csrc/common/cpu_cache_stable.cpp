@@ -35,24 +35,42 @@ size_t element_size(ScalarType t) {
   return 0;
 }
 
-// A contiguous [sizes] tensor: from the pool when it is a large CPU one, else from torch's allocator.
-Tensor alloc(const std::vector<int64_t>& sizes, ScalarType dt, const Tensor& device_of) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t nbytes = size_t(numel) * element_size(dt);
-  if (!device_of.is_cpu() || nbytes < cpu_cache::kMinCachedBytes || cpu_cache::stats().limit_bytes == 0) {
-    return poisoned(torch::stable::new_empty(device_of, sizes, dt));
-  }
-  const size_t size = cpu_cache::round_up(nbytes);
-  void* ptr = cpu_cache::take(size);
-  FL_CHECK(ptr != nullptr, "fastlayers: out of memory allocating ", nbytes, " bytes");
+std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> strides(sizes.size());
   int64_t run = 1;
   for (size_t i = sizes.size(); i-- > 0;) {
     strides[i] = run;
     run *= std::max<int64_t>(sizes[i], 1);
   }
-  return poisoned(torch::stable::from_blob(ptr, sizes, strides, device_of.device(), dt,
+  return strides;
+}
+
+// torch's allocator through the AOTI C shim: torch::stable::new_empty / empty go through the boxed dispatcher
+// (an op lookup by name per call, ~2 us each, measured), which small calls with several outputs would feel.
+Tensor empty_direct(const std::vector<int64_t>& sizes, ScalarType dt, const Tensor& device_of) {
+  const std::vector<int64_t> strides = contiguous_strides(sizes);
+  int32_t device_type = 0, device_index = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(device_of.get(), &device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(device_of.get(), &device_index));
+  const int32_t dtype_code = torch::stable::detail::to<int32_t>(torch::stable::detail::from(dt));
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(int64_t(sizes.size()), sizes.data(), strides.data(),
+                                                         dtype_code, device_type, device_index, &out));
+  return Tensor(out);
+}
+
+// A contiguous [sizes] tensor: from the pool when it is a large CPU one, else from torch's allocator.
+Tensor alloc(const std::vector<int64_t>& sizes, ScalarType dt, const Tensor& device_of) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t nbytes = size_t(numel) * element_size(dt);
+  if (!device_of.is_cpu() || nbytes < cpu_cache::kMinCachedBytes || cpu_cache::stats().limit_bytes == 0) {
+    return poisoned(empty_direct(sizes, dt, device_of));
+  }
+  const size_t size = cpu_cache::round_up(nbytes);
+  void* ptr = cpu_cache::take(size);
+  FL_CHECK(ptr != nullptr, "fastlayers: out of memory allocating ", nbytes, " bytes");
+  return poisoned(torch::stable::from_blob(ptr, sizes, contiguous_strides(sizes), device_of.device(), dt,
                                            [size](void* q) { cpu_cache::give_back(q, size); }));
 }
 

@@ -10,7 +10,9 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 #include "common/errors.h"
@@ -47,6 +49,32 @@ void dispatch_floating(ScalarType t, const char* op, F&& f) {
   dispatch_float_double(t, op, f);
 }
 
+#define FL_CHECK_DIM(t, d) FL_CHECK((t).dim() == (d), #t " must have " #d " dims, got ", (t).dim())
+
+// torch::stable::parallel_for for every parallel region of the stable kernels. An exception must never leave a
+// body through the shim (it would arrive as a RuntimeError that has lost its type): bodies record their failures
+// and the ops raise after the region. As a safety net for what no body expects to throw (a chunk's scratch
+// allocation), the first exception a body lets out is caught in its thread and rethrown here after the region,
+// as at::parallel_for does.
+template <typename F>
+void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
+    try {
+      f(b, e);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+inline int64_t num_threads() { return int64_t(torch::stable::get_num_threads()); }
+
+// Tensor::contiguous() as ATen has it: t itself when contiguous (no dispatcher call), else a contiguous copy.
+inline Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
 inline Tensor to_dtype(const Tensor& t, ScalarType s) {
   return t.scalar_type() == s ? t : torch::stable::to(t, s);
 }
@@ -70,7 +98,7 @@ inline bool is_channels_last_dense(const Tensor& x) {
 
 // The layout kernels run on: x itself when it is contiguous or channels-last dense, otherwise a contiguous copy.
 inline Tensor dense_for_kernel(const Tensor& x) {
-  return is_channels_last_dense(x) ? x : torch::stable::contiguous(x);
+  return is_channels_last_dense(x) ? x : contig(x);
 }
 
 // Brings t into the same dense layout as ref (both dense kernel layouts above).

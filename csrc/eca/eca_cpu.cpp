@@ -93,7 +93,7 @@ int64_t samples_per_block(int64_t bytes_per_sample) {
 
 // Row chunks per sample for channels-last passes, so a block of few samples still feeds every thread.
 int64_t row_chunks(int64_t samples, int64_t S) {
-  const int64_t want = (2 * int64_t(torch::stable::get_num_threads()) + samples - 1) / samples;
+  const int64_t want = (2 * num_threads() + samples - 1) / samples;
   return std::max<int64_t>(1, std::min<int64_t>(want, S / 16));
 }
 
@@ -106,10 +106,10 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
     const int64_t n1 = std::min(N, n0 + block);
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) p[i] = T(plane_sum(x + i * S, S)) * inv_S;
       });
-      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           const int64_t n = i / C, c = i % C;
           const T g = sigmoid(conv_at(p + n * C, w, k, c, C, circular));
@@ -120,7 +120,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
     } else {
       const int64_t nb = n1 - n0, R = row_chunks(nb, S);
       std::vector<double> part(nb * R * C);
-      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           double* acc = part.data() + it * C;
@@ -128,7 +128,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
           rows_sum(x + (n * S + r0) * C, acc, r1 - r0, C);
         }
       });
-      torch::stable::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
         for (int64_t m = b; m < e; ++m) {
           T* pn = p + (n0 + m) * C;
           for (int64_t c = 0; c < C; ++c) {
@@ -140,7 +140,7 @@ void forward_impl(const Shape& sh, const T* x, T* y, const T* w, int64_t k, bool
           for (int64_t c = 0; c < C; ++c) sn[c] = sigmoid(conv_at(pn, w, k, c, C, circular));
         }
       });
-      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           rows_scale(x + (n * S + r0) * C, y + (n * S + r0) * C, s + n * C, r1 - r0, C);
@@ -180,13 +180,13 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
     const int64_t n1 = std::min(N, n0 + block), nb = n1 - n0;
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) gs[i - n0 * C] = T(plane_dot(g + i * S, x + i * S, S));
       });
     } else {
       const int64_t R = row_chunks(nb, S);
       std::vector<double> part(nb * R * C);
-      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t n = n0 + it / R, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           double* acc = part.data() + it * C;
@@ -201,7 +201,7 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
           gs[m * C + c] = T(acc);
         }
     }
-    torch::stable::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
+    fastlayers::parallel_for(0, nb, 1, [&](int64_t b, int64_t e) {
       for (int64_t m = b; m < e; ++m) {
         const int64_t n = n0 + m;
         channel_backward(gs.data() + m * C, s + n * C, p + n * C, w, k, C, S, circular, ga.data() + m * C,
@@ -210,12 +210,12 @@ void backward_impl(const Shape& sh, const T* g, const T* x, const T* w, int64_t 
     });
     if (!sh.cl) {
       const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, S));
-      torch::stable::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(n0 * C, n1 * C, grain, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) plane_affine(g + i * S, dx + i * S, s[i], gp[i - n0 * C], S);
       });
     } else {
       const int64_t R = row_chunks(nb, S);
-      torch::stable::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
+      fastlayers::parallel_for(0, nb * R, 1, [&](int64_t b, int64_t e) {
         for (int64_t it = b; it < e; ++it) {
           const int64_t m = it / R, n = n0 + m, r = it % R, r0 = r * S / R, r1 = (r + 1) * S / R;
           rows_affine(g + (n * S + r0) * C, dx + (n * S + r0) * C, s + n * C, gp.data() + m * C, r1 - r0, C);
@@ -246,7 +246,7 @@ std::tuple<Tensor, Tensor, Tensor> eca_fwd_cpu(const Tensor& x_in, const Tensor&
   Tensor y = empty_like_cached(x);
   Tensor p = empty_cached({sh.N, sh.C}, x.scalar_type(), x);
   Tensor s = empty_cached({sh.N, sh.C}, x.scalar_type(), x);
-  const Tensor w = torch::stable::contiguous(to_dtype(weight, x.scalar_type()));
+  const Tensor w = contig(to_dtype(weight, x.scalar_type()));
   if (sh.N * sh.C == 0) return {y, p, s};
   dispatch_float_double(x.scalar_type(), "eca_fwd_cpu", [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -268,9 +268,9 @@ std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x_in,
   const Shape sh = shape_of(x);
   FL_CHECK(pooled.numel() == sh.N * sh.C && gate.numel() == sh.N * sh.C, "eca_bwd: pooled/gate must be [N, C]");
   const Tensor g = like_layout(to_dtype(grad_y, x.scalar_type()), x);
-  const Tensor p = torch::stable::contiguous(to_dtype(pooled, x.scalar_type()));
-  const Tensor s = torch::stable::contiguous(to_dtype(gate, x.scalar_type()));
-  const Tensor w = torch::stable::contiguous(to_dtype(weight, x.scalar_type()));
+  const Tensor p = contig(to_dtype(pooled, x.scalar_type()));
+  const Tensor s = contig(to_dtype(gate, x.scalar_type()));
+  const Tensor w = contig(to_dtype(weight, x.scalar_type()));
   const int64_t k = w.numel();
   Tensor dx = empty_like_cached(x);
   Tensor dw_per_sample = zeros_cached({sh.N, k}, dtype::kDouble, x);
@@ -284,7 +284,12 @@ std::tuple<Tensor, Tensor> eca_bwd_cpu(const Tensor& grad_y, const Tensor& x_in,
     });
   }
   // Summed over samples in a fixed order: deterministic whatever the thread count.
-  return {dx, to_dtype(torch::stable::sum(dw_per_sample, std::vector<int64_t>{0}), weight.scalar_type())};
+  Tensor dw = zeros_cached({k}, dtype::kDouble, x);
+  double* acc = dw.mutable_data_ptr<double>();
+  const double* per = dw_per_sample.const_data_ptr<double>();
+  for (int64_t n = 0; n < sh.N; ++n)
+    for (int64_t j = 0; j < k; ++j) acc[j] += per[n * k + j];
+  return {dx, to_dtype(dw, weight.scalar_type())};
 }
 
 }  // namespace

@@ -6,7 +6,6 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
-#include <exception>
 #include <limits>
 #include <string>
 #include <vector>
@@ -14,10 +13,6 @@
 #include "common/cpu_isa.h"
 #include "common/cpu_simd.h"
 #include "common/stable.h"
-
-// The dims check of the old common/checks.h (FL_CHECK_DIM, ATen only), with its message: "x_in must have 3 dims,
-// got 2" (a RuntimeError, as TORCH_CHECK raised).
-#define FL_MP_CHECK_DIM(t, d) FL_CHECK((t).dim() == (d), #t " must have " #d " dims, got ", (t).dim())
 
 namespace fastlayers::mp {
 
@@ -31,30 +26,6 @@ inline Reduce parse_reduce(const std::string& s) {
   FL_CHECK(false, "fastlayers: reduce must be sum, mean, min or max, got ", s);
   return Reduce::Sum;  // not reached
 }
-
-// torch::stable::parallel_for for every parallel region of the mp kernels. An exception must never leave a body
-// (the shim would turn it into a RuntimeError that has lost its type and message): the bodies record their
-// failures and the ops raise after the region. As a safety net for what no body expects to throw (a chunk's
-// scratch allocation), the first exception a body lets out is caught in that thread and rethrown here after the
-// region, as at::parallel_for did with it.
-template <typename F>
-void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  torch::stable::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) {
-    try {
-      f(b, e);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-    }
-  });
-  if (error) std::rethrow_exception(error);
-}
-
-inline int64_t num_threads() { return int64_t(torch::stable::get_num_threads()); }
-
-// Tensor::contiguous() as ATen has it: t itself when contiguous (no dispatcher call), else a contiguous copy.
-inline Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
 
 inline bool is_arg_reduce(Reduce r) { return r == Reduce::Max || r == Reduce::Min; }
 
@@ -98,7 +69,7 @@ void parallel_rows(const int64_t* rowptr, int64_t n, int64_t width, const F& fn)
     return;
   }
   std::atomic<int64_t> next{0};
-  mp::parallel_for(0, std::min<int64_t>(m, num_threads()), 1, [&](int64_t, int64_t) {
+  fastlayers::parallel_for(0, std::min<int64_t>(m, num_threads()), 1, [&](int64_t, int64_t) {
     for (int64_t c = next.fetch_add(1); c < m; c = next.fetch_add(1)) fn(b[c], b[c + 1]);
   });
 }
@@ -172,7 +143,7 @@ FL_INLINE bool out_of(int64_t v, int64_t hi) { return uint64_t(v) >= uint64_t(hi
 // gradient: one parallel streaming pass (backward of max/min only) turns that into an error.
 inline void check_arg_range(const int64_t* a, int64_t numel, int64_t hi, const char* op, const char* what) {
   std::atomic<bool> bad{false};
-  mp::parallel_for(0, numel, int64_t(1) << 16, [&](int64_t b, int64_t e) {
+  fastlayers::parallel_for(0, numel, int64_t(1) << 16, [&](int64_t b, int64_t e) {
     bool ok = true;
     for (int64_t i = b; i < e; ++i) ok &= uint64_t(a[i]) <= uint64_t(hi);
     if (!ok) bad.store(true);

@@ -37,7 +37,7 @@ Tensor checked_indptr(const Tensor& indptr_in, int64_t num_src, const char* op) 
 std::tuple<Tensor, Tensor> segment_fwd_cpu(const Tensor& src_in, const Tensor& indptr_in, const std::string& reduce,
                                            bool need_arg) {
   check_float(src_in, "src");
-  FL_MP_CHECK_DIM(src_in, 2);
+  FL_CHECK_DIM(src_in, 2);
   const Reduce red = parse_reduce(reduce);
   const Tensor src = contig(src_in);
   const int64_t E = src.size(0), B = src.size(1);
@@ -62,7 +62,7 @@ std::tuple<Tensor, Tensor> segment_fwd_cpu(const Tensor& src_in, const Tensor& i
 Tensor segment_bwd_cpu(const Tensor& grad_in, const Tensor& indptr_in, const Tensor& arg_in, int64_t num_src,
                        const std::string& reduce) {
   check_float(grad_in, "grad_out");
-  FL_MP_CHECK_DIM(grad_in, 2);
+  FL_CHECK_DIM(grad_in, 2);
   const Reduce red = parse_reduce(reduce);
   const Tensor g = contig(grad_in);
   FL_CHECK(num_src >= 0, "segment_bwd: num_src must be >= 0, got ", num_src);
@@ -114,7 +114,7 @@ void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, in
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(num_threads(), L / (int64_t(1) << 16)));
   std::vector<int64_t> hist(T * n, 0);
   BadSlot bad;
-  mp::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+  fastlayers::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * n;
       for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) {
@@ -141,7 +141,7 @@ void counting_sort(const int64_t* idx, int64_t L, int64_t n, int64_t* rowptr, in
     }
     rowptr[r + 1] = start;
   }
-  mp::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+  fastlayers::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t* h = hist.data() + t * n;
       for (int64_t i = L * t / T; i < L * (t + 1) / T; ++i) order[h[idx[i]]++] = i;
@@ -178,7 +178,7 @@ void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int6
   const int kind = red == Reduce::Max ? 1 : red == Reduce::Min ? 2 : 0;
   std::vector<int64_t> count(n, 0);
   std::atomic<bool> failed{false};
-  mp::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+  fastlayers::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
       bool bad = false;
@@ -205,7 +205,7 @@ void scatter_stream(const T* src, const int64_t* idx, T* out, int64_t* arg, int6
 std::tuple<Tensor, Tensor> scatter_fwd_cpu(const Tensor& src_in, const Tensor& index_in, int64_t n,
                                            const std::string& reduce, bool need_arg) {
   check_float(src_in, "src");
-  FL_MP_CHECK_DIM(src_in, 3);
+  FL_CHECK_DIM(src_in, 3);
   FL_CHECK(n >= 0, "scatter_fwd: dim_size must be >= 0, got ", n);
   const Reduce red = parse_reduce(reduce);
   const Tensor src = contig(src_in);
@@ -263,7 +263,7 @@ std::tuple<Tensor, Tensor> scatter_fwd_cpu(const Tensor& src_in, const Tensor& i
 Tensor scatter_bwd_cpu(const Tensor& grad_in, const Tensor& index_in, const Tensor& arg_in,
                        const std::string& reduce) {
   check_float(grad_in, "grad_out");
-  FL_MP_CHECK_DIM(grad_in, 3);
+  FL_CHECK_DIM(grad_in, 3);
   const Reduce red = parse_reduce(reduce);
   const Tensor g = contig(grad_in);
   const int64_t A = g.size(0), n = g.size(1), B = g.size(2), L = index_in.numel();
@@ -296,7 +296,7 @@ Tensor scatter_bwd_cpu(const Tensor& grad_in, const Tensor& index_in, const Tens
       // A bad index is skipped and noted (never raised inside the region); the op raises after it, naming the
       // first bad position.
       BadSlot bad;
-      mp::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
+      fastlayers::parallel_for(0, L, grain, [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t t = ip[p];
           if (out_of(t, n)) {
@@ -331,9 +331,8 @@ std::tuple<Tensor, Tensor> csr_index_cpu(const Tensor& key_in, int64_t n) {
   FL_CHECK(n >= 0, "csr_index: n must be >= 0");
   const Tensor key = contig(key_in);
   const int64_t L = key.numel();
-  // As before the port, torch's allocator (at::empty with key's options), not the output pool.
-  Tensor rowptr = torch::stable::new_empty(key, {n + 1});
-  Tensor perm = torch::stable::new_empty(key, {L});
+  Tensor rowptr = empty_cached({n + 1}, dtype::kLong, key);
+  Tensor perm = empty_cached({L}, dtype::kLong, key);
   counting_sort(key.const_data_ptr<int64_t>(), L, n, rowptr.mutable_data_ptr<int64_t>(),
                 perm.mutable_data_ptr<int64_t>(), "csr_index", "key");
   return {rowptr, perm};

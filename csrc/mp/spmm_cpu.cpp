@@ -44,7 +44,7 @@ std::tuple<Tensor, Tensor> spmm_fwd_cpu(const Tensor& rowptr_in, const Tensor& c
                                         const std::string& reduce, bool need_arg) {
   check_csr(rowptr_in, col_in, perm_in, "spmm_fwd");
   check_float(x_in, "x");
-  FL_MP_CHECK_DIM(x_in, 3);
+  FL_CHECK_DIM(x_in, 3);
   const Reduce red = parse_reduce(reduce);
   const Tensor rowptr = contig(rowptr_in), col = contig(col_in), perm = contig(perm_in);
   const Tensor x = contig(x_in);
@@ -87,7 +87,7 @@ std::tuple<Tensor, Tensor> spmm_arg_bwd_cpu(const Tensor& colptr_in, const Tenso
                                             bool need_weight) {
   check_csr(colptr_in, row_in, cperm_in, "spmm_arg_bwd", "colptr", "row", "cperm");
   check_float(x_in, "x");
-  FL_MP_CHECK_DIM(x_in, 3);
+  FL_CHECK_DIM(x_in, 3);
   const Tensor colptr = contig(colptr_in), row = contig(row_in), cperm = contig(cperm_in);
   const Tensor x = contig(x_in);
   const int64_t n = colptr.numel() - 1, E = row.numel(), H = x.size(1), F = x.size(2);
@@ -140,7 +140,7 @@ Tensor sddmm_cpu(const Tensor& rowptr_in, const Tensor& col_in, const Tensor& pe
                  const Tensor& /*row*/, const Tensor& /*cperm*/, const Tensor& a_in, const Tensor& b_in) {
   check_csr(rowptr_in, col_in, perm_in, "sddmm");
   check_float(a_in, "a");
-  FL_MP_CHECK_DIM(a_in, 3);
+  FL_CHECK_DIM(a_in, 3);
   FL_CHECK(b_in.sizes() == a_in.sizes() && b_in.scalar_type() == a_in.scalar_type(),
            "sddmm: a and b must have one shape and dtype");
   const Tensor rowptr = contig(rowptr_in), col = contig(col_in), perm = contig(perm_in);
@@ -170,7 +170,7 @@ Tensor edge_softmax_fwd_cpu(const Tensor& rowptr_in, const Tensor& perm_in, cons
   check_index(rowptr_in, "rowptr");
   check_index(perm_in, "perm");
   check_float(s_in, "scores");
-  FL_MP_CHECK_DIM(s_in, 2);
+  FL_CHECK_DIM(s_in, 2);
   FL_CHECK(s_in.size(0) == perm_in.numel(), "edge_softmax: scores must be [E, H]");
   const Tensor rowptr = contig(rowptr_in), perm = contig(perm_in), s = contig(s_in);
   const int64_t n = rowptr.numel() - 1, H = s.size(1), E = perm.numel();
@@ -234,7 +234,7 @@ Tensor edge_softmax_bwd_cpu(const Tensor& rowptr_in, const Tensor& perm_in, cons
   check_index(rowptr_in, "rowptr");
   check_index(perm_in, "perm");
   check_float(y_in, "out");
-  FL_MP_CHECK_DIM(y_in, 2);
+  FL_CHECK_DIM(y_in, 2);
   FL_CHECK(g_in.sizes() == y_in.sizes() && y_in.size(0) == perm_in.numel(),
            "edge_softmax_bwd: out and grad_out must be [E, H]");
   const Tensor rowptr = contig(rowptr_in), perm = contig(perm_in), y = contig(y_in);

@@ -88,13 +88,10 @@ inline void prefetch(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i);
 }
 
-// x itself when it is contiguous (as at::Tensor::contiguous: no dispatcher call), otherwise a contiguous copy.
-inline Tensor dense(const Tensor& x) { return x.is_contiguous() ? x : torch::stable::contiguous(x); }
-
 // An index vector of the kernels ([B] int64); returned contiguous.
 Tensor check_ids(const Tensor& x, const char* name, const Tensor& keys) {
   check_id_vector(x, name, keys);
-  return dense(x);
+  return contig(x);
 }
 
 void check_batch(const Tensor& src, const Tensor& dst, const Tensor& t, const Tensor& eid,
@@ -155,7 +152,7 @@ void update_cpu(const Tensor& keys, const Tensor& eids, const Tensor& times, con
   const Tensor eid = check_ids(eid_in, "eid", keys);
   check_batch(src, dst, t_in, eid, edge_values_in, L);
   FL_CHECK_VALUE(t_in.is_cpu(), "ncache.update: t must be on the CPU like the cache");
-  const Tensor t = dense(t_in);
+  const Tensor t = contig(t_in);
   const uint64_t thr = threshold53(replace_prob);
   const int64_t B = src.size(0), N = keys.size(0), S = L.S, D = L.D;
   const int64_t* sp = src.const_data_ptr<int64_t>();
@@ -166,7 +163,7 @@ void update_cpu(const Tensor& keys, const Tensor& eids, const Tensor& times, con
   validate_values(sp, dp, tp, B, N, *last);
   if (B == 0) return;
   std::optional<Tensor> ev;
-  if (edge_values_in.has_value()) ev = dense(*edge_values_in);
+  if (edge_values_in.has_value()) ev = contig(*edge_values_in);
   const float* evp = ev.has_value() ? ev->const_data_ptr<float>() : nullptr;
   lap(kUpdChecks, t0);
 
@@ -325,7 +322,7 @@ void update_cpu(const Tensor& keys, const Tensor& eids, const Tensor& times, con
 #endif
   const int64_t nt =
       nested ? 1
-             : std::min<int64_t>(torch::stable::get_num_threads(), (U + owner_grain - 1) / owner_grain);
+             : std::min<int64_t>(num_threads(), (U + owner_grain - 1) / owner_grain);
 #ifdef _OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -361,12 +358,12 @@ int64_t misplaced_cpu(const Tensor& keys_in, const std::vector<int64_t>& sizes, 
   const Layout L = make_layout(sizes, 0);
   FL_CHECK_VALUE(keys_in.size(1) == L.S, "ncache.misplaced: keys has ", keys_in.size(1), " columns, sizes ",
                  errors::list(sizes), " imply S = ", L.S);
-  const Tensor keys = dense(keys_in);
+  const Tensor keys = contig(keys_in);
   const int64_t* K = keys.const_data_ptr<int64_t>();
   const int64_t N = keys.size(0), S = L.S;
   const uint64_t sm = seed_mix_of(seed);
   std::atomic<int64_t> bad{0};
-  torch::stable::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
+  fastlayers::parallel_for(0, N, 1024, [&](int64_t r0, int64_t r1) {
     int64_t n = 0;
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t h = 1; h < L.hops; ++h)
@@ -391,7 +388,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lookup_cpu(const Tensor& keys_in, con
   FL_CHECK(keys_in.is_cpu(), "keys_in must be a CPU tensor");
   check_table_shapes(keys_in, eids_in, times_in, values_in, "lookup");
   // Read-only here, so any layout is served (a table loaded with load_state_dict(assign=True) may be a view).
-  const Tensor keys = dense(keys_in), eids = dense(eids_in), times = dense(times_in), values = dense(values_in);
+  const Tensor keys = contig(keys_in), eids = contig(eids_in), times = contig(times_in), values = contig(values_in);
   const Tensor nodes = check_ids(nodes_in, "nodes", keys);
   const int64_t n = nodes.size(0), N = keys.size(0), S = keys.size(1), D = values.size(2);
   const int64_t* np = nodes.const_data_ptr<int64_t>();
@@ -408,7 +405,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lookup_cpu(const Tensor& keys_in, con
   int64_t* eo = oe.mutable_data_ptr<int64_t>();
   double* to = ot.mutable_data_ptr<double>();
   float* vo = ov.mutable_data_ptr<float>();
-  torch::stable::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
+  fastlayers::parallel_for(0, n, 256, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = np[i];
       std::memcpy(ko + i * S, K + r * S, sizeof(int64_t) * S);
@@ -679,7 +676,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pair_features_cpu(const Tenso
   const Tensor none;  // the eids / times pair_features does not read
   check_table_shapes(keys_in, none, none, values_in, "pair_features");
   // Read-only: any layout is served by a dense copy.
-  const Tensor keys = dense(keys_in), values = dense(values_in);
+  const Tensor keys = contig(keys_in), values = contig(values_in);
   const Layout L = check_tables(keys, none, none, values, sizes, "pair_features");
   const Tensor u = check_ids(u_in, "u", keys), v = check_ids(v_in, "v", keys);
   FL_CHECK_VALUE(u.size(0) == v.size(0), "ncache.pair_features: u and v must have one length, got ", u.size(0),
@@ -706,7 +703,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> pair_features_cpu(const Tenso
   if (aligned && aligned_shape(L))
     rows = D == 4 ? &pair_rows_aligned<4> : &pair_rows_aligned<0>;
   static const int64_t pair_grain = knob("FASTLAYERS_NCACHE_PAIR_GRAIN", kPairGrain);
-  torch::stable::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
+  fastlayers::parallel_for(0, P, pair_grain, [&](int64_t p0, int64_t p1) { rows(a, p0, p1); });
   lap(kPairLoop, t0);
   return {okeys, codes, feats, mask, counts};
 }

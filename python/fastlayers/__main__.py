@@ -19,12 +19,17 @@ def backends(build: dict) -> dict:
     and the CPU the process runs on (not from what the build was asked to do)."""
     import torch
 
+    from ._compat import aten_error
+
+    missing = "none: fastlayers._C_aten is not loaded (see its line above)"
     out = {}
     for family, (op, kind) in _FAMILIES.items():
         cpu = f"C++, {build['cpu_isa']}" if torch._C._dispatch_has_kernel_for_dispatch_key(
-            f"fastlayers::{op}", "CPU") else "plain-PyTorch reference"
+            f"fastlayers::{op}", "CPU") else (missing if aten_error() else "plain-PyTorch reference")
         if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastlayers::{op}", "CUDA"):
             gpu = kind
+        elif kind == "CUDA C++" and build["cuda"] and aten_error():
+            gpu = missing
         elif kind == "Triton":
             gpu = "plain-PyTorch reference (Triton is not importable)"
         else:
@@ -51,7 +56,10 @@ def info() -> dict:
         "fastlayers": fastlayers.__version__,
         "installed at": fastlayers.__path__[0],
         "built against torch": config.get("torch_built", "unknown (no _build_config.json)"),
-        "needs torch": f"{config['torch_requires']}.x" if config else "unknown",
+        "needs torch": (f"{config['torch_requires']}.x for fastlayers._C_aten (hyper and align on the CPU, every CUDA "
+                        f"kernel); >= {config.get('stable_torch_min')} for fastlayers._C ("
+                        f"{', '.join(config.get('stable_families', []))} on the CPU)") if config else "unknown",
+        "fastlayers._C_aten": fastlayers._compat.aten_error() or "loaded",
         "build variant": config.get("variant"),
         "Python ABI": config.get("python_abi"),
         "torch": torch.__version__,
