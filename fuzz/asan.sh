@@ -32,9 +32,12 @@ FASTLAYERS_SANITIZE=1 MAX_JOBS="${MAX_JOBS:-2}" "$PY" setup.py -q build_ext --in
   || { tail -40 "$DIR/build.log"; exit 1; }
 echo "   built in $((SECONDS - t0)) s"
 # Proof that the kernels are instrumented (a build that silently dropped the flags would pass everything).
-SO=$(ls "$DIR"/src/python/fastlayers/_C*.so)
-nm -D "$SO" | grep -q __asan_report_load && nm -D "$SO" | grep -q __ubsan_handle \
-  || { echo "error: $SO carries no ASan/UBSan instrumentation"; exit 1; }
+for SO in "$DIR"/src/python/fastlayers/_C*.so; do  # _C (stable ABI) and _C_aten
+  # the symbol list first: `nm | grep -q` under pipefail fails when grep quits early and nm gets SIGPIPE
+  syms=$(nm -D "$SO")
+  grep -q __asan_report_load <<<"$syms" && grep -q __ubsan_handle <<<"$syms" \
+    || { echo "error: $SO carries no ASan/UBSan instrumentation"; exit 1; }
+done
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 export LD_PRELOAD="$ASAN_LIB:$UBSAN_LIB"
