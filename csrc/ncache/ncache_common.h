@@ -33,13 +33,20 @@ inline std::string device_type_name(torch::headeronly::DeviceType t) {
     case T::CPU: return "cpu";
     case T::CUDA: return "cuda";
     case T::Meta: return "meta";
-    default: return "device type " + std::to_string(int(t));  // none of these reach the CPU or CUDA kernels
+    default: {  // none of these reach the CPU or CUDA kernels
+      std::string s = "device type ";
+      s += std::to_string(int(t));
+      return s;
+    }
   }
 }
 template <typename Device>
 std::string device_name(const Device& d) {
   std::string s = device_type_name(d.type());
-  if (d.has_index()) s += ":" + std::to_string(int(d.index()));  // at::DeviceIndex is int8_t: not a char
+  if (d.has_index()) {
+    s += ':';
+    s += std::to_string(int(d.index()));  // at::DeviceIndex is int8_t: not a char
+  }
   return s;
 }
 

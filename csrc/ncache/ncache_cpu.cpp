@@ -444,10 +444,12 @@ struct PairArgs {
 // ahead could not keep enough lines in flight. The next block's key rows are prefetched while a block computes.
 constexpr int64_t kPairBlock = 16;
 
-template <int HT, int DT>
-void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
-  const Layout& L = a.L;
-  const int64_t H = HT ? HT : L.hops, D = DT ? DT : L.D, S = L.S, Kmax = 2 * S;
+// The block loop both pair kernels share: gathers both rows (keys, values) of each pair of a block into the
+// thread-local buffers, prefetches the next block's key rows, then calls row(p, K, V, r0, r1) for each pair with
+// K / V the buffers and r0 / r1 the flat offsets of its u and v rows there.
+template <typename Row>
+void for_each_gathered_pair(const PairArgs& a, int64_t p0, int64_t p1, int64_t D, Row&& row) {
+  const int64_t S = a.L.S;
   const int64_t *up = a.up, *vp = a.vp;
   thread_local std::vector<int64_t> kbuf;
   thread_local std::vector<float> vbuf;
@@ -473,195 +475,179 @@ void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
     }
     if (q1 < p1) warm_block(q1);
     for (int64_t p = q0; p < q1; ++p) {
-      const int64_t r0 = 2 * (p - q0) * S, r1 = r0 + S;
-      int64_t c3[kMaxHops * kMaxHops] = {};
-      int64_t* ko = a.ko + p * Kmax;
-      int64_t* co = a.co + p * Kmax;
-      bool* mo = a.mo + p * Kmax;
-      float* fo = a.fo + p * Kmax * D;
-      int64_t n = 0;
-      // Entry k found in row `side` at hop `hop`: emitted at its first place only (see first_place).
-      auto visit = [&](int64_t k, int64_t own_bit) {
-        const uint64_t kh = key_hash(k, a.sm);
-        int64_t at[2 * kMaxHops];
-        int64_t code = 0;
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
-          at[h] = r0 + c;
-          at[H + h] = r1 + c;
-          code |= int64_t(K[r0 + c] == k) << h | int64_t(K[r1 + c] == k) << (H + h);
-        }
-        if (!first_place(code, own_bit)) return;
-        ko[n] = k;
-        co[n] = code;
-        mo[n] = true;
-        float f[DT ? DT : 1];
-        float* acc = DT ? f : fo + n * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
-        for (int64_t bit = 0; bit < 2 * H; ++bit) {
-          if (!(code >> bit & 1)) continue;
-          const float* src = V + at[bit] * D;
-          for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
-        }
-        if (DT)
-          for (int64_t d = 0; d < D; ++d) fo[n * D + d] = acc[d];
-        ++n;
-        const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
-        if (in_u && in_v)
-          for (int64_t i = 0; i < H; ++i)
-            for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
-      };
-      // Each hop's occupied columns as bitmask words built without branches (caches are mostly sparse, and a
-      // test-and-branch per column mispredicts on every occupied one), then visited by their set bits; sides and
-      // hops in table order, so keys come out in order of first appearance.
-      for (int64_t side = 0; side < 2; ++side) {
-        const int64_t* kr = K + (side ? r1 : r0);
-        for (int64_t h = 0; h < H; ++h) {
-          const int64_t own_bit = side * H + h;
-          for (int64_t c0 = L.off[h]; c0 < L.off[h + 1]; c0 += 64) {
-            const int64_t cn = std::min<int64_t>(64, L.off[h + 1] - c0);
-            uint64_t bits = 0;
-            for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
-            for (; bits; bits &= bits - 1) visit(kr[c0 + __builtin_ctzll(bits)], own_bit);
-          }
-        }
-      }
-      std::memcpy(a.cnt + p * H * H, c3, sizeof(int64_t) * H * H);
-      const int64_t pad = Kmax - n;
-      // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
-      std::fill(ko + n, ko + Kmax, int64_t(-1));
-      std::memset(co + n, 0, sizeof(int64_t) * pad);
-      std::memset(mo + n, 0, sizeof(bool) * pad);
-      std::memset(fo + n * D, 0, sizeof(float) * pad * D);
+      const int64_t r0 = 2 * (p - q0) * S;
+      row(p, static_cast<const int64_t*>(K), static_cast<const float*>(V), r0, r0 + S);
     }
   }
+}
+
+// Pads pair p's output rows after its n entries (keys -1, codes 0, mask false, features 0) and stores its [H, H]
+// common-neighbour counts.
+inline void finish_pair(const PairArgs& a, int64_t p, int64_t n, int64_t D, const int64_t* counts, int64_t H) {
+  const int64_t Kmax = 2 * a.L.S, pad = Kmax - n;
+  std::memcpy(a.cnt + p * H * H, counts, sizeof(int64_t) * H * H);
+  // Streaming (non-temporal) stores for this mostly-padding output were tried: slower on this machine.
+  std::fill(a.ko + p * Kmax + n, a.ko + (p + 1) * Kmax, int64_t(-1));
+  std::memset(a.co + p * Kmax + n, 0, sizeof(int64_t) * pad);
+  std::memset(a.mo + p * Kmax + n, 0, sizeof(bool) * pad);
+  std::memset(a.fo + (p * Kmax + n) * D, 0, sizeof(float) * pad * D);
+}
+
+template <int HT, int DT>
+void pair_rows(const PairArgs& a, int64_t p0, int64_t p1) {
+  const Layout& L = a.L;
+  const int64_t H = HT ? HT : L.hops, D = DT ? DT : L.D, Kmax = 2 * L.S;
+  for_each_gathered_pair(a, p0, p1, D, [&](int64_t p, const int64_t* K, const float* V, int64_t r0, int64_t r1) {
+    int64_t c3[kMaxHops * kMaxHops] = {};
+    int64_t* ko = a.ko + p * Kmax;
+    int64_t* co = a.co + p * Kmax;
+    bool* mo = a.mo + p * Kmax;
+    float* fo = a.fo + p * Kmax * D;
+    int64_t n = 0;
+    // Entry k found in row `side` at hop `hop`: emitted at its first place only (see first_place).
+    auto visit = [&](int64_t k, int64_t own_bit) {
+      const uint64_t kh = key_hash(k, a.sm);
+      int64_t at[2 * kMaxHops];
+      int64_t code = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t c = h == 0 ? 0 : L.off[h] + slot_in(kh, L.m[h]);
+        at[h] = r0 + c;
+        at[H + h] = r1 + c;
+        code |= int64_t(K[r0 + c] == k) << h | int64_t(K[r1 + c] == k) << (H + h);
+      }
+      if (!first_place(code, own_bit)) return;
+      ko[n] = k;
+      co[n] = code;
+      mo[n] = true;
+      float f[DT ? DT : 1];
+      float* acc = DT ? f : fo + n * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
+      for (int64_t bit = 0; bit < 2 * H; ++bit) {
+        if (!(code >> bit & 1)) continue;
+        const float* src = V + at[bit] * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += src[d];
+      }
+      if (DT)
+        for (int64_t d = 0; d < D; ++d) fo[n * D + d] = acc[d];
+      ++n;
+      const int64_t in_u = code & ((int64_t(1) << H) - 1), in_v = code >> H;
+      if (in_u && in_v)
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t j = 0; j < H; ++j) c3[i * H + j] += (in_u >> i & 1) & (in_v >> j & 1);
+    };
+    // Each hop's occupied columns as bitmask words built without branches (caches are mostly sparse, and a
+    // test-and-branch per column mispredicts on every occupied one), then visited by their set bits; sides and
+    // hops in table order, so keys come out in order of first appearance.
+    for (int64_t side = 0; side < 2; ++side) {
+      const int64_t* kr = K + (side ? r1 : r0);
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t own_bit = side * H + h;
+        for (int64_t c0 = L.off[h]; c0 < L.off[h + 1]; c0 += 64) {
+          const int64_t cn = std::min<int64_t>(64, L.off[h + 1] - c0);
+          uint64_t bits = 0;
+          for (int64_t c = 0; c < cn; ++c) bits |= uint64_t(kr[c0 + c] >= 0) << c;
+          for (; bits; bits &= bits - 1) visit(kr[c0 + __builtin_ctzll(bits)], own_bit);
+        }
+      }
+    }
+    finish_pair(a, p, n, D, c3, H);
+  });
 }
 
 template <int DT>
 void pair_rows_aligned(const PairArgs& a, int64_t p0, int64_t p1) {
   const Layout& L = a.L;
-  const int64_t D = DT ? DT : L.D, S = L.S, Kmax = 2 * S, m1 = L.m[1], m2 = L.m[2];
-  const int64_t *up = a.up, *vp = a.vp;
+  const int64_t D = DT ? DT : L.D, Kmax = 2 * L.S, m1 = L.m[1], m2 = L.m[2];
   const auto group_codes = kernels().group_codes;
-  thread_local std::vector<int64_t> kbuf;
-  thread_local std::vector<float> vbuf;
-  kbuf.resize(size_t(2 * kPairBlock * S));
-  vbuf.resize(size_t(2 * kPairBlock * S * D));
-  int64_t* const K = kbuf.data();
-  float* const V = vbuf.data();
-  auto warm_block = [&](int64_t q0) {
-    for (int64_t p = q0; p < std::min(p1, q0 + kPairBlock); ++p) {
-      prefetch(a.K + up[p] * S, S * 8);
-      prefetch(a.K + vp[p] * S, S * 8);
-    }
-  };
   GroupCodes gc;
-  warm_block(p0);
-  for (int64_t q0 = p0; q0 < p1; q0 += kPairBlock) {
-    const int64_t q1 = std::min(p1, q0 + kPairBlock);
-    for (int64_t p = q0; p < q1; ++p) {
-      const int64_t i = 2 * (p - q0);
-      std::memcpy(K + i * S, a.K + up[p] * S, sizeof(int64_t) * S);
-      std::memcpy(K + (i + 1) * S, a.K + vp[p] * S, sizeof(int64_t) * S);
-      std::memcpy(V + i * S * D, a.V + up[p] * S * D, sizeof(float) * S * D);
-      std::memcpy(V + (i + 1) * S * D, a.V + vp[p] * S * D, sizeof(float) * S * D);
-    }
-    if (q1 < p1) warm_block(q1);
-    for (int64_t p = q0; p < q1; ++p) {
-      const int64_t r0 = 2 * (p - q0) * S, r1 = r0 + S;
-      const int64_t row[2] = {r0, r1};
-      group_codes(K + r0, K + r1, m1, m2, gc);
-      int64_t c3[9] = {};
-      int64_t* ko = a.ko + p * Kmax;
-      int64_t* co = a.co + p * Kmax;
-      float* fo = a.fo + p * Kmax * D;
-      int64_t n = 0;
-      // Emits key k with its code. own: the block index of the entry's own place; places(at) fills at[bit]
-      // with the block index of the key's place for each code bit (any valid index where the bit is clear),
-      // asked only for a key found in more than one place. The values are summed in bit order from 0.0f as in
-      // pair_rows: a clear bit adds 0.0f, which leaves every sum as it was (never -0.0, having started at +0.0).
-      auto emit = [&](int64_t k, int64_t code, int64_t own_bit, int64_t own, auto&& places) {
-        ko[n] = k;
-        co[n] = code;
-        float* f = fo + n * D;
-        ++n;
-        if (code == (int64_t(1) << own_bit)) {
-          if constexpr (DT > 0) {
-            // Through a local copy: f and the values are not known to be apart, so the sum would go lane by lane.
-            float t[DT];
-            std::memcpy(t, V + own * D, sizeof(t));
-            for (int d = 0; d < DT; ++d) t[d] += 0.0f;  // 0 + x as in the bit-order sum: -0.0 becomes 0.0
-            std::memcpy(f, t, sizeof(t));
-          } else {
-            for (int64_t d = 0; d < D; ++d) f[d] = 0.0f + V[own * D + d];
-          }
-          return;
+  for_each_gathered_pair(a, p0, p1, D, [&](int64_t p, const int64_t* K, const float* V, int64_t r0, int64_t r1) {
+    const int64_t row[2] = {r0, r1};
+    group_codes(K + r0, K + r1, m1, m2, gc);
+    int64_t c3[9] = {};
+    int64_t* ko = a.ko + p * Kmax;
+    int64_t* co = a.co + p * Kmax;
+    float* fo = a.fo + p * Kmax * D;
+    int64_t n = 0;
+    // Emits key k with its code. own: the block index of the entry's own place; places(at) fills at[bit]
+    // with the block index of the key's place for each code bit (any valid index where the bit is clear),
+    // asked only for a key found in more than one place. The values are summed in bit order from 0.0f as in
+    // pair_rows: a clear bit adds 0.0f, which leaves every sum as it was (never -0.0, having started at +0.0).
+    auto emit = [&](int64_t k, int64_t code, int64_t own_bit, int64_t own, auto&& places) {
+      ko[n] = k;
+      co[n] = code;
+      float* f = fo + n * D;
+      ++n;
+      if (code == (int64_t(1) << own_bit)) {
+        if constexpr (DT > 0) {
+          // Through a local copy: f and the values are not known to be apart, so the sum would go lane by lane.
+          float t[DT];
+          std::memcpy(t, V + own * D, sizeof(t));
+          for (int d = 0; d < DT; ++d) t[d] += 0.0f;  // 0 + x as in the bit-order sum: -0.0 becomes 0.0
+          std::memcpy(f, t, sizeof(t));
+        } else {
+          for (int64_t d = 0; d < D; ++d) f[d] = 0.0f + V[own * D + d];
         }
-        int64_t at[2 * kMaxHops];
-        places(at);
-        float acc[DT ? DT : 1];
-        float* sum = DT ? acc : f;
-        for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
-        for (int64_t bit = 0; bit < 6; ++bit) {
-          const float* src = V + at[bit] * D;
-          const bool on = code >> bit & 1;
-          for (int64_t d = 0; d < D; ++d) sum[d] += on ? src[d] : 0.0f;
-        }
-        if (DT)
-          for (int64_t d = 0; d < D; ++d) f[d] = acc[d];
-        const int64_t in_u = code & 7, in_v = code >> 3;
-        for (int64_t i = 0; i < 3; ++i)
-          for (int64_t j = 0; j < 3; ++j) c3[i * 3 + j] += (in_u >> i & 1) & (in_v >> j & 1);
-      };
-      // Segment s (u's hop 1, u's hop 2, v's hop 1, v's hop 2). A key's places follow from its column: hop-1
-      // column c and hop-2 column c >> r in both rows (for a hop-2 entry, the hop-1 column of its group that
-      // holds it), hop 0 at column 0; no hash. Common neighbours are frequent for a positive pair: ~20 per pair
-      // right after the pair's edge was inserted.
-      const int64_t G = m1 / m2;
-      const int r = __builtin_ctzll(uint64_t(G));
-      auto segment = [&](int s, int64_t own_bit) {
-        const bool hop2 = s & 1;
-        const int64_t base = (s < 2 ? r0 : r1) + 1 + (hop2 ? m1 : 0);
-        for (uint64_t bits = gc.emit[s]; bits; bits &= bits - 1) {
-          const int64_t c = __builtin_ctzll(bits), k = K[base + c];
-          emit(k, gc.code[s][c], own_bit, base + c, [&](int64_t* at) {
-            const int64_t g = hop2 ? c : c >> r;
-            const int64_t h1 = hop2 ? g << r : c;  // for a hop-2 entry: the group's first hop-1 column
-            at[0] = r0, at[1] = r0 + 1 + h1, at[2] = r0 + 1 + m1 + g;
-            at[3] = r1, at[4] = r1 + 1 + h1, at[5] = r1 + 1 + m1 + g;
-            if (hop2)
-              for (int64_t j = 1; j < G; ++j) {
-                at[1] = K[r0 + 1 + h1 + j] == k ? r0 + 1 + h1 + j : at[1];
-                at[4] = K[r1 + 1 + h1 + j] == k ? r1 + 1 + h1 + j : at[4];
-              }
-          });
-        }
-      };
-      // Hop 0: the node ids' places come from the hashed probes (two per pair).
-      int64_t at0[2 * kMaxHops];
-      auto hashed = [&](int64_t* at) { std::memcpy(at, at0, sizeof(at0)); };
-      const int64_t U0 = K[r0], V0 = K[r1];
-      if (U0 >= 0) {
-        const int64_t code = pair_code(K, row, L, U0, a.sm, at0);
-        emit(U0, code, 0, r0, hashed);
+        return;
       }
-      segment(0, 1);
-      segment(1, 2);
-      if (V0 >= 0) {
-        const int64_t code = pair_code(K, row, L, V0, a.sm, at0);
-        if (first_place(code, 3)) emit(V0, code, 3, r1, hashed);
+      int64_t at[2 * kMaxHops];
+      places(at);
+      float acc[DT ? DT : 1];
+      float* sum = DT ? acc : f;
+      for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
+      for (int64_t bit = 0; bit < 6; ++bit) {
+        const float* src = V + at[bit] * D;
+        const bool on = code >> bit & 1;
+        for (int64_t d = 0; d < D; ++d) sum[d] += on ? src[d] : 0.0f;
       }
-      segment(2, 4);
-      segment(3, 5);
-      std::memcpy(a.cnt + p * 9, c3, sizeof(int64_t) * 9);
-      const int64_t pad = Kmax - n;
-      std::memset(a.mo + p * Kmax, 1, sizeof(bool) * n);
-      std::fill(ko + n, ko + Kmax, int64_t(-1));
-      std::memset(co + n, 0, sizeof(int64_t) * pad);
-      std::memset(a.mo + p * Kmax + n, 0, sizeof(bool) * pad);
-      std::memset(fo + n * D, 0, sizeof(float) * pad * D);
+      if (DT)
+        for (int64_t d = 0; d < D; ++d) f[d] = acc[d];
+      const int64_t in_u = code & 7, in_v = code >> 3;
+      for (int64_t i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < 3; ++j) c3[i * 3 + j] += (in_u >> i & 1) & (in_v >> j & 1);
+    };
+    // Segment s (u's hop 1, u's hop 2, v's hop 1, v's hop 2). A key's places follow from its column: hop-1
+    // column c and hop-2 column c >> r in both rows (for a hop-2 entry, the hop-1 column of its group that
+    // holds it), hop 0 at column 0; no hash. Common neighbours are frequent for a positive pair: ~20 per pair
+    // right after the pair's edge was inserted.
+    const int64_t G = m1 / m2;
+    const int r = __builtin_ctzll(uint64_t(G));
+    auto segment = [&](int s, int64_t own_bit) {
+      const bool hop2 = s & 1;
+      const int64_t base = (s < 2 ? r0 : r1) + 1 + (hop2 ? m1 : 0);
+      for (uint64_t bits = gc.emit[s]; bits; bits &= bits - 1) {
+        const int64_t c = __builtin_ctzll(bits), k = K[base + c];
+        emit(k, gc.code[s][c], own_bit, base + c, [&](int64_t* at) {
+          const int64_t g = hop2 ? c : c >> r;
+          const int64_t h1 = hop2 ? g << r : c;  // for a hop-2 entry: the group's first hop-1 column
+          at[0] = r0, at[1] = r0 + 1 + h1, at[2] = r0 + 1 + m1 + g;
+          at[3] = r1, at[4] = r1 + 1 + h1, at[5] = r1 + 1 + m1 + g;
+          if (hop2)
+            for (int64_t j = 1; j < G; ++j) {
+              at[1] = K[r0 + 1 + h1 + j] == k ? r0 + 1 + h1 + j : at[1];
+              at[4] = K[r1 + 1 + h1 + j] == k ? r1 + 1 + h1 + j : at[4];
+            }
+        });
+      }
+    };
+    // Hop 0: the node ids' places come from the hashed probes (two per pair).
+    int64_t at0[2 * kMaxHops];
+    auto hashed = [&](int64_t* at) { std::memcpy(at, at0, sizeof(at0)); };
+    const int64_t U0 = K[r0], V0 = K[r1];
+    if (U0 >= 0) {
+      const int64_t code = pair_code(K, row, L, U0, a.sm, at0);
+      emit(U0, code, 0, r0, hashed);
     }
-  }
+    segment(0, 1);
+    segment(1, 2);
+    if (V0 >= 0) {
+      const int64_t code = pair_code(K, row, L, V0, a.sm, at0);
+      if (first_place(code, 3)) emit(V0, code, 3, r1, hashed);
+    }
+    segment(2, 4);
+    segment(3, 5);
+    std::memset(a.mo + p * Kmax, 1, sizeof(bool) * n);
+    finish_pair(a, p, n, D, c3, 3);
+  });
 }
 
 // An AVX-512 version of this loop (vpmullq hashes, gathered probes, compress-stored keys) was measured: slower
