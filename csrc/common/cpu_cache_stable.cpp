@@ -74,13 +74,7 @@ Tensor alloc(const std::vector<int64_t>& sizes, ScalarType dt, const Tensor& dev
                                            [size](void* q) { cpu_cache::give_back(q, size); }));
 }
 
-// Dim orders between [N, C, *spatial] and its channels-last storage order [N, *spatial, C].
-std::vector<int64_t> channels_to_last(int64_t d) {
-  std::vector<int64_t> p{0};
-  for (int64_t i = 2; i < d; ++i) p.push_back(i);
-  p.push_back(1);
-  return p;
-}
+// The inverse of a dim permutation.
 std::vector<int64_t> inverse(const std::vector<int64_t>& p) {
   std::vector<int64_t> q(p.size());
   for (size_t i = 0; i < p.size(); ++i) q[size_t(p[i])] = int64_t(i);
@@ -110,7 +104,7 @@ Tensor zeros_cached(const std::vector<int64_t>& sizes, ScalarType dt, const Tens
 }
 
 Tensor like_layout(const Tensor& t, const Tensor& ref) {
-  if (!is_channels_last_dense(ref)) return torch::stable::contiguous(t);
+  if (!is_channels_last_dense(ref)) return contig(t);
   // t laid out like ref: a channels-last dense copy (movedim(1, -1).contiguous().movedim(-1, 1))
   const std::vector<int64_t> to_last = channels_to_last(t.dim());
   return torch::stable::permute(torch::stable::contiguous(torch::stable::permute(t, to_last)), inverse(to_last));

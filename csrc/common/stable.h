@@ -79,17 +79,22 @@ inline Tensor to_dtype(const Tensor& t, ScalarType s) {
   return t.scalar_type() == s ? t : torch::stable::to(t, s);
 }
 
+// Dim orders between [N, C, *spatial] (d dims) and its channels-last storage order [N, *spatial, C].
+inline std::vector<int64_t> channels_to_last(int64_t d) {
+  std::vector<int64_t> p{0};
+  for (int64_t i = 2; i < d; ++i) p.push_back(i);
+  p.push_back(1);
+  return p;
+}
+
 // True when dim 1 (channels) is the innermost dense dim: NHWC, NDHWC and the 1D analogue [N, L, C] transposed.
 inline bool is_channels_last_dense(const Tensor& x) {
   if (x.dim() < 3 || x.is_contiguous()) return false;
-  const int64_t d = x.dim();
-  // movedim(1, -1) contiguous: strides descending in the order 0, 2, ..., d-1, 1 with no gaps (size-1 dims free)
-  std::vector<int64_t> order{0};
-  for (int64_t i = 2; i < d; ++i) order.push_back(i);
-  order.push_back(1);
+  // movedim(1, -1) contiguous: strides descending in channels_to_last order with no gaps (size-1 dims free)
+  const std::vector<int64_t> order = channels_to_last(x.dim());
   int64_t expected = 1;
-  for (int64_t i = d - 1; i >= 0; --i) {
-    const int64_t k = order[size_t(i)];
+  for (size_t i = order.size(); i-- > 0;) {
+    const int64_t k = order[i];
     if (x.size(k) != 1 && x.stride(k) != expected) return false;
     expected *= x.size(k);
   }
